@@ -1,0 +1,1 @@
+"""Text-driven semantic image editing with latent diffusion models (DiffEdit)."""

@@ -1,0 +1,1 @@
+"""Benchmarks: ShapeEdit quality and speed."""
