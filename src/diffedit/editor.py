@@ -1,0 +1,397 @@
+"""DiffEditor: DiffEdit (Couairon et al., ICLR 2023, arXiv 2210.11427) on diffusers components.
+
+One edit, in the paper's three steps: (1) a mask from the disagreement of two noise estimates,
+(2) DDIM inversion of the image latent up to the encoding ratio r, (3) DDIM decoding with the target
+prompt in which the background is taken from the inversion at every level. The editor batches: several
+images, and several target prompts per image, share one mask pass, one inversion and one decoding loop.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .images import ImageInput, load_image, load_mask, pad_to_multiple, pil_to_tensor, tensor_to_pil
+from .inversion import ddim_invert
+from .loading import Components, load_components
+from .masks import (
+    dilate,
+    gaussian_blur,
+    latent_mask_from_pixels,
+    noise_difference_maps,
+    normalize_maps,
+    threshold_maps,
+    upsample_mask,
+)
+from .prompts import encode_prompts
+from .results import EditOptions, EditResult, InversionResult, MaskResult
+from .sampling import composite, feathered_alpha, masked_denoise
+from .schedule import ddim_grid, ddim_scheduler
+
+__all__ = ["DiffEditor"]
+
+
+@dataclass
+class _Batch:
+    """Inputs of one call, normalised: images, one source per image, jobs = (image, target) pairs."""
+
+    images: list[Image.Image]
+    pixels: torch.Tensor  # (B, 3, Hp, Wp) in [-1, 1], padded to the VAE grid
+    size: tuple[int, int]  # (H, W) before padding
+    sources: list[str]  # (B,)
+    job_image: list[int]  # (J,)
+    job_target: list[str]  # (J,)
+
+
+def _as_list(x) -> list:
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+class DiffEditor:
+    """Text-driven semantic image editing. Build with `DiffEditor.from_pretrained(model)`."""
+
+    def __init__(self, vae, unet, text_encoder, tokenizer, scheduler, *, name: str = "custom", progress: bool = True):
+        for module in (vae, unet, text_encoder):
+            module.eval()
+            module.requires_grad_(False)
+        self.vae, self.unet, self.text_encoder, self.tokenizer = vae, unet, text_encoder, tokenizer
+        self.scheduler = ddim_scheduler(scheduler)
+        self.name = name
+        self.progress = progress  # tqdm bars per phase; False silences them
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_components(cls, components: Components, **kwargs) -> "DiffEditor":
+        c = components
+        return cls(c.vae, c.unet, c.text_encoder, c.tokenizer, c.scheduler, name=c.name, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | None = None,
+        *,
+        dtype: torch.dtype | str | None = None,
+        device: str | torch.device | None = None,
+        config: str | None = None,
+        progress: bool = True,
+    ) -> "DiffEditor":
+        """Load from a hub id, a diffusers folder, a .safetensors/.ckpt file, or None (the embedded model)."""
+        editor = cls.from_components(load_components(model, config=config), progress=progress)
+        return editor.to(device, dtype)
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None) -> "DiffEditor":
+        """Move to a device and/or dtype; an fp16 VAE that asks for upcasting (SD VAEs overflow) stays fp32."""
+        if isinstance(dtype, str):
+            dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(dtype) or getattr(
+                torch, dtype, None
+            )
+            if not isinstance(dtype, torch.dtype):
+                raise ValueError("dtype must be one of fp32, fp16, bf16 (or a torch.dtype)")
+        self.unet.to(device=device, dtype=dtype)
+        self.text_encoder.to(device=device, dtype=dtype)
+        vae_dtype = dtype
+        if dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False):
+            vae_dtype = torch.float32
+        self.vae.to(device=device, dtype=vae_dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    # ------------------------------------------------------------------ building blocks
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, C, h, w) scaled latents (posterior mean: deterministic)."""
+        z = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist.mean
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        return ((z - shift) * self.vae.config.scaling_factor).to(self.dtype)
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) scaled latents -> (B, 3, H, W) float32 images in [-1, 1]."""
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        z = latents.to(self.vae.dtype) / self.vae.config.scaling_factor + shift
+        return self.vae.decode(z).sample.float().clamp(-1, 1)
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """(P,) prompts -> (P, L, D) text embeddings in the editor's dtype."""
+        return encode_prompts(self.tokenizer, self.text_encoder, prompts, device=self.device, dtype=self.dtype)
+
+    def _bar(self, total: int, desc: str):
+        return tqdm(total=total, desc=desc, disable=not self.progress, leave=False, dynamic_ncols=True)
+
+    @contextmanager
+    def _timed(self, timings: dict[str, float], name: str):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+    def _batch(self, image, source, target, options: EditOptions) -> _Batch:
+        """Normalise (image | images, source | sources, target | targets | targets per image) to jobs."""
+        many = isinstance(image, (list, tuple))
+        images = [load_image(im, max_pixels=options.max_pixels) for im in _as_list(image)]
+        if not images:
+            raise ValueError("no image given")
+        sizes = {im.size for im in images}
+        if len(sizes) > 1:
+            raise ValueError(f"images of one call must share a size, got {sorted(sizes)}; edit them in separate calls")
+        sources = _as_list(source)
+        if len(sources) == 1:
+            sources = sources * len(images)
+        if len(sources) != len(images):
+            raise ValueError(f"got {len(sources)} source prompts for {len(images)} images")
+        if not many:  # one image: target is one prompt or several prompts for it
+            targets = [_as_list(target)]
+        elif isinstance(target, str):
+            targets = [[target] for _ in images]
+        else:
+            targets = [_as_list(t) for t in target]
+            if len(targets) != len(images):
+                raise ValueError(f"got {len(targets)} targets for {len(images)} images (one target, or list per image)")
+        job_image, job_target = [], []
+        for b, ts in enumerate(targets):
+            if not ts:
+                raise ValueError(f"image {b} has no target prompt")
+            for t in ts:
+                if not isinstance(t, str) or not t.strip():
+                    raise ValueError("target prompt is empty: say what the edited image should show")
+                if not isinstance(sources[b], str):
+                    raise ValueError("source prompt must be a string ('' for none)")
+                if t.strip() == sources[b].strip():
+                    raise ValueError(f"target prompt equals the source prompt ({t!r}): nothing to edit")
+                job_image.append(b)
+                job_target.append(t)
+        pixels = pad_to_multiple(pil_to_tensor(images), self.vae_scale_factor)
+        w, h = images[0].size
+        return _Batch(images, pixels, (h, w), sources, job_image, job_target)
+
+    @staticmethod
+    def _seed(seed: int | None, generator: torch.Generator | None) -> int:
+        if generator is not None:
+            return int(generator.initial_seed())
+        if seed is None:
+            return secrets.randbelow(2**31)
+        if not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        return seed
+
+    def _mask_noise(self, shape, n: int, seed: int, generator: torch.Generator | None) -> torch.Tensor:
+        """(B, n, C, h, w) mask-pass noise drawn on the CPU: image b uses seed + b, so batching never changes it."""
+        b = shape[0]
+        if generator is not None:
+            noise = torch.randn((b, n, *shape[1:]), generator=generator)
+        else:
+            noise = torch.stack(
+                [torch.randn((n, *shape[1:]), generator=torch.Generator().manual_seed(seed + i)) for i in range(b)]
+            )
+        return noise.to(self.device, self.dtype)
+
+    def _compute_mask(
+        self,
+        batch: _Batch,
+        latents: torch.Tensor,
+        options: EditOptions,
+        seed: int,
+        generator: torch.Generator | None,
+        user_mask,
+        timings: dict[str, float],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns latent soft maps (J, h, w), latent binary masks (J, h, w) and pixel masks (J, H, W)."""
+        hp, wp = batch.pixels.shape[-2:]
+        h, w = batch.size
+        if user_mask is not None:
+            masks = _as_list(user_mask) if isinstance(user_mask, (list, tuple)) else [user_mask] * len(batch.images)
+            if len(masks) != len(batch.images):
+                raise ValueError(f"got {len(masks)} masks for {len(batch.images)} images")
+            pixel = torch.zeros(len(masks), hp, wp, dtype=torch.bool)
+            for i, m in enumerate(masks):
+                pixel[i, :h, :w] = torch.from_numpy(load_mask(m, (w, h)))
+            latent = torch.stack([latent_mask_from_pixels(p, self.vae_scale_factor) for p in pixel])
+            idx = torch.tensor(batch.job_image)
+            return latent[idx].float(), latent[idx], pixel[idx][:, :h, :w]
+
+        with self._timed(timings, "mask"):
+            # 1a. Noise the latents at mask_strength with n noises per image
+            grid = ddim_grid(self.scheduler, options.num_inference_steps, options.mask_strength)
+            t, alpha = int(grid.timesteps[-1]), float(grid.alphas[-1])
+            noise = self._mask_noise(latents.shape, options.mask_noises, seed, generator)  # (B, n, C, h, w)
+            noisy = alpha**0.5 * latents.unsqueeze(1) + (1 - alpha) ** 0.5 * noise
+            # 1b. Predict the noise with the reference and the target prompts in one batch (no guidance: it cancels)
+            reference = [options.mask_reference if options.mask_reference is not None else s for s in batch.sources]
+            rows = (len(batch.images) + len(batch.job_target)) * options.mask_noises
+            with self._bar(rows, "mask") as bar:
+                maps = noise_difference_maps(
+                    self.unet,
+                    noisy,
+                    t,
+                    self.encode_prompts(reference),
+                    self.encode_prompts(batch.job_target),
+                    batch.job_image,
+                    max_batch=options.mask_batch_size,
+                    progress=bar.update,
+                )
+            # 1c. Remove extreme values, rescale each image's map to [0, 1], smooth, threshold, dilate
+            soft = normalize_maps(
+                maps,
+                clamp=options.mask_clamp,
+                quantile=options.mask_quantile,
+                mean_ratio=options.mask_mean_ratio,
+                per_image=options.mask_per_image,
+            )
+            if options.mask_smooth > 0:
+                soft = normalize_maps(gaussian_blur(soft, options.mask_smooth), clamp="quantile", quantile=1.0)
+            binary = dilate(threshold_maps(soft, options.mask_threshold), options.mask_dilate)
+        pixel = upsample_mask(binary, (hp, wp))[:, :h, :w] > 0.5
+        return soft, binary, pixel
+
+    def _pil_masks(self, soft: torch.Tensor, pixel: torch.Tensor, padded: tuple[int, int], size: tuple[int, int]):
+        h, w = size
+        soft_px = upsample_mask(soft, padded, soft=True)[:, :h, :w].clamp(0, 1)
+        to_l = lambda a: Image.fromarray((a.cpu().numpy() * 255.0 + 0.5).astype(np.uint8), mode="L")
+        return [to_l(m.float()) for m in pixel], [to_l(s) for s in soft_px]
+
+    # ------------------------------------------------------------------ public steps
+    def mask(
+        self,
+        image: ImageInput | Sequence[ImageInput],
+        source: str | Sequence[str],
+        target: str | Sequence[str] | Sequence[Sequence[str]],
+        *,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        options: EditOptions | None = None,
+        **overrides,
+    ) -> MaskResult:
+        """DiffEdit step 1 alone: the mask of each (image, target) job."""
+        options = (options or EditOptions()).replace(**overrides)
+        seed = self._seed(seed, generator)
+        batch = self._batch(image, source, target, options)
+        latents = self.encode_images(batch.pixels)
+        soft, binary, pixel = self._compute_mask(batch, latents, options, seed, generator, None, {})
+        mask_images, soft_images = self._pil_masks(soft, pixel, tuple(batch.pixels.shape[-2:]), batch.size)
+        return MaskResult(soft=soft, mask=binary, mask_images=mask_images, soft_images=soft_images, seed=seed)
+
+    @torch.no_grad()
+    def invert(
+        self,
+        image: ImageInput | Sequence[ImageInput],
+        prompt: str = "",
+        *,
+        num_inference_steps: int = 50,
+        strength: float = 0.8,
+        guidance_scale: float = 1.0,
+        max_pixels: int | None = EditOptions.max_pixels,
+    ) -> InversionResult:
+        """DiffEdit step 2 alone: DDIM inversion of each image up to `strength`, every level kept."""
+        images = [load_image(im, max_pixels=max_pixels) for im in _as_list(image)]
+        if len({im.size for im in images}) > 1:
+            raise ValueError("images of one call must share a size")
+        latents = self.encode_images(pad_to_multiple(pil_to_tensor(images), self.vae_scale_factor))
+        grid = ddim_grid(self.scheduler, num_inference_steps, strength)
+        return InversionResult(self._invert(latents, prompt, grid, guidance_scale), grid.timesteps)
+
+    def _invert(self, latents: torch.Tensor, prompt: str, grid, guidance_scale: float = 1.0) -> torch.Tensor:
+        cond = self.encode_prompts([prompt] * latents.shape[0])
+        uncond = self.encode_prompts([""] * latents.shape[0]) if guidance_scale != 1.0 else None
+        with self._bar(grid.num_steps, "invert") as bar:
+            return ddim_invert(
+                self.unet, latents, cond, grid, uncond=uncond, guidance_scale=guidance_scale,
+                callback=lambda k, x: bar.update(),
+            )
+
+    @torch.no_grad()
+    def edit(
+        self,
+        image: ImageInput | Sequence[ImageInput],
+        source: str | Sequence[str],
+        target: str | Sequence[str] | Sequence[Sequence[str]],
+        *,
+        mask: ImageInput | Sequence[ImageInput] | None = None,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        options: EditOptions | None = None,
+        **overrides,
+    ) -> EditResult:
+        """Edit `image` from what `source` describes to what `target` describes, inside an automatic mask.
+
+        image: one image (path, PIL, array) or a list of same-size images. target: one prompt, several
+        prompts for one image (sharing its inversion and mask pass), or one prompt / list per image.
+        mask: a user mask (white = edit) instead of the computed one. Options: an EditOptions and/or its
+        fields as keywords (num_inference_steps=..., strength=..., guidance_scale=...).
+        """
+        timings: dict[str, float] = {}
+        # 1. Check inputs and read images
+        options = (options or EditOptions()).replace(**overrides)
+        seed = self._seed(seed, generator)
+        batch = self._batch(image, source, target, options)
+        padded, (h, w) = tuple(batch.pixels.shape[-2:]), batch.size
+
+        # 2. Encode the images with the VAE
+        with self._timed(timings, "vae_encode"):
+            latents = self.encode_images(batch.pixels)  # (B, C, h, w)
+
+        # 3. Mask (DiffEdit step 1), or the user's
+        soft, binary, pixel_mask = self._compute_mask(batch, latents, options, seed, generator, mask, timings)
+
+        # 4. DDIM inversion up to the encoding ratio (step 2), one per image whatever the number of targets
+        grid = ddim_grid(self.scheduler, options.num_inference_steps, options.strength)
+        with self._timed(timings, "inversion"):
+            inverted = self._invert(latents, options.inversion_prompt, grid)  # (N + 1, B, C, h, w)
+
+        # 5. Masked decoding with the target prompts and guidance (step 3), all jobs in one batch
+        with self._timed(timings, "decoding"):
+            negative = [options.negative_prompt if options.negative_prompt is not None else batch.sources[b] for b in batch.job_image]
+            cond = self.encode_prompts(batch.job_target)
+            uncond = self.encode_prompts(negative) if options.guidance_scale != 1.0 else None
+            with self._bar(grid.num_steps, "denoise") as bar:
+                edited = masked_denoise(
+                    self.unet, inverted, binary, cond, grid,
+                    uncond=uncond, guidance_scale=options.guidance_scale, job_image=batch.job_image,
+                    callback=lambda k, x: bar.update(),
+                )
+
+        # 6. Decode with the VAE, remove the padding, paste into the input outside the mask
+        with self._timed(timings, "vae_decode"):
+            decoded = self.decode_latents(edited)[:, :, :h, :w]  # (J, 3, H, W)
+        decoded_u8 = ((decoded + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu()
+        if options.composite:
+            original = ((batch.pixels[:, :, :h, :w] + 1.0) * 127.5).round().to(torch.uint8)[batch.job_image]
+            decoded_u8 = composite(original, decoded_u8, feathered_alpha(pixel_mask, options.feather))
+        images = [Image.fromarray(a) for a in decoded_u8.permute(0, 2, 3, 1).numpy()]
+
+        mask_images, soft_images = self._pil_masks(soft, pixel_mask, padded, (h, w))
+        return EditResult(
+            images=images,
+            mask_images=mask_images,
+            soft_images=soft_images,
+            mask=binary.cpu(),
+            soft=soft.float().cpu(),
+            sources=[batch.sources[b] for b in batch.job_image],
+            targets=batch.job_target,
+            job_image=batch.job_image,
+            seed=seed,
+            options=options,
+            model=self.name,
+            timings=timings,
+        )

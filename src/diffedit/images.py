@@ -1,0 +1,165 @@
+"""Reading any image safely, converting between PIL and tensors, padding to the VAE grid, saving atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "ImageInput",
+    "DEFAULT_MAX_PIXELS",
+    "load_image",
+    "load_mask",
+    "pil_to_tensor",
+    "tensor_to_pil",
+    "pad_to_multiple",
+    "save_image",
+    "save_json",
+]
+
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+# 4 megapixels: a 2048 x 2048 edit already needs ~10 GB of activations in an SD 1.5 UNet at batch 2.
+DEFAULT_MAX_PIXELS = 2048 * 2048
+MIN_SIDE = 16  # below this the VAE's 8x downsampling leaves a latent of one or two cells
+
+
+def _open(source: ImageInput) -> Image.Image:
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, np.ndarray):
+        arr = source
+        if arr.dtype != np.uint8:
+            if arr.dtype.kind == "f":
+                arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+            else:
+                raise ValueError(f"array images must be uint8 or float in [0, 1], got {arr.dtype}")
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
+            raise ValueError(f"array images must be HxW, HxWx1, HxWx3 or HxWx4, got shape {arr.shape}")
+        return Image.fromarray(arr.squeeze(-1) if arr.ndim == 3 and arr.shape[2] == 1 else arr)
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"image file not found: {path}")
+    if path.is_dir():
+        raise ValueError(f"expected an image file, got a directory: {path}")
+    try:
+        image = Image.open(path)
+        image.load()
+    except UnidentifiedImageError as e:
+        raise ValueError(f"cannot read {path} as an image (not a format PIL knows)") from e
+    except (OSError, SyntaxError) as e:  # truncated or corrupt files
+        raise ValueError(f"cannot read {path} as an image: {e}") from e
+    return image
+
+
+def _to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB; transparency is composited over `background`."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        image = Image.fromarray((np.clip(arr / peak, 0, 1) * 255.0 + 0.5).astype(np.uint8), mode="L")
+    elif image.mode == "F":
+        arr = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray((np.clip(arr, 0, 1) * 255.0 + 0.5).astype(np.uint8), mode="L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, background + (255,))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(source: ImageInput, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Read a path, PIL image or array as 8-bit RGB, EXIF orientation applied, within the size limit."""
+    image = _open(source)
+    image = ImageOps.exif_transpose(image) or image
+    image = _to_rgb(image)
+    w, h = image.size
+    if min(w, h) < MIN_SIDE:
+        raise ValueError(f"image is {w}x{h}; both sides must be at least {MIN_SIDE} pixels")
+    if max_pixels is not None and w * h > max_pixels:
+        raise ValueError(
+            f"image is {w}x{h} = {w * h} pixels, above the limit of {max_pixels}; "
+            "resize it first or raise max_pixels (--max-pixels)"
+        )
+    return image
+
+
+def load_mask(source: ImageInput, size: tuple[int, int]) -> np.ndarray:
+    """Read a user mask (white = edit) as a bool array of the image's `size` (W, H); any mode is accepted."""
+    image = _open(source)
+    image = ImageOps.exif_transpose(image) or image
+    if image.size != tuple(size):
+        raise ValueError(f"mask is {image.size[0]}x{image.size[1]} but the image is {size[0]}x{size[1]}")
+    if image.mode in ("RGBA", "LA"):  # a transparent-background mask: use opacity and lightness together
+        gray = np.asarray(image.convert("L"), dtype=np.float32) * (np.asarray(image.getchannel("A")) / 255.0)
+    else:
+        gray = np.asarray(_to_rgb(image).convert("L"), dtype=np.float32)
+    return gray >= 127.5
+
+
+def pil_to_tensor(images: list[Image.Image]) -> torch.Tensor:
+    """RGB PIL images of one size -> (B, 3, H, W) float32 in [-1, 1]."""
+    arr = np.stack([np.asarray(im, dtype=np.float32) for im in images])  # (B, H, W, 3)
+    return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
+
+
+def tensor_to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) in [-1, 1] -> RGB PIL images (rounded to nearest)."""
+    arr = ((images.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    return [Image.fromarray(a) for a in arr.permute(0, 2, 3, 1).cpu().numpy()]
+
+
+def pad_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad (B, C, H, W) at the bottom/right by reflection so H and W are multiples of `multiple`."""
+    h, w = images.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return images
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(images, (0, pw, 0, ph), mode=mode)
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_image(image: Image.Image, path: str | os.PathLike) -> Path:
+    """Save atomically (a half-written file never replaces a good one); format from the suffix."""
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"unknown image format for {path} (use .png, .jpg, .webp ...)")
+    _atomic_write(path, lambda tmp: image.save(tmp, format=fmt))
+    return path
+
+
+def save_json(data: Any, path: str | os.PathLike) -> Path:
+    """Write JSON atomically."""
+    path = Path(path)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False, default=str)
+            f.write("\n")
+
+    _atomic_write(path, write)
+    return path

@@ -1,0 +1,95 @@
+"""Finding and loading model components: hub id, local diffusers folder, single-file checkpoint, or the
+embedded ShapeWorld model. Everything model-specific is read from the components' configs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+__all__ = ["Components", "embedded_model_path", "load_components", "EMBEDDED_MODEL_NAME"]
+
+EMBEDDED_MODEL_NAME = "shapeworld (embedded)"
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+
+@dataclass
+class Components:
+    """The parts of an SD-shaped latent diffusion model that an edit uses."""
+
+    vae: object
+    unet: object
+    text_encoder: object
+    tokenizer: object
+    scheduler: object
+    name: str
+
+
+def embedded_model_path() -> Path:
+    """Folder of the embedded ShapeWorld model inside the installed package."""
+    return Path(str(resources.files("diffedit.shapeworld").joinpath("weights")))
+
+
+def _from_folder(path: str, **kwargs) -> Components:
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    return Components(
+        vae=AutoencoderKL.from_pretrained(path, subfolder="vae", **kwargs),
+        unet=UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kwargs),
+        text_encoder=CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **kwargs),
+        tokenizer=CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **{k: v for k, v in kwargs.items() if k != "torch_dtype"}),
+        scheduler=DDIMScheduler.from_pretrained(path, subfolder="scheduler"),
+        name=str(path),
+    )
+
+
+def load_components(
+    model: str | os.PathLike | None = None, *, dtype: torch.dtype | None = None, config: str | None = None
+) -> Components:
+    """Load vae, unet, text encoder, tokenizer and scheduler from wherever `model` points.
+
+    model=None: the embedded ShapeWorld model. A folder with model_index.json: a diffusers layout. A
+    .safetensors/.ckpt file: an original SD 1.x/2.x checkpoint (`config`: a hub id or local folder with
+    the matching diffusers configs, needed offline). Anything else is tried as a Hugging Face hub id
+    (works offline once it is in the local cache).
+    """
+    kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+    if model is None:
+        path = embedded_model_path()
+        if not (path / "model_index.json").is_file():
+            raise FileNotFoundError(
+                f"the embedded ShapeWorld model is missing from this install ({path}/model_index.json); "
+                "it is built by `diffedit shapeworld train` (issue 3: ShapeWorld and the embedded default "
+                "model). Pass model= a Stable Diffusion checkpoint or folder meanwhile."
+            )
+        components = _from_folder(str(path), **kwargs)
+        components.name = EMBEDDED_MODEL_NAME
+        return components
+    path = Path(model)
+    if path.is_file():
+        if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+            raise ValueError(f"single-file checkpoints must be .safetensors or .ckpt, got {path.name}")
+        from diffusers import StableDiffusionPipeline
+
+        extra = {"config": config} if config else {}
+        pipe = StableDiffusionPipeline.from_single_file(str(path), **kwargs, **extra)
+        return Components(pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.scheduler, str(path))
+    if path.is_dir():
+        if not (path / "model_index.json").is_file() and not (path / "unet").is_dir():
+            raise ValueError(f"{path} is not a diffusers model folder (no model_index.json or unet/)")
+        return _from_folder(str(path), **kwargs)
+    text = str(model)
+    looks_like_path = text.startswith((".", "/", "~")) or text.count("/") != 1 or text.endswith(SINGLE_FILE_SUFFIXES)
+    if looks_like_path:  # hub ids are "owner/name"
+        raise FileNotFoundError(f"model path not found: {model}")
+    try:
+        return _from_folder(str(model), **kwargs)
+    except OSError as e:
+        raise FileNotFoundError(
+            f"could not load model {model!r}: not a local file or folder, and not a hub id in the local "
+            f"cache (this machine may have no internet). Original error: {e}"
+        ) from e

@@ -1,0 +1,160 @@
+"""DiffEdit step 1: the edit mask from the difference of two noise estimates (Couairon et al. 2023, sec. 3.2).
+
+The latent is noised at strength 0.5 with n noises; the UNet predicts the noise once conditioned on the
+target prompt and once on the reference (source, or empty) prompt; |eps_target - eps_reference|, averaged
+over channels and noises, is large where the prompts disagree. Extreme values are removed, the map is
+rescaled to [0, 1] for each image on its own, and thresholded (0.5 by default).
+
+No classifier-free guidance here: with the unconditional prediction u, guided estimates
+u + g (e_t - u) and u + g (e_s - u) differ by g (e_t - e_s), a constant factor that rescaling removes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "noise_difference_maps",
+    "normalize_maps",
+    "gaussian_blur",
+    "dilate",
+    "erode",
+    "threshold_maps",
+    "latent_mask_from_pixels",
+    "upsample_mask",
+]
+
+
+@torch.no_grad()
+def noise_difference_maps(
+    unet,
+    noisy_latents: torch.Tensor,
+    timestep: int,
+    reference_embeds: torch.Tensor,
+    target_embeds: torch.Tensor,
+    job_image: list[int],
+    *,
+    max_batch: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Mean over noises and channels of |eps(x_t, target) - eps(x_t, reference)|, one map per job.
+
+    noisy_latents: (B, n, C, h, w), n noisings of each image's latent at `timestep`.
+    reference_embeds: (B, L, D), one reference prompt per image; its predictions serve every job of the image.
+    target_embeds: (J, L, D), one target prompt per job; `job_image[j]` is the image of job j.
+    All B*n + J*n predictions go through the UNet in one batch, or in chunks of `max_batch`.
+    Returns (J, h, w) float32.
+    """
+    b, n, c, h, w = noisy_latents.shape
+    if len(job_image) != target_embeds.shape[0]:
+        raise ValueError("job_image needs one image index per target embedding")
+    # Rows: every image's n latents with its reference prompt, then every job's n latents with its target.
+    index = torch.tensor(list(range(b)) + list(job_image), device=noisy_latents.device)  # (B + J,)
+    x = noisy_latents[index].reshape(-1, c, h, w)  # ((B + J) * n, C, h, w)
+    embeds = torch.cat([reference_embeds, target_embeds]).repeat_interleave(n, dim=0)  # ((B + J) * n, L, D)
+    chunk = max_batch or x.shape[0]
+    eps = []
+    for start in range(0, x.shape[0], chunk):
+        xs, es = x[start : start + chunk], embeds[start : start + chunk]
+        t = torch.full((xs.shape[0],), int(timestep), device=xs.device, dtype=torch.long)
+        eps.append(unet(xs, t, encoder_hidden_states=es).sample.float())
+        if progress is not None:
+            progress(xs.shape[0])
+    eps = torch.cat(eps).reshape(b + len(job_image), n, c, h, w)
+    eps_reference = eps[: b][torch.tensor(job_image, device=eps.device)]  # (J, n, C, h, w)
+    eps_target = eps[b:]
+    return (eps_target - eps_reference).abs().mean(dim=(1, 2))  # (J, h, w)
+
+
+def normalize_maps(
+    maps: torch.Tensor,
+    *,
+    clamp: str = "quantile",
+    quantile: float = 0.99,
+    mean_ratio: float = 3.0,
+    per_image: bool = True,
+) -> torch.Tensor:
+    """Remove extreme values and rescale each (h, w) map of (J, h, w) to [0, 1].
+
+    clamp="quantile": clip at the map's `quantile`, then min-max rescale (the paper's wording).
+    clamp="mean_ratio": clip to [0, mean * mean_ratio] and divide by it (diffusers' generate_mask).
+    per_image=False pools the statistics over the whole batch, as diffusers does (an image's mask then
+    depends on the other images in the batch); kept for comparison only.
+    """
+    j = maps.shape[0]
+    flat = maps.reshape(j, -1).float() if per_image else maps.reshape(1, -1).float()
+    if clamp == "quantile":
+        if not 0.0 < quantile <= 1.0:
+            raise ValueError(f"quantile must be in (0, 1], got {quantile}")
+        hi = torch.quantile(flat, quantile, dim=1, keepdim=True)
+        lo = flat.amin(dim=1, keepdim=True)
+        out = (flat.clamp(max=hi) - lo) / (hi - lo).clamp_min(1e-12)
+    elif clamp == "mean_ratio":
+        if mean_ratio <= 0:
+            raise ValueError(f"mean_ratio must be > 0, got {mean_ratio}")
+        hi = flat.mean(dim=1, keepdim=True) * mean_ratio
+        out = flat.clamp(min=0).clamp(max=hi) / hi.clamp_min(1e-12)
+    else:
+        raise ValueError(f"clamp must be 'quantile' or 'mean_ratio', got {clamp!r}")
+    return out.reshape(maps.shape)
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (J, h, w) maps (reflect padding); sigma in cells, 0 = none."""
+    if sigma <= 0:
+        return maps
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=maps.device)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = (k / k.sum()).to(maps.dtype)
+    out = maps.unsqueeze(1)  # (J, 1, h, w)
+    pad_h, pad_w = min(radius, out.shape[-2] - 1), min(radius, out.shape[-1] - 1)
+    kh = k[radius - pad_h : radius + pad_h + 1]
+    kw = k[radius - pad_w : radius + pad_w + 1]
+    out = F.conv2d(F.pad(out, (pad_w, pad_w, 0, 0), mode="reflect"), (kw / kw.sum()).view(1, 1, 1, -1))
+    out = F.conv2d(F.pad(out, (0, 0, pad_h, pad_h), mode="reflect"), (kh / kh.sum()).view(1, 1, -1, 1))
+    return out.squeeze(1)
+
+
+def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Grow a (J, h, w) binary mask by `radius` cells (square structuring element)."""
+    if radius <= 0:
+        return mask
+    out = F.max_pool2d(mask.float().unsqueeze(1), 2 * radius + 1, stride=1, padding=radius).squeeze(1)
+    return out.to(mask.dtype)
+
+
+def erode(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Shrink a (J, h, w) binary mask by `radius` cells (square structuring element)."""
+    if radius <= 0:
+        return mask
+    out = -F.max_pool2d(-mask.float().unsqueeze(1), 2 * radius + 1, stride=1, padding=radius).squeeze(1)
+    return out.to(mask.dtype)
+
+
+def threshold_maps(maps: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Binary mask of cells strictly above `threshold` (diffusers' convention: 0 where <= 0.5)."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"mask threshold must be in [0, 1], got {threshold}")
+    return maps > threshold
+
+
+def latent_mask_from_pixels(mask: np.ndarray | torch.Tensor, factor: int) -> torch.Tensor:
+    """(H, W) bool pixel mask -> (H / factor, W / factor) latent mask; a cell is on if any pixel is on."""
+    m = torch.as_tensor(np.asarray(mask), dtype=torch.float32)[None, None]
+    return F.max_pool2d(m, factor, stride=factor, ceil_mode=True)[0, 0] > 0
+
+
+def upsample_mask(maps: torch.Tensor, size: tuple[int, int], *, soft: bool = False) -> torch.Tensor:
+    """(J, h, w) latent maps -> (J, H, W): nearest neighbour for binary masks, bilinear for soft maps."""
+    x = maps.float().unsqueeze(1)
+    if soft:
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    else:
+        x = F.interpolate(x, size=size, mode="nearest")
+    return x.squeeze(1)

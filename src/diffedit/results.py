@@ -1,0 +1,137 @@
+"""Options with commented defaults, and the results an edit returns."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .images import DEFAULT_MAX_PIXELS
+
+__all__ = ["EditOptions", "MaskResult", "InversionResult", "EditResult"]
+
+
+@dataclass(frozen=True)
+class EditOptions:
+    """Every knob of one DiffEdit edit. Defaults follow the paper unless a benchmark says otherwise."""
+
+    num_inference_steps: int = 50  # DDIM steps for the full 0..1 range (paper: 50)
+    strength: float = 0.8  # encoding ratio r: how far up the DDIM grid the image is inverted (paper: 0.5-0.8)
+    guidance_scale: float = 7.5  # classifier-free guidance of the decoding (paper: 7.5)
+    negative_prompt: str | None = None  # None: the source prompt, as the paper's decoding contrasts target vs query
+    inversion_prompt: str = ""  # "" = unconditional encoding (paper); or a caption of the input
+    # mask (step 1)
+    mask_noises: int = 10  # n noises averaged (paper: n = 10)
+    mask_strength: float = 0.5  # noise level of the mask pass (paper: 50 %)
+    mask_reference: str | None = None  # None: the source prompt; "" = empty prompt (paper allows both)
+    mask_threshold: float = 0.5  # binarisation threshold after rescaling to [0, 1] (paper: 0.5)
+    mask_clamp: str = "quantile"  # "quantile": clip extremes then min-max (paper); "mean_ratio": diffusers'
+    mask_quantile: float = 0.99  # upper clip for clamp="quantile": the top 1 % are "extreme values"
+    mask_mean_ratio: float = 3.0  # upper clip for clamp="mean_ratio", as a multiple of the mean (diffusers)
+    mask_per_image: bool = True  # normalise each image on its own; False pools a batch (diffusers)
+    mask_smooth: float = 1.0  # Gaussian sigma in latent cells before thresholding; 0 = none
+    mask_dilate: int = 0  # grow the binary mask by this many latent cells
+    mask_batch_size: int | None = None  # UNet rows per chunk in the mask pass; None = all n * (1 + targets)
+    # output (after decoding)
+    composite: bool = True  # paste the edit into the input in pixel space: outside the mask stays exact
+    feather: int = 3  # width in pixels of the opacity ramp inside the mask edge
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # refuse larger inputs with a clear error
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.num_inference_steps, int) or self.num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a positive integer, got {self.num_inference_steps}")
+        if not 0.0 < self.strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {self.strength}")
+        if not 0.0 < self.mask_strength <= 1.0:
+            raise ValueError(f"mask_strength must be in (0, 1], got {self.mask_strength}")
+        if int(self.num_inference_steps * self.strength) < 1:
+            raise ValueError(
+                f"strength {self.strength} x {self.num_inference_steps} steps leaves no denoising step"
+            )
+        if self.guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        if not isinstance(self.mask_noises, int) or self.mask_noises < 1:
+            raise ValueError(f"mask_noises must be a positive integer, got {self.mask_noises}")
+        if not 0.0 <= self.mask_threshold <= 1.0:
+            raise ValueError(f"mask_threshold must be in [0, 1], got {self.mask_threshold}")
+        if self.mask_clamp not in ("quantile", "mean_ratio"):
+            raise ValueError(f"mask_clamp must be 'quantile' or 'mean_ratio', got {self.mask_clamp!r}")
+        if self.mask_smooth < 0 or self.mask_dilate < 0 or self.feather < 0:
+            raise ValueError("mask_smooth, mask_dilate and feather must be >= 0")
+        if self.mask_batch_size is not None and self.mask_batch_size < 1:
+            raise ValueError(f"mask_batch_size must be >= 1, got {self.mask_batch_size}")
+
+    def replace(self, **changes: Any) -> "EditOptions":
+        """A copy with `changes`; unknown names raise a ValueError listing the known ones."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(f"unknown edit option(s) {unknown}; known: {sorted(known)}")
+        return EditOptions(**{**asdict(self), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class MaskResult:
+    """The mask of each job (image, target prompt): soft map and binary mask, latent and pixel grids."""
+
+    soft: torch.Tensor  # (J, h, w) float in [0, 1] at latent resolution, after clamping and smoothing
+    mask: torch.Tensor  # (J, h, w) bool at latent resolution
+    mask_images: list[Image.Image]  # J binary masks ("L", 0/255) at the input's pixel size
+    soft_images: list[Image.Image]  # J soft maps ("L") at the input's pixel size
+    seed: int | None = None
+
+    @property
+    def mask_image(self) -> Image.Image:
+        return self.mask_images[0]
+
+
+@dataclass
+class InversionResult:
+    """Every DDIM level of the inverted latents: latents[0] is the clean latent, latents[N] the top."""
+
+    latents: torch.Tensor  # (N + 1, B, C, h, w)
+    timesteps: torch.Tensor  # (N + 1,) UNet timestep of each level, -1 for the clean level
+
+
+@dataclass
+class EditResult:
+    """Edited images with their masks, the seed and every parameter that made them."""
+
+    images: list[Image.Image]  # one per job, at the input's size
+    mask_images: list[Image.Image]  # binary masks used for decoding, pixel size
+    soft_images: list[Image.Image]  # soft mask maps, pixel size
+    mask: torch.Tensor  # (J, h, w) bool latent masks
+    soft: torch.Tensor  # (J, h, w) soft latent maps
+    sources: list[str]  # source prompt of each job
+    targets: list[str]  # target prompt of each job
+    job_image: list[int]  # index of the input image of each job
+    seed: int
+    options: EditOptions
+    model: str
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+
+    @property
+    def image(self) -> Image.Image:
+        return self.images[0]
+
+    @property
+    def mask_image(self) -> Image.Image:
+        return self.mask_images[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything needed to reproduce the edit, as JSON-ready values."""
+        return {
+            "model": self.model,
+            "seed": self.seed,
+            "jobs": [
+                {"image": i, "source": s, "target": t} for i, s, t in zip(self.job_image, self.sources, self.targets)
+            ],
+            "options": self.options.to_dict(),
+            "mask_fraction": [round(float(m.float().mean()), 6) for m in self.mask],
+            "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
+        }
