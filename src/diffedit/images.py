@@ -23,6 +23,8 @@ __all__ = [
     "pad_to_multiple",
     "save_image",
     "save_json",
+    "mask_overlay",
+    "make_panel",
 ]
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
@@ -163,3 +165,22 @@ def save_json(data: Any, path: str | os.PathLike) -> Path:
 
     _atomic_write(path, write)
     return path
+
+
+def mask_overlay(image: Image.Image, mask: Image.Image, color=(255, 0, 0), opacity: float = 0.45) -> Image.Image:
+    """The image with the mask's area tinted, for showing what an edit touched."""
+    m = (np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)[..., None] * opacity
+    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    tint = np.array(color, dtype=np.float32)
+    return Image.fromarray((base * (1 - m) + tint * m + 0.5).astype(np.uint8))
+
+
+def make_panel(rows: list[list[Image.Image]], gap: int = 4) -> Image.Image:
+    """Grid of same-size images (rows x columns) on a white canvas."""
+    w, h = rows[0][0].size
+    cols = max(len(r) for r in rows)
+    panel = Image.new("RGB", (cols * w + (cols - 1) * gap, len(rows) * h + (len(rows) - 1) * gap), "white")
+    for i, row in enumerate(rows):
+        for j, im in enumerate(row):
+            panel.paste(im.convert("RGB").resize((w, h), Image.NEAREST), (j * (w + gap), i * (h + gap)))
+    return panel

@@ -25,6 +25,7 @@ from diffedit.shapeworld.world import (
     GRAY,
     STRIPE_DARK,
     STRIPE_LIGHT,
+    SHAPES,
     format_caption,
     parse_caption,
     render_background,
@@ -34,8 +35,6 @@ COLOR_TOLERANCE = 60.0  # max RGB distance from an object color
 MIN_AREA = 60  # blobs smaller than this (pixels) are noise; the smallest object has ~390
 BACKGROUND_CLIP = 80.0  # per-pixel error cap when scoring background candidates
 BORDER_PX = 2  # pixels around objects left out of the background decision
-SQUARE_FILL = 0.9  # bbox fill ratio above which a symmetric blob is a square (circle ~ pi/4)
-TRIANGLE_TAPER = 0.6  # top-quarter / bottom-quarter width ratio below which a blob is a triangle
 TIE_PX = 0.5  # centroids closer than this in x count as a caption-order tie
 
 _OBJECT_COLORS = tuple(COLORS)
@@ -43,7 +42,10 @@ _PALETTE = np.array(
     [COLORS[c] for c in _OBJECT_COLORS] + [GRAY, DARK, STRIPE_DARK, STRIPE_LIGHT, CHECKER_DARK, CHECKER_LIGHT],
     dtype=np.float64,
 )
+_PALETTE_SQ = (_PALETTE**2).sum(axis=1)
 _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
+_YC, _XC = np.mgrid[0:CANVAS, 0:CANVAS].astype(np.float64) + 0.5  # pixel centers
+_BACKGROUND_RENDERS = np.stack([render_background(name) for name in BACKGROUNDS]).astype(np.float64)
 
 
 @dataclass(eq=False)
@@ -99,62 +101,81 @@ def _as_image(image: np.ndarray) -> np.ndarray:
     return img.astype(np.float64)
 
 
-def _classify_shape(mask: np.ndarray) -> str:
-    """Circle, square or triangle from a filled silhouette (taper of its rows, then bbox fill)."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    h = rows[-1] - rows[0] + 1
-    w = cols[-1] - cols[0] + 1
-    widths = mask[rows[0] : rows[-1] + 1].sum(axis=1)
-    q = max(1, h // 4)
-    taper = widths[:q].mean() / max(widths[-q:].mean(), 1.0)
-    if taper < TRIANGLE_TAPER:
-        return "triangle"
-    fill = mask.sum() / float(h * w)
-    return "square" if fill >= SQUARE_FILL else "circle"
+def _shape_template(shape: str, cx: float, cy: float, size: float) -> np.ndarray:
+    """Silhouette of a shape with a real-valued center and size (same inequalities as the world)."""
+    dx, dy, half = _XC - cx, _YC - cy, size / 2
+    if shape == "circle":
+        return dx * dx + dy * dy <= half * half
+    if shape == "square":
+        return (np.abs(dx) <= half) & (np.abs(dy) <= half)
+    depth = _YC - (cy - half)
+    return (dy <= half) & (np.abs(dx) <= depth / 2)
+
+
+def _classify_shape(mask: np.ndarray, cx: float, cy: float) -> str:
+    """The shape whose template, sized by area and placed by centroid, overlaps mask best (IoU)."""
+    area = float(mask.sum())
+    sizes = {"circle": 2 * np.sqrt(area / np.pi), "square": np.sqrt(area), "triangle": np.sqrt(2 * area)}
+    best, best_iou = "circle", -1.0
+    for shape in SHAPES:
+        size = sizes[shape]
+        # a triangle's centroid lies size/6 below its center
+        center_y = cy - size / 6 if shape == "triangle" else cy
+        template = _shape_template(shape, cx, center_y, size)
+        iou = (template & mask).sum() / float((template | mask).sum())
+        if iou > best_iou:
+            best, best_iou = shape, iou
+    return best
 
 
 def _choose_background(img: np.ndarray, keep: np.ndarray) -> str:
     """The background render with the smallest clipped RGB error over the kept pixels."""
     if not keep.any():
         keep = np.ones(keep.shape, dtype=bool)
-    costs = []
-    for name in BACKGROUNDS:
-        err = np.linalg.norm(img[keep] - render_background(name)[keep], axis=-1)
-        costs.append(np.minimum(err, BACKGROUND_CLIP).mean())
+    pixels = img[keep]  # (N, 3)
+    err = np.sqrt(((pixels[None] - _BACKGROUND_RENDERS[:, keep]) ** 2).sum(axis=-1))  # (4, N)
+    costs = np.minimum(err, BACKGROUND_CLIP).mean(axis=1)
     return BACKGROUNDS[int(np.argmin(costs))]
+
+
+def _nearest_palette(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of the nearest palette value of every pixel and the RGB distance to it."""
+    flat = img.reshape(-1, 3)
+    sq = (flat**2).sum(axis=1)[:, None] - 2.0 * flat @ _PALETTE.T + _PALETTE_SQ[None]
+    nearest = sq.argmin(axis=1)
+    dist = np.sqrt(np.maximum(sq[np.arange(len(flat)), nearest], 0.0))
+    return nearest.reshape(img.shape[:2]), dist.reshape(img.shape[:2])
 
 
 def read_image(image: np.ndarray) -> Reading:
     """Read the background and the objects of a (128, 128, 3) image on the 0..255 scale."""
     img = _as_image(image)
-    dist = np.linalg.norm(img[:, :, None, :] - _PALETTE[None, None], axis=-1)  # (H, W, 12)
-    nearest = dist.argmin(axis=-1)
-    is_object = (nearest < len(_OBJECT_COLORS)) & (dist.min(axis=-1) <= COLOR_TOLERANCE)
+    nearest, dist = _nearest_palette(img)
+    is_object = (nearest < len(_OBJECT_COLORS)) & (dist <= COLOR_TOLERANCE)
 
     labels, count = ndimage.label(is_object, structure=_FOUR_CONNECTED)
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
     objects = []
     covered = np.zeros(is_object.shape, dtype=bool)
-    ys, xs = np.mgrid[0:CANVAS, 0:CANVAS]
-    for k in range(1, count + 1):
-        if sizes[k] < MIN_AREA:
+    for k in np.flatnonzero(sizes >= MIN_AREA):
+        if k == 0:
             continue
         component = labels == k
-        color = _OBJECT_COLORS[int(np.bincount(nearest[component], minlength=len(_OBJECT_COLORS)).argmax())]
+        votes = np.bincount(nearest[component], minlength=len(_OBJECT_COLORS))
         filled = ndimage.binary_fill_holes(component)
+        cx, cy = float(_XC[filled].mean()), float(_YC[filled].mean())
         objects.append(
             DetectedObject(
-                color=color,
-                shape=_classify_shape(filled),
-                cx=float(xs[filled].mean() + 0.5),
-                cy=float(ys[filled].mean() + 0.5),
+                color=_OBJECT_COLORS[int(votes.argmax())],
+                shape=_classify_shape(filled, cx, cy),
+                cx=cx,
+                cy=cy,
                 area=int(filled.sum()),
                 mask=filled,
             )
         )
         covered |= filled
-    keep = ~ndimage.binary_dilation(covered, iterations=BORDER_PX) if covered.any() else ~covered
+    keep = ~ndimage.binary_dilation(covered, iterations=BORDER_PX)
     return Reading(background=_choose_background(img, keep), objects=sort_left_to_right(objects))
 
 

@@ -1,0 +1,85 @@
+"""DDIM grid and step: known values from the maths, and agreement with diffusers' schedulers."""
+
+import pytest
+import torch
+from diffusers import DDIMInverseScheduler, DDIMScheduler, PNDMScheduler
+
+from diffedit.inversion import ddim_invert
+from diffedit.sampling import masked_denoise
+from diffedit.schedule import ddim_grid, ddim_step, model_output_to_eps_x0
+
+SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+          set_alpha_to_one=False, steps_offset=1)
+
+
+def test_grid_matches_diffusers_timesteps():
+    sched = DDIMScheduler(**SD)
+    grid = ddim_grid(sched, 50, 0.8)
+    assert grid.num_steps == 40
+    sched.set_timesteps(50)
+    # decoding visits the last 40 timesteps of the descending schedule, exactly as diffusers' get_timesteps
+    assert grid.timesteps[1:].flip(0).tolist() == sched.timesteps[10:].tolist()
+    assert grid.timesteps[1:4].tolist() == [1, 21, 41]
+    assert grid.alphas[0] == pytest.approx(float(sched.alphas_cumprod[0]))  # set_alpha_to_one=False
+    # any scheduler's noise schedule is reused (SD 1.5 folders ship PNDM)
+    assert torch.equal(ddim_grid(PNDMScheduler(**{k: v for k, v in SD.items() if k != "clip_sample"}), 50, 0.8).timesteps, grid.timesteps)
+
+
+def test_grid_rejects_bad_arguments():
+    sched = DDIMScheduler(**SD)
+    for steps, strength in [(0, 0.8), (50, 0.0), (50, 1.5), (2, 0.2)]:
+        with pytest.raises(ValueError):
+            ddim_grid(sched, steps, strength)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_model_output_conversions_recover_eps_and_x0(prediction_type):
+    g = torch.Generator().manual_seed(0)
+    x0, eps, alpha = torch.randn(2, 4, 5, 5, generator=g), torch.randn(2, 4, 5, 5, generator=g), 0.3
+    x = alpha**0.5 * x0 + (1 - alpha) ** 0.5 * eps
+    output = {"epsilon": eps, "sample": x0, "v_prediction": alpha**0.5 * eps - (1 - alpha) ** 0.5 * x0}[prediction_type]
+    eps_hat, x0_hat = model_output_to_eps_x0(output, x, alpha, prediction_type)
+    assert torch.allclose(eps_hat, eps, atol=1e-5) and torch.allclose(x0_hat, x0, atol=1e-5)
+
+
+def test_ddim_step_matches_diffusers_both_directions():
+    g = torch.Generator().manual_seed(1)
+    x, out = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 4, 8, 8, generator=g)
+    grid = ddim_grid(DDIMScheduler(**SD), 50, 1.0)
+    sched = DDIMScheduler(**SD)
+    sched.set_timesteps(50)
+    k = 10  # step from level k at timestep t_k down to level k-1
+    ours = ddim_step(out, x, float(grid.alphas[k]), float(grid.alphas[k - 1]))
+    theirs = sched.step(out, int(grid.timesteps[k]), x).prev_sample
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    inv = DDIMInverseScheduler(**SD)
+    inv.set_timesteps(50)
+    ours_up = ddim_step(out, x, float(grid.alphas[k - 1]), float(grid.alphas[k]))
+    theirs_up = inv.step(out, int(grid.timesteps[k]), x).prev_sample
+    assert torch.allclose(ours_up, theirs_up, atol=1e-5)
+
+
+class ConstantNoiseUNet(torch.nn.Module):
+    """eps depends on the timestep only: DDIM inversion is then exactly invertible."""
+
+    class Out:
+        def __init__(self, sample):
+            self.sample = sample
+
+    def __init__(self, shape):
+        super().__init__()
+        self.table = torch.randn(1000, *shape, generator=torch.Generator().manual_seed(3))
+
+    def forward(self, x, t, encoder_hidden_states=None):
+        return self.Out(self.table[t.long()].to(x.dtype))
+
+
+def test_inversion_then_decoding_is_exact_when_eps_ignores_x():
+    unet = ConstantNoiseUNet((4, 6, 6))
+    grid = ddim_grid(DDIMScheduler(**SD), 20, 1.0)
+    x0 = torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    cond = torch.zeros(2, 3, 8)
+    levels = ddim_invert(unet, x0, cond, grid)
+    assert levels.shape == (21, 2, 4, 6, 6) and torch.equal(levels[0], x0)
+    out = masked_denoise(unet, levels, torch.ones(2, 6, 6), cond, grid, uncond=None)
+    assert torch.allclose(out, x0, atol=1e-9)
