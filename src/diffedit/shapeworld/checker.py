@@ -40,12 +40,11 @@ TIE_PX = 0.5  # centroids closer than this in x count as a caption-order tie
 _OBJECT_COLORS = tuple(COLORS)
 _PALETTE = np.array(
     [COLORS[c] for c in _OBJECT_COLORS] + [GRAY, DARK, STRIPE_DARK, STRIPE_LIGHT, CHECKER_DARK, CHECKER_LIGHT],
-    dtype=np.float64,
+    dtype=np.float32,
 )
-_PALETTE_SQ = (_PALETTE**2).sum(axis=1)
 _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 _YC, _XC = np.mgrid[0:CANVAS, 0:CANVAS].astype(np.float64) + 0.5  # pixel centers
-_BACKGROUND_RENDERS = np.stack([render_background(name) for name in BACKGROUNDS]).astype(np.float64)
+_BACKGROUND_RENDERS = np.stack([render_background(name) for name in BACKGROUNDS]).astype(np.float32)
 
 
 @dataclass(eq=False)
@@ -98,7 +97,7 @@ def _as_image(image: np.ndarray) -> np.ndarray:
     img = np.asarray(image)
     if img.shape != (CANVAS, CANVAS, 3):
         raise ValueError(f"expected a ({CANVAS}, {CANVAS}, 3) image, got shape {img.shape}")
-    return img.astype(np.float64)
+    return img.astype(np.float32)
 
 
 def _shape_template(shape: str, cx: float, cy: float, size: float) -> np.ndarray:
@@ -128,23 +127,34 @@ def _classify_shape(mask: np.ndarray, cx: float, cy: float) -> str:
     return best
 
 
+def _sq_distances(img: np.ndarray, colors: np.ndarray) -> np.ndarray:
+    """Squared RGB distance of every pixel of img (..., 3) to each color (K, 3): shape (K, ...)."""
+    r, g, b = (img[..., i] for i in range(3))
+    out = np.empty((len(colors),) + img.shape[:-1], dtype=np.float32)
+    for k, (cr, cg, cb) in enumerate(colors):
+        out[k] = (r - cr) ** 2 + (g - cg) ** 2 + (b - cb) ** 2
+    return out
+
+
 def _choose_background(img: np.ndarray, keep: np.ndarray) -> str:
     """The background render with the smallest clipped RGB error over the kept pixels."""
     if not keep.any():
         keep = np.ones(keep.shape, dtype=bool)
     pixels = img[keep]  # (N, 3)
-    err = np.sqrt(((pixels[None] - _BACKGROUND_RENDERS[:, keep]) ** 2).sum(axis=-1))  # (4, N)
-    costs = np.minimum(err, BACKGROUND_CLIP).mean(axis=1)
+    costs = []
+    for render in _BACKGROUND_RENDERS:
+        diff = pixels - render[keep]
+        err = np.sqrt(diff[:, 0] ** 2 + diff[:, 1] ** 2 + diff[:, 2] ** 2)
+        costs.append(np.minimum(err, BACKGROUND_CLIP).mean())
     return BACKGROUNDS[int(np.argmin(costs))]
 
 
 def _nearest_palette(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Index of the nearest palette value of every pixel and the RGB distance to it."""
-    flat = img.reshape(-1, 3)
-    sq = (flat**2).sum(axis=1)[:, None] - 2.0 * flat @ _PALETTE.T + _PALETTE_SQ[None]
-    nearest = sq.argmin(axis=1)
-    dist = np.sqrt(np.maximum(sq[np.arange(len(flat)), nearest], 0.0))
-    return nearest.reshape(img.shape[:2]), dist.reshape(img.shape[:2])
+    sq = _sq_distances(img, _PALETTE)
+    nearest = sq.argmin(axis=0)
+    dist = np.sqrt(np.take_along_axis(sq, nearest[None], axis=0)[0])
+    return nearest, dist
 
 
 def read_image(image: np.ndarray) -> Reading:

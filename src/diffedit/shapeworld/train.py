@@ -400,7 +400,7 @@ def train(
         else:
             seconds, steps = None, vae_steps if vae_steps is not None else cfg.vae_steps
         info = train_vae(vae, cfg, steps=steps, seconds=seconds, device=dev, seed=seed, quiet=quiet, log=log)
-        info["scaling_factor"] = compute_scaling_factor(vae)
+        info["scaling_factor"] = compute_scaling_factor(vae, cfg.scale_scenes)
         vae.save_pretrained(ckpt / "vae")
         history.append({"stage": "vae", "device": str(dev), **info})
         figures["vae_psnr"] = vae_psnr(vae, cfg.eval_scenes, HELD_OUT_SEED)

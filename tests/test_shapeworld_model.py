@@ -1,0 +1,155 @@
+"""The ShapeWorld model: grammar tokenizer, SD-shaped components, saving, and a tiny training run."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from safetensors import safe_open
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from diffedit.shapeworld import world
+from diffedit.shapeworld.evaluate import images_to_tensor, render_scenes
+from diffedit.shapeworld.model import (
+    CONFIGS,
+    build_components,
+    build_tokenizer,
+    build_vae,
+    component_sizes,
+    get_config,
+    load_model,
+)
+from diffedit.shapeworld.train import train, vae_loss
+
+GRAMMAR = ["a", "and", "on", "background", *world.COLORS, *world.SHAPES, *world.BACKGROUNDS]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 2 + 2 step training run of the tiny config (stage all)."""
+    out = tmp_path_factory.mktemp("tiny_run")
+    figures = train(out, config="tiny", vae_steps=2, unet_steps=2, seed=0, quiet=True)
+    return out, figures
+
+
+def test_every_grammar_word_is_one_token(tokenizer):
+    for word in GRAMMAR:
+        assert len(tokenizer.tokenize(word)) == 1, (word, tokenizer.tokenize(word))
+        assert tokenizer.tokenize(word)[0] == word + "</w>"
+    caption = "a red circle and a green triangle on a checkered background"
+    assert tokenizer.tokenize(caption) == [w + "</w>" for w in caption.split()]
+
+
+def test_any_lowercase_text_tokenizes(tokenizer):
+    ids = tokenizer("the quick brown fox jumps over 12 lazy dogs").input_ids
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.unk_token_id not in ids[1:-1]
+
+
+def test_longest_caption_fits(tokenizer):
+    lengths = [len(tokenizer(c).input_ids) for c in world.all_captions()]
+    assert max(lengths) == max(len(c.split()) for c in world.all_captions()) + 2  # words + bos + eos
+    assert max(lengths) <= tokenizer.model_max_length
+
+
+def test_tokenizer_round_trip(tokenizer, tmp_path):
+    tokenizer.save_pretrained(tmp_path)
+    loaded = CLIPTokenizer.from_pretrained(tmp_path)
+    texts = world.all_captions()[::50] + ["", "hello world"]
+    kwargs = dict(padding="max_length", max_length=tokenizer.model_max_length)
+    assert loaded(texts, **kwargs).input_ids == tokenizer(texts, **kwargs).input_ids
+    assert loaded.get_vocab() == tokenizer.get_vocab()
+    assert loaded.model_max_length == tokenizer.model_max_length
+
+
+def test_component_shapes():
+    c = build_components("tiny")
+    x = torch.zeros(2, 3, 128, 128)
+    with torch.no_grad():
+        z = c["vae"].encode(x).latent_dist.mean
+        assert z.shape == (2, 4, 16, 16)
+        assert c["vae"].decode(z).sample.shape == (2, 3, 128, 128)
+        ids = c["tokenizer"](["a red circle on a gray background", ""], padding="max_length", return_tensors="pt").input_ids
+        states = c["text_encoder"](ids)[0]
+        assert states.shape == (2, 16, c["unet"].config.cross_attention_dim)
+        eps = c["unet"](z, torch.tensor([10, 900]), encoder_hidden_states=states).sample
+    assert eps.shape == z.shape
+    assert c["scheduler"].config.beta_schedule == "scaled_linear"
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_config_sizes(name):
+    sizes = component_sizes(build_components(name))
+    assert sizes["fp16_mb"] <= 40
+    if name == "tiny":
+        assert sizes["total"] < 500_000
+    if name == "full":
+        assert 10e6 <= sizes["unet"] <= 20e6
+
+
+def test_unknown_config():
+    with pytest.raises(ValueError, match="unknown config"):
+        get_config("huge")
+
+
+def test_vae_overfits_a_fixed_batch():
+    torch.manual_seed(0)
+    vae = build_vae(CONFIGS["tiny"])
+    images, _ = render_scenes(4, seed=3)
+    x = images_to_tensor(images)[:, :, :64, :64]  # (4, 3, 64, 64)
+    opt = torch.optim.Adam(vae.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss, _ = vae_loss(vae, x, 1e-6)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
+
+
+def test_tiny_training_writes_a_loadable_model(trained):
+    out, figures = trained
+    model = out / "model"
+    assert set(json.loads((model / "model_index.json").read_text())) >= {"vae", "unet", "text_encoder", "tokenizer"}
+    vae = AutoencoderKL.from_pretrained(model, subfolder="vae")
+    UNet2DConditionModel.from_pretrained(model, subfolder="unet")
+    CLIPTextModel.from_pretrained(model, subfolder="text_encoder")
+    tok = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
+    scheduler = DDIMScheduler.from_pretrained(model, subfolder="scheduler")
+    assert scheduler.config.steps_offset == 1 and not scheduler.config.clip_sample
+    assert vae.config.scaling_factor != 1.0  # set from the data
+    assert tok("a red circle on a gray background").input_ids == build_tokenizer()(
+        "a red circle on a gray background"
+    ).input_ids
+    for f in model.rglob("*.safetensors"):
+        with safe_open(f, "pt") as st:
+            assert all(st.get_tensor(k).dtype == torch.float16 for k in st.keys())
+    assert all(f.stat().st_size < 16 * 2**20 for f in model.rglob("*") if f.is_file())
+    info = json.loads((model / "training.json").read_text())
+    assert info["vae_steps"] == 2 and info["unet_steps"] == 2 and "figures" in info
+    assert "vae_psnr" in figures and "generation_accuracy" in figures
+    assert list((out / "samples").glob("*.png"))
+
+
+def test_unet_stage_resumes(trained, tmp_path):
+    src, _ = trained
+    train(tmp_path, config="tiny", stage="unet", resume=src, unet_steps=1, quiet=True)
+    info = json.loads((tmp_path / "model" / "training.json").read_text())
+    assert info["unet_steps"] == 3  # 2 from the first run + 1
+    components = load_model(tmp_path / "model")
+    assert components["vae"].config.scaling_factor == pytest.approx(
+        AutoencoderKL.from_pretrained(Path(src) / "model", subfolder="vae").config.scaling_factor, rel=1e-3
+    )
+
+
+def test_bad_stage():
+    with pytest.raises(ValueError, match="unknown stage"):
+        train("/nonexistent", config="tiny", stage="text")
