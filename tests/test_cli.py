@@ -1,0 +1,94 @@
+"""The command line end to end on a tiny local model folder."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+
+from diffedit.cli import app
+
+from conftest import scene
+
+runner = CliRunner()
+
+
+def _write_input(tmp_path, size=(37, 45)):
+    rgba = np.concatenate([scene(*size), np.full((size[1], size[0], 1), 255, np.uint8)], axis=-1)
+    path = tmp_path / "photo.png"
+    Image.fromarray(rgba).save(path)  # RGBA and not a multiple of the VAE factor
+    return path
+
+
+def test_edit_end_to_end(tmp_path, tiny_model_dir):
+    src = _write_input(tmp_path)
+    res = runner.invoke(app, [
+        "edit", str(src), "--source", "a red square", "--target", "a blue circle", "--model", str(tiny_model_dir),
+        "--steps", "6", "--seed", "7", "--mask-output", str(tmp_path / "mask.png"), "--panel", str(tmp_path / "panel.png"),
+        "--quiet",
+    ])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "photo_edited.png"
+    assert Image.open(out).size == (37, 45)
+    assert Image.open(tmp_path / "mask.png").size == (37, 45)
+    assert Image.open(tmp_path / "panel.png").size == (3 * 37 + 8, 45)
+    sidecar = json.loads((tmp_path / "photo_edited.json").read_text())
+    assert sidecar["seed"] == 7 and sidecar["model"] == str(tiny_model_dir)
+    assert sidecar["options"]["num_inference_steps"] == 6 and sidecar["options"]["strength"] == 0.8
+    assert sidecar["jobs"][0]["target"] == "a blue circle" and sidecar["outputs"] == [str(out)]
+    # the same command again gives the same pixels (the seed is all the randomness)
+    first = np.asarray(Image.open(out)).copy()
+    runner.invoke(app, ["edit", str(src), "-s", "a red square", "-t", "a blue circle", "-m", str(tiny_model_dir),
+                        "--steps", "6", "--seed", "7", "-q"])
+    assert np.array_equal(first, np.asarray(Image.open(out)))
+
+
+def test_edit_several_targets_and_user_mask(tmp_path, tiny_model_dir):
+    src = _write_input(tmp_path)
+    m = np.zeros((45, 37), np.uint8)
+    m[10:20, 10:20] = 255
+    Image.fromarray(m).save(tmp_path / "m.png")
+    res = runner.invoke(app, [
+        "edit", str(src), "-s", "a red square", "-t", "a blue circle", "-t", "a dog", "-m", str(tiny_model_dir),
+        "--steps", "4", "--mask", str(tmp_path / "m.png"), "-o", str(tmp_path / "out.png"), "-q",
+    ])
+    assert res.exit_code == 0, res.output
+    outs = [np.asarray(Image.open(tmp_path / f"out_{i}.png")) for i in (1, 2)]
+    original = np.asarray(Image.open(src).convert("RGB"))
+    for o in outs:
+        assert np.array_equal(o[m == 0], original[m == 0])
+    sidecar = json.loads((tmp_path / "out.json").read_text())
+    assert [j["target"] for j in sidecar["jobs"]] == ["a blue circle", "a dog"] and sidecar["user_mask"]
+
+
+def test_mask_command(tmp_path, tiny_model_dir):
+    src = _write_input(tmp_path)
+    res = runner.invoke(app, ["mask", str(src), "-s", "a red square", "-t", "a blue circle", "-m", str(tiny_model_dir),
+                              "-o", str(tmp_path / "m.png"), "--soft-output", str(tmp_path / "soft.png"), "--seed", "1"])
+    assert res.exit_code == 0, res.output
+    m = np.asarray(Image.open(tmp_path / "m.png"))
+    assert m.shape == (45, 37) and set(np.unique(m)) <= {0, 255}
+    assert json.loads((tmp_path / "m.json").read_text())["seed"] == 1
+
+
+def test_cli_errors_are_one_line_without_traceback(tmp_path, tiny_model_dir):
+    src = _write_input(tmp_path)
+    cases = [
+        (["edit", str(tmp_path / "nope.png"), "-s", "a", "-t", "b"], "not found"),
+        (["edit", str(src), "-s", "a", "-t", "b", "--strength", "2"], "strength"),
+        (["edit", str(src), "-s", "a", "-t", "b", "--dtype", "fp8"], "--dtype"),
+        (["edit", str(src), "-s", "a", "-t", "b", "-m", str(tmp_path / "nomodel")], "not found"),
+        (["edit", str(src), "-s", "a", "-t", "", "-m", str(tiny_model_dir)], "target prompt is empty"),
+        (["edit", str(src), "-s", "a", "-t", "b", "--max-pixels", "100"], "above the limit"),
+    ]
+    for args, message in cases:
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, (args, res.output)
+        assert message in res.output and "Traceback" not in res.output, (args, res.output)
+
+
+def test_console_script_is_installed():
+    out = subprocess.run([sys.executable, "-m", "diffedit.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "edit" in out.stdout and "demo" in out.stdout
