@@ -365,9 +365,9 @@ def sample_edit(
 def edit_cases(n: int, seed: int) -> list[EditCase]:
     """n edit cases, deterministic for (n, seed), balanced over kind x background x num_objects.
 
-    Case i uses kind i % 3, num_objects 1 + i % 2 and background (i // 2) % 4: every one of the
-    24 combinations appears once in any 24 consecutive cases, and each factor alone is balanced
-    to within one case for every n. Case i depends only on (seed, i), so prefixes agree.
+    Case i uses kind i % 3, background i % 4 and num_objects 1 + (i + i // 4) % 2: every one of
+    the 24 combinations appears once in any 24 aligned consecutive cases, and each factor alone
+    is balanced to within one case for every n. Case i depends only on (seed, i), so prefixes agree.
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
@@ -378,8 +378,8 @@ def edit_cases(n: int, seed: int) -> list[EditCase]:
             sample_edit(
                 rng,
                 kind=EDIT_KINDS[i % 3],
-                num_objects=1 + i % 2,
-                background=BACKGROUNDS[(i // 2) % 4],
+                num_objects=1 + (i + i // 4) % 2,
+                background=BACKGROUNDS[i % 4],
             )
         )
     return cases

@@ -1,0 +1,83 @@
+"""ShapeEdit metrics for one edit and their summary (/work/shared/SHAPEWORLD.md, "Metrics for one edit").
+
+Notation: edited image E, input I (case.source_image), ground-truth target G (case.target_image),
+ground-truth mask M (case.mask), predicted binary mask P.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+
+from diffedit.metrics import dilate, mask_iou, psnr
+from diffedit.shapeworld.world import BACKGROUNDS, CANVAS, EDIT_KINDS, EditCase
+
+BACKGROUND_DILATION_PX = 2  # background PSNR is taken outside M dilated by this much
+COLOR_DISTANCE = 60.0  # RGB distance within which a pixel counts as the target color
+MIN_TARGET_FRACTION = 0.6  # share of the footprint that must show the target color
+MIN_TARGET_IOU = 0.5  # IoU of the target-colored pixels (inside dilated M) with the footprint
+PSNR_CAP = 100.0  # summaries clip PSNR here so that exact copies (inf dB) do not make means infinite
+METRICS = ("mask_iou", "background_psnr", "target_psnr", "success")
+
+
+def score_edit(edited: np.ndarray, case: EditCase, predicted_mask: np.ndarray | None) -> dict:
+    """Metrics of one edited image E for case (plus kind/background/num_objects for grouping)."""
+    edited = np.asarray(edited)
+    if edited.shape != (CANVAS, CANVAS, 3):
+        raise ValueError(f"edited image must be ({CANVAS}, {CANVAS}, 3), got {edited.shape}")
+    m = case.mask
+    m_dilated = dilate(m, BACKGROUND_DILATION_PX)
+    footprint = case.footprint
+
+    diff = edited.astype(np.float64) - np.asarray(case.target_color, dtype=np.float64)
+    near_target = np.sqrt((diff**2).sum(axis=-1)) <= COLOR_DISTANCE
+    target_fraction = float(near_target[footprint].mean())
+    target_iou = mask_iou(near_target & m_dilated, footprint)
+
+    return {
+        "kind": case.kind,
+        "background": case.scene.background,
+        "num_objects": len(case.scene.objects),
+        "mask_iou": None if predicted_mask is None else mask_iou(predicted_mask, m),
+        "background_psnr": psnr(edited, case.source_image, mask=~m_dilated),
+        "target_psnr": psnr(edited, case.target_image, mask=m),
+        "target_fraction": target_fraction,
+        "target_iou": target_iou,
+        "success": bool(target_fraction >= MIN_TARGET_FRACTION and target_iou >= MIN_TARGET_IOU),
+    }
+
+
+def _mean(values: Iterable[float | None], cap: float | None = None) -> float | None:
+    """Mean of the non-None values (clipped at cap when given); None when there are none."""
+    vals = [min(float(v), cap) if cap is not None else float(v) for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _group(rows: list[dict]) -> dict:
+    """Mean metrics of a group of rows; success is a rate in [0, 1], PSNRs are clipped at PSNR_CAP."""
+    return {
+        "n": len(rows),
+        "mask_iou": _mean(r["mask_iou"] for r in rows),
+        "background_psnr": _mean((r["background_psnr"] for r in rows), PSNR_CAP),
+        "target_psnr": _mean((r["target_psnr"] for r in rows), PSNR_CAP),
+        "success": _mean(float(r["success"]) for r in rows),
+    }
+
+
+def _by(rows: list[dict], key: str, order: Iterable) -> dict:
+    """Group summaries keyed by row[key], in the given order, skipping absent values."""
+    return {value: _group(group) for value in order if (group := [r for r in rows if r[key] == value])}
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Means of score_edit rows overall, by edit kind, by background and by number of objects."""
+    rows = list(rows)
+    if not rows:
+        raise ValueError("no rows to summarize")
+    return {
+        "overall": _group(rows),
+        "by_kind": _by(rows, "kind", EDIT_KINDS),
+        "by_background": _by(rows, "background", BACKGROUNDS),
+        "by_num_objects": _by(rows, "num_objects", sorted({r["num_objects"] for r in rows})),
+    }
