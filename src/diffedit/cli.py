@@ -227,6 +227,35 @@ def demo(
     )
 
 
+@shapeworld_app.command("train")
+def shapeworld_train(
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the model, sample grids and logs."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-clock budget, split between the stages."),
+    config: str = typer.Option("small", "--config", help="tiny | small | full (full: ~15 min on one H100)."),
+    stage: str = typer.Option("all", "--stage", help="vae | unet | all: run one stage (GPU calls of <= 10 min)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Folder of an earlier stage to continue from."),
+    vae_steps: Optional[int] = typer.Option(None, "--vae-steps"),
+    unet_steps: Optional[int] = typer.Option(None, "--unet-steps"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    samples_every: Optional[int] = typer.Option(None, "--samples-every", help="UNet steps between sample grids."),
+    seed: int = typer.Option(0, "--seed"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Train the embedded ShapeWorld model (VAE, then UNet + text encoder on precomputed latents)."""
+    from diffedit.shapeworld.train import train
+
+    device = resolve_device(device)
+    try:
+        figures = train(output, config=config, device=device, minutes=minutes, vae_steps=vae_steps,
+                        unet_steps=unet_steps, batch_size=batch_size, seed=seed, quiet=quiet,
+                        samples_every=samples_every, stage=stage, resume=resume, threads=threads)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    typer.echo(json.dumps(figures, indent=2, default=str))
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 
