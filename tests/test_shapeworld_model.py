@@ -76,7 +76,8 @@ def test_component_shapes():
         z = c["vae"].encode(x).latent_dist.mean
         assert z.shape == (2, 4, 16, 16)
         assert c["vae"].decode(z).sample.shape == (2, 3, 128, 128)
-        ids = c["tokenizer"](["a red circle on a gray background", ""], padding="max_length", return_tensors="pt").input_ids
+        prompts = ["a red circle on a gray background", ""]
+        ids = c["tokenizer"](prompts, padding="max_length", return_tensors="pt").input_ids
         states = c["text_encoder"](ids)[0]
         assert states.shape == (2, 16, c["unet"].config.cross_attention_dim)
         eps = c["unet"](z, torch.tensor([10, 900]), encoder_hidden_states=states).sample
@@ -153,3 +154,14 @@ def test_unet_stage_resumes(trained, tmp_path):
 def test_bad_stage():
     with pytest.raises(ValueError, match="unknown stage"):
         train("/nonexistent", config="tiny", stage="text")
+
+
+def test_generate_is_deterministic(trained):
+    from diffedit.shapeworld.generate import generate
+
+    components = load_model(trained[0] / "model")
+    captions = ["a red circle on a gray background", "a blue square and a white triangle on a dark background"]
+    a = generate(components, captions, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    b = generate(components, captions, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    assert a.shape == (2, 128, 128, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b)

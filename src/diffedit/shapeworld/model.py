@@ -60,10 +60,6 @@ def _grammar_words() -> list[str]:
     return sorted(set(words))
 
 
-def _word_pieces(tokenizer: CLIPTokenizer, word: str) -> list[str]:
-    return tokenizer.tokenize(word)
-
-
 def build_tokenizer(model_max_length: int = 16) -> CLIPTokenizer:
     """A CLIP BPE tokenizer whose vocabulary is the caption grammar: each grammar word is one token.
 
@@ -95,18 +91,17 @@ def build_tokenizer(model_max_length: int = 16) -> CLIPTokenizer:
         add_chain(list(word[:-1]) + [word[-1] + "</w>"])
 
     def make() -> CLIPTokenizer:
-        tok = CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=model_max_length)
-        return tok
+        return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=model_max_length)
 
     tokenizer = make()
     for _ in range(len(words) * 8):
-        stranded = [w for w in words if len(_word_pieces(tokenizer, w)) != 1]
+        stranded = [w for w in words if len(tokenizer.tokenize(w)) != 1]
         if not stranded:
             break
         for word in stranded:
-            add_chain(_word_pieces(tokenizer, word))
+            add_chain(tokenizer.tokenize(word))
         tokenizer = make()
-    stranded = [w for w in words if len(_word_pieces(tokenizer, w)) != 1]
+    stranded = [w for w in words if len(tokenizer.tokenize(w)) != 1]
     if stranded:
         raise RuntimeError(f"grammar words not single tokens: {stranded}")
     return tokenizer

@@ -166,7 +166,9 @@ def compute_scaling_factor(vae, n: int = 256, seed: int = 1, *, batch_size: int 
 
 
 @torch.no_grad()
-def encode_dataset(vae, n: int, seed: int, *, batch_size: int = 64, quiet: bool = False) -> tuple[torch.Tensor, list[str]]:
+def encode_dataset(
+    vae, n: int, seed: int, *, batch_size: int = 64, quiet: bool = False
+) -> tuple[torch.Tensor, list[str]]:
     """n fresh scenes encoded once: scaled latents (n, 4, 16, 16) float16 on the CPU, and captions."""
     rng = np.random.default_rng(seed)
     latents, captions = [], []
@@ -220,9 +222,8 @@ def _sample_grid(components: dict, path: Path, *, n: int, steps: int, guidance: 
     from PIL import Image
 
     captions = eval_captions(n, seed)
-    images = generate(
-        components, captions, num_inference_steps=steps, guidance_scale=guidance, generator=torch.Generator().manual_seed(seed)
-    )
+    generator = torch.Generator().manual_seed(seed)
+    images = generate(components, captions, num_inference_steps=steps, guidance_scale=guidance, generator=generator)
     cols = int(math.ceil(math.sqrt(n)))
     rows = int(math.ceil(n / cols))
     h, w = images.shape[1:3]
@@ -488,20 +489,25 @@ def train(
             guidance=cfg.guidance_scale,
             seed=0,
         )
+        call = {
+            "config": config, "device": device, "minutes": minutes, "vae_steps": vae_steps,
+            "unet_steps": unet_steps, "batch_size": batch_size, "seed": seed, "stage": stage,
+            "resume": str(resume) if resume else None, "threads": torch.get_num_threads(),
+        }
+        if sys.argv and sys.argv[0] not in ("-c", ""):
+            command = " ".join(sys.argv)
+        else:  # called from Python: write the call itself
+            command = f"train({str(output)!r}, " + ", ".join(f"{k}={v!r}" for k, v in call.items()) + ")"
         training_info = {
-            "command": " ".join(sys.argv),
-            "call": {
-                "config": config, "device": device, "minutes": minutes, "vae_steps": vae_steps,
-                "unet_steps": unet_steps, "batch_size": batch_size, "seed": seed, "stage": stage,
-                "resume": str(resume) if resume else None, "threads": torch.get_num_threads(),
-            },
+            "command": command,
+            "call": call,
             "config_name": config,
             "config": asdict(cfg),
             "stages": history,
             "vae_steps": sum(h["steps"] for h in history if h["stage"] == "vae"),
             "unet_steps": info["total_steps"],
             "seconds": round(sum(h["seconds"] for h in history), 1),
-            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu, {torch.get_num_threads()} threads",
             "torch": torch.__version__,
             "figures": figures,
         }
