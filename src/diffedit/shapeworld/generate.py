@@ -5,15 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from diffedit.prompts import encode_prompts as _encode
 
-@torch.no_grad()
+
 def encode_prompts(components: dict, prompts: list[str]) -> torch.Tensor:
     """CLIP text states of the prompts, padded to the tokenizer's max length: (B, T, D)."""
-    tokenizer, text_encoder = components["tokenizer"], components["text_encoder"]
-    ids = tokenizer(
-        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
-    return text_encoder(ids.to(text_encoder.device))[0]
+    return _encode(components["tokenizer"], components["text_encoder"], prompts)
 
 
 @torch.no_grad()
