@@ -16,8 +16,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 shapeworld_app = typer.Typer(no_args_is_help=True, help="The embedded model's synthetic world: train and evaluate.")
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print figures: quality (ShapeEdit) and speed.")
 app.add_typer(shapeworld_app, name="shapeworld")
+
+from diffedit.bench.cli import bench_app  # noqa: E402
+
 app.add_typer(bench_app, name="bench")
 
 DTYPES = ("auto", "fp32", "fp16", "bf16")
@@ -254,6 +256,48 @@ def shapeworld_train(
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     typer.echo(json.dumps(figures, indent=2, default=str))
+
+
+@shapeworld_app.command("evaluate")
+def shapeworld_evaluate(
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model folder [default: the embedded model]."),
+    captions: int = typer.Option(200, "--captions", help="Captions sampled for generation accuracy."),
+    steps: int = typer.Option(50, "--steps", help="DDIM steps of generation and inversion."),
+    guidance: float = typer.Option(7.5, "--guidance", help="Guidance of generation."),
+    scenes: int = typer.Option(64, "--scenes", help="Held-out scenes for the VAE and inversion PSNR."),
+    seed: int = typer.Option(0, "--seed"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the figures here."),
+) -> None:
+    """The embedded model's figures: generation accuracy, VAE PSNR, inversion-reconstruction PSNR (r = 1)."""
+    import time
+
+    import torch
+
+    from diffedit.images import save_json
+    from diffedit.loading import embedded_model_path
+    from diffedit.shapeworld.evaluate import generation_accuracy, inversion_psnr, vae_psnr
+    from diffedit.shapeworld.model import load_model
+
+    path = model or embedded_model_path()
+    if not (Path(path) / "model_index.json").is_file():
+        fail(f"no model folder at {path} (model_index.json missing)")
+    device = resolve_device(device)
+    components = load_model(path, device=device, dtype=torch.float32)
+    start = time.perf_counter()
+    figures = {"model": str(path), "device": device}
+    figures["generation_accuracy"] = generation_accuracy(components, captions, steps, guidance, seed)
+    figures["vae_psnr_db"] = vae_psnr(components["vae"], scenes, seed + 12345)
+    figures["inversion_psnr_db"] = inversion_psnr(components, scenes, seed + 4242, steps=steps, strength=1.0)
+    figures["seconds"] = round(time.perf_counter() - start, 1)
+    acc = figures["generation_accuracy"]
+    typer.echo(f"generation accuracy {acc['overall']:.1%} (one object {acc['one_object']:.1%}, "
+               f"two objects {acc['two_object']:.1%}; {captions} captions, {steps} steps, guidance {guidance})")
+    typer.echo(f"VAE reconstruction PSNR {figures['vae_psnr_db']:.2f} dB ({scenes} held-out scenes)")
+    typer.echo(f"DDIM inversion-reconstruction PSNR at r = 1.0: {figures['inversion_psnr_db']:.2f} dB")
+    if json_path:
+        save_json(figures, json_path)
+        typer.echo(f"wrote {json_path}")
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -1,0 +1,99 @@
+"""`diffedit bench quality` (ShapeEdit) and `diffedit bench speed` (ours against diffusers' pipeline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+bench_app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Benchmarks that print figures: quality (ShapeEdit) and speed (ours vs diffusers' DiffEdit pipeline).",
+)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        if threads < 1:
+            _fail(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
+@bench_app.command()
+def quality(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder or hub id (default: the embedded ShapeWorld model)."),
+    cases: int = typer.Option(300, "--cases", "-n", help="Number of ShapeEdit cases."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the cases; case i is edited with seed + i."),
+    methods: str = typer.Option(
+        "ours,diffusers,sdedit,gt_mask,ours_no_smooth,ours_no_composite,ours_batch_norm", "--methods",
+        help="Comma-separated methods to run.",
+    ),
+    steps: int = typer.Option(50, "--steps", help="DDIM steps over the full noise range."),
+    batch: int = typer.Option(8, "--batch", "-b", help="Cases per call for ours, its ablations, gt_mask and SDEdit."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report (summaries and per-edit rows)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of background PSNR vs edit success."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32 | fp16 | bf16 (diffusers' pipeline needs the VAE in the UNet's dtype)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars and no table (use --json)."),
+) -> None:
+    """ShapeEdit quality of ours, its ablations and the baselines on the same cases and weights."""
+    from diffedit.bench.quality import run_quality
+
+    _threads(threads)
+    if dtype not in ("fp32", "fp16", "bf16"):
+        _fail(f"--dtype must be fp32, fp16 or bf16, got {dtype!r}")
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    try:
+        run_quality(model, cases=cases, seed=seed, methods=names, batch_size=batch, steps=steps, device=device, dtype=dtype,
+                    json_path=json_path, plot_path=plot, progress=not quiet)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    if not quiet:
+        for path in (json_path, plot):
+            if path is not None:
+                typer.echo(f"wrote {path}")
+
+
+@bench_app.command()
+def speed(
+    model: str = typer.Option("shapeworld", "--model", "-m", help="tiny | shapeworld | sd15-random | a model path."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | fp16 | bf16 (default: fp16 on cuda, fp32 on cpu)."),
+    size: int = typer.Option(512, "--size", help="Image side in pixels (random images)."),
+    steps: int = typer.Option(50, "--steps", help="DDIM steps over the full noise range."),
+    strength: float = typer.Option(0.8, "--strength", "-r", help="Encoding ratio r."),
+    mask_noises: int = typer.Option(10, "--mask-noises", help="Noises of the mask pass (both methods)."),
+    batch: int = typer.Option(1, "--batch", "-b", help="Images per edit: ours in one call, diffusers in a loop."),
+    repeats: int = typer.Option(3, "--repeats", help="Timed runs per method (median); a warm-up run is excluded."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the UNet (CUDA only)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the figures as JSON."),
+) -> None:
+    """Time our edit against diffusers' DiffEdit pipeline on one model: phases, total, ratio, memory."""
+    import torch
+
+    from diffedit.bench.speed import run_speed
+
+    _threads(threads)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or ("fp16" if device.startswith("cuda") else "fp32")
+    if dtype not in ("fp32", "fp16", "bf16"):
+        _fail(f"--dtype must be fp32, fp16 or bf16, got {dtype!r}")
+    try:
+        run_speed(model, device=device, dtype=dtype, size=size, steps=steps, strength=strength,
+                  mask_noises=mask_noises, batch=batch, repeats=repeats, compile=compile, json_path=json_path)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    if json_path is not None:
+        typer.echo(f"wrote {json_path}")

@@ -1,0 +1,123 @@
+"""Models the benchmarks run on: random-weight builds (no download) and loading by name or path.
+
+Timing does not depend on weight values, so `sd15-random` (Stable Diffusion 1.5's architecture with
+random weights) measures what the real SD 1.5 would cost, and `tiny` (the test suite's components)
+measures the per-step overhead of the code around the networks.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from diffedit.editor import DiffEditor
+from diffedit.loading import Components
+
+__all__ = ["BENCH_MODELS", "tiny_components", "sd15_random_components", "load_bench_editor"]
+
+BENCH_MODELS = ("tiny", "shapeworld", "sd15-random")  # or a path / hub id
+
+
+def _sd_scheduler() -> DDIMScheduler:
+    """DDIM with Stable Diffusion's noise schedule."""
+    return DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+        set_alpha_to_one=False, steps_offset=1,
+    )
+
+
+def _char_tokenizer(max_length: int, words: tuple[str, ...] = ()) -> CLIPTokenizer:
+    """A CLIP tokenizer built in memory: letters are tokens, each of `words` becomes one token."""
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in "abcdefghijklmnopqrstuvwxyz":
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    merges: list[tuple[str, str]] = []  # transformers 5 wants tuples, not "a b" strings
+    for word in words:
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        acc = pieces[0]
+        for p in pieces[1:]:
+            merges.append((acc, p))
+            acc += p
+            vocab.setdefault(acc, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length, pad_token="<|endoftext|>")
+
+
+def tiny_components(seed: int = 0) -> Components:
+    """The test suite's tiny random components (VAE factor 2, UNet 32/64, 2-layer text encoder of width 32)."""
+    torch.manual_seed(seed)
+    words = ("a", "cat", "dog", "red", "blue", "circle", "square", "on", "photo", "of", "the", "bowl")
+    tokenizer = _char_tokenizer(16, words)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=0, eos_token_id=1, pad_token_id=1,
+        )
+    )
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=32,
+        sample_size=32, force_upcast=False,
+    )
+    return Components(vae, unet, text_encoder, tokenizer, _sd_scheduler(), name="tiny")
+
+
+def sd15_random_components(seed: int = 0) -> Components:
+    """Stable Diffusion 1.5's architecture with random weights: 860 M UNet, 84 M VAE, 123 M CLIP text encoder.
+
+    UNet weights are halved (as /work/shared/tools/diffusers_diffedit_gpu_anchor.py does) so that fp16
+    activations of a random network stay finite.
+    """
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=768, attention_head_dim=8,
+    )
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.mul_(0.5)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512, scaling_factor=0.18215,
+        force_upcast=False,  # random weights: fp16 is fine, and both pipelines then run the VAE in one dtype
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+            num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+            bos_token_id=0, eos_token_id=1, pad_token_id=1,
+        )
+    )
+    return Components(vae, unet, text_encoder, _char_tokenizer(77), _sd_scheduler(), name="sd15-random")
+
+
+def load_bench_editor(
+    model: str | None, *, device: str | torch.device = "cpu", dtype: str | torch.dtype = "fp32", progress: bool = False
+) -> DiffEditor:
+    """An editor for a benchmark: "tiny", "sd15-random", "shapeworld" / None (the embedded model), or a path/hub id."""
+    if model == "tiny":
+        editor = DiffEditor.from_components(tiny_components(), progress=progress)
+    elif model == "sd15-random":
+        editor = DiffEditor.from_components(sd15_random_components(), progress=progress)
+    else:
+        editor = DiffEditor.from_pretrained(None if model in (None, "shapeworld") else model, progress=progress)
+    if editor.device != torch.device(device):
+        editor.to(device)
+    if isinstance(dtype, str):
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(dtype, dtype)
+    # cast only when needed (diffusers warns on every .to(dtype)); transformers 5 loads a checkpoint's own
+    # dtype, so an fp16-saved text encoder may come back fp16 beside an fp32 UNet
+    if any(m.dtype != dtype for m in (editor.unet, editor.text_encoder, editor.vae)):
+        editor.to(dtype=dtype)
+    return editor

@@ -1,0 +1,204 @@
+"""Quality: the ShapeEdit benchmark (/work/shared/SHAPEWORLD.md) for ours, its ablations and the baselines.
+
+Every method edits the same cases (`edit_cases(cases, seed)`) with the same weights, and case i always
+uses seed `seed + i`, however the cases are batched. Each edit is scored with `score_edit` against the
+ground truth (predicted mask at pixel resolution; SDEdit has none), and the scores are summarised by
+method x (overall, edit kind, background, number of objects).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from diffedit.bench.baselines import OURS_VARIANTS, diffusers_edit, diffusers_pipeline, gt_mask_edit, sdedit
+from diffedit.bench.models import load_bench_editor
+from diffedit.editor import DiffEditor
+from diffedit.metrics import upsample_nearest
+from diffedit.results import EditOptions
+from diffedit.shapeworld.scoring import PSNR_CAP, score_edit, summarize
+from diffedit.shapeworld.world import EditCase, edit_cases
+
+__all__ = ["METHODS", "run_quality", "format_quality", "plot_quality"]
+
+METHODS = ("ours", "diffusers", "sdedit", "gt_mask", "ours_no_smooth", "ours_no_composite", "ours_batch_norm")
+DEFAULT_METHODS = METHODS
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, size):
+        yield start, min(n, start + size)
+
+
+def _edit_method(
+    method: str, editor: DiffEditor, cases: list[EditCase], *, seed: int, options: EditOptions, batch_size: int, bar
+) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """(edited uint8 (128, 128, 3), predicted bool (128, 128) mask or None) for every case."""
+    out: list[tuple[np.ndarray, np.ndarray | None]] = []
+    if method == "diffusers":  # diffusers' pipeline takes one image per call
+        pipe = diffusers_pipeline(editor)
+        for i, case in enumerate(cases):
+            image, latent_mask = diffusers_edit(
+                pipe, case.source_image, case.source, case.target, seed=seed + i,
+                num_inference_steps=options.num_inference_steps, strength=options.strength,
+                mask_noises=options.mask_noises,
+            )
+            out.append((np.asarray(image), upsample_nearest(latent_mask, case.mask.shape)))
+            bar.update(1)
+        return out
+    for start, stop in _chunks(len(cases), batch_size):
+        batch = cases[start:stop]
+        images = [c.source_image for c in batch]
+        sources, targets = [c.source for c in batch], [c.target for c in batch]
+        if method == "sdedit":
+            edited = sdedit(
+                editor, images, targets, sources=sources, strength=options.strength, seed=seed + start,
+                num_inference_steps=options.num_inference_steps, guidance_scale=options.guidance_scale,
+            )
+            out += [(np.asarray(im), None) for im in edited]
+        else:
+            if method == "gt_mask":
+                result = gt_mask_edit(editor, images, sources, targets, [c.mask for c in batch], seed=seed + start, options=options)
+            else:
+                result = editor.edit(images, sources, targets, seed=seed + start, options=options.replace(**OURS_VARIANTS[method]))
+            out += [(np.asarray(im), np.asarray(m) > 127) for im, m in zip(result.images, result.mask_images)]
+        bar.update(len(batch))
+    return out
+
+
+def _finite(value):
+    """JSON has no infinity: PSNRs of exact copies are written as the summaries' cap."""
+    if isinstance(value, float) and math.isinf(value):
+        return PSNR_CAP
+    return value
+
+
+def run_quality(
+    model: str | Path | DiffEditor | None = None,
+    *,
+    cases: int = 300,
+    seed: int = 0,
+    methods: Sequence[str] | None = None,
+    batch_size: int = 8,
+    steps: int = 50,
+    options: EditOptions | None = None,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    json_path: str | Path | None = None,
+    plot_path: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run the ShapeEdit benchmark; returns {"methods": {name: {"summary", "seconds_per_edit", "rows"}}, ...}.
+
+    model: a DiffEditor, a model path / hub id, or None for the embedded ShapeWorld model (loaded at
+    `dtype` on `device`; fp32 by default, where diffusers' pipeline can share the VAE). options: our
+    EditOptions (steps overrides num_inference_steps); the baselines take strength, guidance and mask
+    noises from it. Ours, its ablations, gt_mask and SDEdit run `batch_size` cases per call.
+    """
+    # 1. Check inputs, load the model and the cases
+    methods = list(DEFAULT_METHODS if methods is None else methods)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+    if cases < 1 or batch_size < 1:
+        raise ValueError("cases and batch_size must be >= 1")
+    options = (options or EditOptions()).replace(num_inference_steps=steps)
+    editor = model if isinstance(model, DiffEditor) else load_bench_editor(
+        None if model is None else str(model), device=device, dtype=dtype
+    )
+    editor.progress = False
+    case_list = edit_cases(cases, seed)
+
+    # 2. Edit and score, method by method
+    report: dict = {
+        "model": editor.name, "cases": cases, "seed": seed, "steps": steps, "batch_size": batch_size,
+        "options": options.to_dict(), "device": str(editor.device), "threads": torch.get_num_threads(),
+        "psnr_cap_db": PSNR_CAP, "methods": {},
+    }
+    for method in methods:
+        with tqdm(total=cases, desc=method, disable=not progress, leave=False, dynamic_ncols=True) as bar:
+            start = time.perf_counter()
+            edits = _edit_method(method, editor, case_list, seed=seed, options=options, batch_size=batch_size, bar=bar)
+            seconds = time.perf_counter() - start
+        rows = []
+        for i, (case, (edited, mask)) in enumerate(zip(case_list, edits)):
+            row = score_edit(edited, case, mask)
+            rows.append({"case": i, "source": case.source, "target": case.target, **{k: _finite(v) for k, v in row.items()}})
+        report["methods"][method] = {"summary": summarize(rows), "seconds_per_edit": seconds / cases, "rows": rows}
+
+    # 3. Report: table, JSON, plot (the returned dict is the JSON's: number-of-objects keys become strings)
+    report = json.loads(json.dumps(report, allow_nan=False))
+    if progress:
+        print(format_quality(report))
+    if json_path is not None:
+        path = Path(json_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
+    if plot_path is not None:
+        plot_quality(report, plot_path)
+    return report
+
+
+def _fmt(value, spec: str, scale: float = 1.0) -> str:
+    """value * scale in spec; "-" right-aligned to the same width when there is no value."""
+    if value is None:
+        return "-".rjust(int(spec.split(".")[0]))
+    return format(value * scale, spec)
+
+
+def format_quality(report: dict) -> str:
+    """Text tables of a run_quality report: overall figures, then edit success by group."""
+    r = report
+    lines = [
+        f"ShapeEdit: model {r['model']}, {r['cases']} cases (seed {r['seed']}), {r['steps']} steps, "
+        f"strength {r['options']['strength']}, guidance {r['options']['guidance_scale']}, PSNR capped at {r['psnr_cap_db']:g} dB",
+        f"  {'method':<19}{'mask IoU':>9}{'bg PSNR':>9}{'tgt PSNR':>9}{'success':>9}{'s/edit':>9}",
+    ]
+    for name, m in r["methods"].items():
+        o = m["summary"]["overall"]
+        lines.append(
+            f"  {name:<19}{_fmt(o['mask_iou'], '9.3f')}{_fmt(o['background_psnr'], '9.2f')}"
+            f"{_fmt(o['target_psnr'], '9.2f')}{_fmt(o['success'], '8.1f', 100)}%{m['seconds_per_edit']:9.2f}"
+        )
+    first = next(iter(r["methods"].values()))["summary"]
+    groups = [(g, k) for g in ("by_kind", "by_background", "by_num_objects") for k in first[g]]
+    head = "".join(f"{str(k) + (' obj' if g == 'by_num_objects' else ''):>10}" for g, k in groups)
+    lines += ["edit success % by kind, background and number of objects", f"  {'method':<19}{head}"]
+    for name, m in r["methods"].items():
+        s = m["summary"]
+        cells = "".join(f"{_fmt(s[g][k]['success'] if k in s[g] else None, '10.1f', 100)}" for g, k in groups)
+        lines.append(f"  {name:<19}{cells}")
+    return "\n".join(lines)
+
+
+def plot_quality(report: dict, path: str | Path) -> Path:
+    """Scatter of background PSNR (x) against edit success (y), one labelled point per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    markers = "os^DvP*XhH<>"
+    for i, (name, m) in enumerate(report["methods"].items()):
+        o = m["summary"]["overall"]
+        ax.scatter([o["background_psnr"]], [100 * o["success"]], s=50, marker=markers[i % len(markers)], label=name)
+    ax.set_ylim(-3, 103)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    ax.set_xlabel(f"background PSNR (dB, capped at {report['psnr_cap_db']:g})")
+    ax.set_ylabel("edit success (%)")
+    ax.set_title(f"ShapeEdit, {report['cases']} cases, {report['steps']} steps: {report['model']}", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

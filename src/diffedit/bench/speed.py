@@ -1,0 +1,278 @@
+"""Speed: our edit against diffusers' StableDiffusionDiffEditPipeline, same model, steps, strength and noises.
+
+Both run in one process on the same modules: a warm-up edit each (excluded), then `repeats` timed edits
+each, interleaved so that a busy machine slows both alike; the figures are medians. Our phases come
+from `EditResult.timings`; diffusers' are its three calls (generate_mask, invert, __call__), each of
+which runs the VAE it needs. By design ours runs fewer network rows per edit: the mask pass without
+guidance (2n UNet rows, diffusers 4n), the inversion unconditional (batch 1, diffusers 2), and the VAE
+encoder once (diffusers n + 1 times); the counts are measured and reported as `rows`.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from diffedit.bench.baselines import diffusers_edit, diffusers_pipeline, timer
+from diffedit.bench.models import load_bench_editor
+from diffedit.results import EditOptions
+
+__all__ = ["run_speed", "format_speed"]
+
+# ShapeWorld captions; tokenizers too short for them (the tiny test model's 16 tokens) get the short forms
+PROMPTS = ("a red circle on a gray background", "a blue square on a gray background")
+SHORT_PROMPTS = ("a red circle", "a blue square")
+OUR_PHASES = ("vae_encode", "mask", "inversion", "decoding", "vae_decode")
+DIFFUSERS_PHASES = ("generate_mask", "invert", "call")
+
+
+# ------------------------------------------------------------------ memory
+def _status_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+class _PeakMemory:
+    """Peak memory of a block in GiB: CUDA max_memory_allocated, or on Linux CPUs the growth of the
+    resident set's high-water mark (VmHWM, reset through /proc/self/clear_refs); None where unknown."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak: float | None = None
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = 0
+        else:
+            try:
+                Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current VmRSS
+                self.base = _status_kib("VmRSS")
+            except OSError:
+                self.base = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device) / 2**30
+        elif self.base is not None:
+            hwm = _status_kib("VmHWM")
+            self.peak = None if hwm is None else max(0, hwm - self.base) / 2**20
+        return False
+
+
+# ------------------------------------------------------------------ row counting
+class _RowCounter:
+    """Counts the rows (batch entries) that go through the UNet, the VAE encoder and the VAE decoder,
+    and the UNet's forward calls."""
+
+    def __init__(self, editor):
+        self.rows = {"unet": 0, "unet_calls": 0, "vae_encoder": 0, "vae_decoder": 0}
+        self.modules = {"unet": editor.unet, "vae_encoder": editor.vae.encoder, "vae_decoder": editor.vae.decoder}
+        self.handles = []
+
+    def __enter__(self):
+        for name, module in self.modules.items():
+            def hook(mod, args, kwargs, name=name):
+                x = args[0] if args else next(iter(kwargs.values()))
+                self.rows[name] += int(x.shape[0])
+                if name == "unet":
+                    self.rows["unet_calls"] += 1
+            self.handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        return False
+
+
+# ------------------------------------------------------------------ the benchmark
+def _images(size: int, batch: int) -> list[Image.Image]:
+    """Random RGB images (content does not change the time of a forward pass)."""
+    return [
+        Image.fromarray((np.random.RandomState(i).rand(size, size, 3) * 255).astype(np.uint8)) for i in range(batch)
+    ]
+
+
+def _prompts(tokenizer) -> tuple[str, str]:
+    fits = all(len(tokenizer(p, verbose=False).input_ids) <= tokenizer.model_max_length for p in PROMPTS)
+    return PROMPTS if fits else SHORT_PROMPTS
+
+
+def _median_phases(runs: list[dict[str, float]], names: tuple[str, ...]) -> dict[str, float]:
+    return {k: statistics.median(r.get(k, 0.0) for r in runs) for k in (*names, "other", "total")}
+
+
+def run_speed(
+    model: str | None = "shapeworld",
+    *,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    size: int = 512,
+    steps: int = 50,
+    strength: float = 0.8,
+    mask_noises: int = 10,
+    batch: int = 1,
+    repeats: int = 3,
+    compile: bool = False,
+    json_path: str | Path | None = None,
+    verbose: bool = True,
+) -> dict:
+    """Time our edit and diffusers' DiffEdit pipeline side by side; returns (and prints) the figures.
+
+    model: "tiny", "shapeworld" (the embedded model), "sd15-random" (SD 1.5's architecture with random
+    weights) or a model path / hub id. batch > 1: ours edits the B images in one call, diffusers in a loop.
+    """
+    # 1. Check inputs
+    if repeats < 1 or batch < 1 or steps < 1:
+        raise ValueError("repeats, batch and steps must be >= 1")
+    if size % 8 or size < 16:
+        raise ValueError(f"size must be a multiple of 8 and >= 16, got {size}")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda asked for, but no CUDA device is available (use --device cpu)")
+    if compile and dev.type != "cuda":
+        raise ValueError("--compile is CUDA only: on CPU, compiling the UNet takes minutes for a few % per step")
+    options = EditOptions(num_inference_steps=steps, strength=strength, mask_noises=mask_noises, max_pixels=None)
+
+    # 2. Load the model once for both methods; diffusers' pipeline shares the editor's modules
+    editor = load_bench_editor(model, device=dev, dtype=dtype)
+    notes = []
+    if editor.vae.dtype != editor.unet.dtype:  # an upcast fp16 VAE: diffusers' pipeline cannot mix dtypes
+        notes.append(f"VAE cast from {editor.vae.dtype} to {editor.unet.dtype} for both methods (diffusers needs one dtype)")
+        editor.vae.to(editor.unet.dtype)
+    if compile:
+        editor.unet.compile(dynamic=False)  # in place: the pipeline's unet is the same module
+        notes.append("UNet compiled with torch.compile (dynamic=False); compilation happens in the warm-up")
+    pipe = diffusers_pipeline(editor)
+    images = _images(size, batch)
+    source, target = _prompts(editor.tokenizer)
+
+    def ours() -> dict[str, float]:
+        t: dict[str, float] = {}
+        with timer(t, "total", dev):
+            result = editor.edit(
+                images if batch > 1 else images[0], [source] * batch if batch > 1 else source, target,
+                seed=0, options=options,
+            )
+        t.update(result.timings)
+        t["other"] = t["total"] - sum(result.timings.values())
+        return t
+
+    def theirs() -> dict[str, float]:
+        t: dict[str, float] = {}
+        with timer(t, "total", dev):
+            for i, image in enumerate(images):  # diffusers' pipeline takes one image at a time
+                diffusers_edit(pipe, image, source, target, seed=i, num_inference_steps=steps,
+                               strength=strength, mask_noises=mask_noises, timings=t)
+        t["other"] = t["total"] - sum(t[k] for k in DIFFUSERS_PHASES)
+        return t
+
+    # 3. Warm-up (excluded), counting the network rows of one call of each (not when compiled: the
+    #    counting hooks would be traced into the compiled UNet and their removal would recompile it)
+    methods = {"ours": ours, "diffusers": theirs}
+    rows: dict[str, dict | None] = {}
+    for name, fn in methods.items():
+        if compile:
+            fn()
+            rows[name] = None
+            continue
+        with _RowCounter(editor) as counter:
+            fn()
+        rows[name] = counter.rows
+
+    # 4. Timed runs, interleaved
+    runs: dict[str, list] = {name: [] for name in methods}
+    peaks: dict[str, list] = {name: [] for name in methods}
+    for _ in range(repeats):
+        for name, fn in methods.items():
+            with _PeakMemory(dev) as mem:
+                runs[name].append(fn())
+            peaks[name].append(mem.peak)
+
+    # 5. Report
+    report = {
+        "model": model or "shapeworld",
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "dtype": str(editor.dtype).replace("torch.", ""),
+        "size": size,
+        "steps": steps,
+        "strength": strength,
+        "mask_noises": mask_noises,
+        "batch": batch,
+        "repeats": repeats,
+        "compile": compile,
+        "threads": torch.get_num_threads(),
+        "prompts": [source, target],
+        "torch": torch.__version__,
+        "notes": notes,
+    }
+    for name, phases in (("ours", OUR_PHASES), ("diffusers", DIFFUSERS_PHASES)):
+        med = _median_phases(runs[name], phases)
+        known = [p for p in peaks[name] if p is not None]
+        report[name] = {
+            "phases_s": {k: round(v, 5) for k, v in med.items() if k != "total"},
+            "total_s": round(med["total"], 5),
+            "runs_s": [round(r["total"], 5) for r in runs[name]],
+            "edits_per_s": round(batch / med["total"], 4),
+            "peak_memory_gib": round(max(known), 4) if known else None,
+            "rows_per_call": rows[name],
+        }
+    report["ratio"] = round(report["diffusers"]["total_s"] / report["ours"]["total_s"], 4)
+    if verbose:
+        print(format_speed(report))
+    if json_path is not None:
+        path = Path(json_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def format_speed(report: dict) -> str:
+    """A text table of a run_speed report."""
+    r = report
+    lines = [
+        f"diffedit bench speed: model {r['model']}, {r['device_name']} {r['dtype']}, {r['size']}x{r['size']}, "
+        f"{r['steps']} steps, strength {r['strength']}, {r['mask_noises']} mask noises, batch {r['batch']}, "
+        f"median of {r['repeats']} (warm-up excluded), {r['threads']} threads",
+    ]
+    ours, theirs = r["ours"], r["diffusers"]
+    a, b = list(ours["phases_s"].items()), list(theirs["phases_s"].items())
+    lines.append(f"  {'ours':<14}{'s':>9}    {'diffusers':<14}{'s':>9}")
+    for i in range(max(len(a), len(b))):
+        left = f"{a[i][0]:<14}{a[i][1]:9.3f}" if i < len(a) else " " * 23
+        right = f"{b[i][0]:<14}{b[i][1]:9.3f}" if i < len(b) else ""
+        lines.append(f"  {left}    {right}")
+    lines.append(f"  {'total':<14}{ours['total_s']:9.3f}    {'total':<14}{theirs['total_s']:9.3f}")
+    lines.append(f"diffusers / ours: {r['ratio']:.2f}x")
+    if r["batch"] > 1:
+        lines.append(
+            f"edits per second: ours {ours['edits_per_s']:.3f} (one call of {r['batch']}), "
+            f"diffusers {theirs['edits_per_s']:.3f} (a loop)"
+        )
+    mem = lambda m: "n/a" if m is None else f"{m:.3f} GiB"  # noqa: E731
+    kind = "max allocated" if r["device"].startswith("cuda") else "resident-set growth"
+    lines.append(f"peak memory ({kind}): ours {mem(ours['peak_memory_gib'])}, diffusers {mem(theirs['peak_memory_gib'])}")
+    ro, rd = ours["rows_per_call"], theirs["rows_per_call"]
+    if ro is not None and rd is not None:
+        lines.append(
+            f"rows per call (ours vs diffusers): UNet {ro['unet']} vs {rd['unet']} "
+            f"(in {ro['unet_calls']} vs {rd['unet_calls']} forwards), "
+            f"VAE encoder {ro['vae_encoder']} vs {rd['vae_encoder']}, VAE decoder {ro['vae_decoder']} vs {rd['vae_decoder']}"
+        )
+    lines += [f"note: {n}" for n in r["notes"]]
+    return "\n".join(lines)

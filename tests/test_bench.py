@@ -1,0 +1,126 @@
+"""Benchmarks: speed (ours vs diffusers' pipeline), ShapeEdit quality, the baselines, and their CLI."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from diffedit.bench.baselines import diffusers_edit, diffusers_pipeline, sdedit
+from diffedit.bench.cli import bench_app
+from diffedit.bench.quality import METHODS, run_quality
+from diffedit.bench.speed import _PeakMemory, run_speed
+from diffedit.results import EditOptions
+
+
+@pytest.fixture(scope="module")
+def shapeworld_tiny_dir(tmp_path_factory):
+    """An untrained ShapeWorld-shaped model folder (config "tiny": 128 px -> 16x16 latents, fast)."""
+    from diffedit.shapeworld.model import build_components, save_model
+
+    torch.manual_seed(0)
+    return save_model(build_components("tiny"), tmp_path_factory.mktemp("sw_tiny") / "model", dtype=torch.float32)
+
+
+def test_run_speed_times_both_methods(tmp_path):
+    report = run_speed("tiny", size=32, steps=4, repeats=1, json_path=tmp_path / "speed.json", verbose=False)
+    assert set(report["ours"]["phases_s"]) >= {"vae_encode", "mask", "inversion", "decoding", "vae_decode"}
+    assert set(report["diffusers"]["phases_s"]) >= {"generate_mask", "invert", "call"}
+    assert all(v >= 0 for v in report["ours"]["phases_s"].values() if v is not None)
+    assert report["ratio"] > 0 and report["ours"]["total_s"] > 0 and report["diffusers"]["total_s"] > 0
+    # by design: fewer UNet rows (2n mask rows instead of 4n, batch-1 inversion) and one VAE encode instead of n + 1
+    ours, theirs = report["ours"]["rows_per_call"], report["diffusers"]["rows_per_call"]
+    n, steps = 10, int(4 * 0.8)
+    assert ours["unet"] == 2 * n + steps + 2 * steps
+    assert theirs["unet"] == 4 * n + 2 * steps + 2 * steps
+    assert (ours["vae_encoder"], theirs["vae_encoder"]) == (1, n + 1)
+    assert json.loads((tmp_path / "speed.json").read_text())["ratio"] == report["ratio"]
+
+
+def test_run_speed_batch_counts_edits_per_second():
+    report = run_speed("tiny", size=32, steps=2, mask_noises=2, batch=2, repeats=1, verbose=False)
+    assert report["ours"]["rows_per_call"]["vae_encoder"] == 2  # one call encodes both images once
+    assert report["diffusers"]["rows_per_call"]["vae_encoder"] == 2 * (2 + 1)
+    for name in ("ours", "diffusers"):
+        assert report[name]["edits_per_s"] == pytest.approx(2 / report[name]["total_s"], rel=1e-2)
+
+
+def test_run_speed_refuses_compile_on_cpu():
+    with pytest.raises(ValueError, match="CUDA"):
+        run_speed("tiny", size=32, steps=2, repeats=1, compile=True, verbose=False)
+
+
+def test_peak_memory_on_cpu_is_a_growth_or_unknown():
+    with _PeakMemory(torch.device("cpu")) as mem:
+        block = torch.ones(4 * 2**20)  # 16 MiB
+    del block
+    assert mem.peak is None or mem.peak >= 0
+
+
+def test_run_quality_all_methods(shapeworld_tiny_dir, tmp_path):
+    report = run_quality(
+        str(shapeworld_tiny_dir), cases=6, steps=4, batch_size=3, options=EditOptions(mask_noises=4),
+        json_path=tmp_path / "q.json", plot_path=tmp_path / "q.png", progress=False,
+    )
+    assert list(report["methods"]) == list(METHODS)
+    for name, m in report["methods"].items():
+        overall = m["summary"]["overall"]
+        assert overall["n"] == 6 and len(m["rows"]) == 6
+        for key in ("background_psnr", "target_psnr", "success"):
+            assert math.isfinite(overall[key]), (name, key)
+        assert (overall["mask_iou"] is None) == (name == "sdedit")
+        assert m["seconds_per_edit"] > 0
+        assert set(m["summary"]["by_kind"]) == {"color", "shape", "both"}
+    assert report["methods"]["gt_mask"]["summary"]["overall"]["mask_iou"] == 1.0  # the user mask is reported as given
+    saved = json.loads((tmp_path / "q.json").read_text())
+    assert saved["methods"]["ours"]["summary"] == report["methods"]["ours"]["summary"]
+    assert (tmp_path / "q.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_quality_rejects_unknown_methods(shapeworld_tiny_dir):
+    with pytest.raises(ValueError, match="unknown method"):
+        run_quality(str(shapeworld_tiny_dir), cases=1, methods=["ours", "magic"], progress=False)
+
+
+def test_sdedit_changes_everything_ours_keeps_outside(editor, image):
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:16, 8:16] = 255
+    outside = mask == 0
+    ours = np.asarray(editor.edit(image, "a red square", "a blue circle", mask=mask, seed=0, num_inference_steps=4).image)
+    theirs = np.asarray(sdedit(editor, image, "a blue circle", sources="a red square", seed=0, num_inference_steps=4)[0])
+    assert np.array_equal(ours[outside], image[outside])
+    changed = (theirs.astype(int) != image.astype(int)).any(-1)
+    assert changed.mean() > 0.9
+    again = np.asarray(sdedit(editor, image, "a blue circle", sources="a red square", seed=0, num_inference_steps=4)[0])
+    assert np.array_equal(theirs, again)  # deterministic for a seed
+
+
+def test_diffusers_edit_returns_image_and_latent_mask(editor, image):
+    pipe = diffusers_pipeline(editor)
+    timings = {}
+    out, mask = diffusers_edit(pipe, image, "a red square", "a blue circle", seed=0, num_inference_steps=4,
+                               mask_noises=2, timings=timings)
+    assert out.size == (32, 32) and mask.shape == (16, 16) and mask.dtype == bool
+    assert set(timings) == {"generate_mask", "invert", "call"}
+
+
+def test_cli_speed_and_quality(shapeworld_tiny_dir, tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(bench_app, ["speed", "--model", "tiny", "--device", "cpu", "--size", "32", "--steps", "2",
+                                    "--mask-noises", "2", "--repeats", "1", "--json", str(tmp_path / "s.json")])
+    assert res.exit_code == 0, res.output
+    assert "diffusers / ours" in res.output and (tmp_path / "s.json").exists()
+
+    res = runner.invoke(bench_app, ["quality", "--model", str(shapeworld_tiny_dir), "--cases", "3", "--steps", "2",
+                                    "--methods", "ours,sdedit", "--json", str(tmp_path / "q.json"),
+                                    "--plot", str(tmp_path / "q.png"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert set(json.loads((tmp_path / "q.json").read_text())["methods"]) == {"ours", "sdedit"}
+    assert (tmp_path / "q.png").exists()
+
+    res = runner.invoke(bench_app, ["quality", "--model", str(shapeworld_tiny_dir), "--methods", "magic", "--quiet"])
+    assert res.exit_code == 2 and "unknown method" in res.output
+    res = runner.invoke(bench_app, ["speed", "--model", "tiny", "--device", "cpu", "--compile"])
+    assert res.exit_code == 2 and "CUDA" in res.output
