@@ -204,6 +204,7 @@ def test_options_object_and_overrides(editor, image):
 def test_from_pretrained_folder_and_missing_embedded(tiny_model_dir, monkeypatch, tmp_path):
     ed = DiffEditor.from_pretrained(str(tiny_model_dir), progress=False)
     assert ed.vae_scale_factor == 2 and ed.dtype == torch.float32
+    assert ed.text_encoder.dtype == ed.vae.dtype == torch.float32
     res = ed.edit(scene(), "a red square", "a blue circle", seed=0, **KW)
     assert res.image.size == (32, 32)
     import diffedit.loading as loading

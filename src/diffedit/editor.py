@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .images import ImageInput, load_image, load_mask, pad_to_multiple, pil_to_tensor, tensor_to_pil
+from .images import ImageInput, load_image, load_mask, pad_to_multiple, pil_to_tensor
 from .inversion import ddim_invert
 from .loading import Components, load_components
 from .masks import (
@@ -83,9 +83,13 @@ class DiffEditor:
         config: str | None = None,
         progress: bool = True,
     ) -> "DiffEditor":
-        """Load from a hub id, a diffusers folder, a .safetensors/.ckpt file, or None (the embedded model)."""
+        """Load from a hub id, a diffusers folder, a .safetensors/.ckpt file, or None (the embedded model).
+
+        dtype None means fp32 for every component (transformers would otherwise keep a text encoder in the
+        dtype it was saved in, e.g. fp16, beside an fp32 UNet).
+        """
         editor = cls.from_components(load_components(model, config=config), progress=progress)
-        return editor.to(device, dtype)
+        return editor.to(device, dtype if dtype is not None else torch.float32)
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None) -> "DiffEditor":
         """Move to a device and/or dtype; an fp16 VAE that asks for upcasting (SD VAEs overflow) stays fp32."""

@@ -10,6 +10,7 @@ encoder once (diffusers n + 1 times); the counts are measured and reported as `r
 
 from __future__ import annotations
 
+import ctypes
 import json
 import statistics
 from pathlib import Path
@@ -42,9 +43,17 @@ def _status_kib(field: str) -> int | None:
     return None
 
 
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 class _PeakMemory:
     """Peak memory of a block in GiB: CUDA max_memory_allocated, or on Linux CPUs the growth of the
-    resident set's high-water mark (VmHWM, reset through /proc/self/clear_refs); None where unknown."""
+    resident set's high-water mark (VmHWM, reset through /proc/self/clear_refs, after malloc_trim)
+    over the resident set at the start; None where unknown."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -56,6 +65,7 @@ class _PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.base = 0
         else:
+            _malloc_trim()  # hand freed heap back to the OS, so the baseline is what is really in use
             try:
                 Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current VmRSS
                 self.base = _status_kib("VmRSS")
