@@ -49,8 +49,30 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return dtype
 
 
+def quiet_libraries() -> None:
+    """Keep diffusers/transformers advice and weight-loading bars out of the tool's output (errors still show)."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def set_threads(threads: int | None) -> None:
+    if threads is not None:
+        if threads < 1:
+            fail(f"--threads must be >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def load_editor(model: str | None, device: str | None, dtype: str, config: str | None, quiet: bool):
     from diffedit import DiffEditor
+
+    quiet_libraries()
 
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
@@ -92,6 +114,7 @@ def edit(
     max_pixels: int = typer.Option(2048 * 2048, "--max-pixels", help="Refuse larger images."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... [default: cuda if available]."),
     dtype: str = typer.Option("auto", "--dtype", help="fp32 | fp16 | bf16 [default: fp16 on cuda, fp32 on cpu]."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch [default: torch's]."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Edit IMAGE from --source to --target; writes the image, a JSON sidecar, and optionally mask and panel."""
@@ -109,6 +132,7 @@ def edit(
         load_image(image, max_pixels=max_pixels)  # fail on a bad image before loading the model
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
+    set_threads(threads)
     editor = load_editor(model, device, dtype, config, quiet)
     try:
         result = editor.edit(image, source, list(target), mask=mask, seed=seed, options=options)
@@ -152,6 +176,7 @@ def mask_command(
     dilate: int = typer.Option(0, "--dilate"),
     device: Optional[str] = typer.Option(None, "--device"),
     dtype: str = typer.Option("auto", "--dtype"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch [default: torch's]."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Compute the DiffEdit mask of IMAGE for --source -> --target and write it as a PNG."""
@@ -165,6 +190,7 @@ def mask_command(
         load_image(image)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
+    set_threads(threads)
     editor = load_editor(model, device, dtype, config, quiet)
     try:
         result = editor.mask(image, source, target, seed=seed, options=options)
@@ -189,6 +215,7 @@ def demo(
     seed: int = typer.Option(0, "--seed", help="Seed of the scene and of the mask noises."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="[default: the embedded ShapeWorld model]"),
     device: Optional[str] = typer.Option(None, "--device"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch [default: torch's]."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Draw a ShapeWorld scene, recolor one object with DiffEdit, write input, mask, output and a panel."""
@@ -200,6 +227,7 @@ def demo(
     from diffedit.shapeworld.world import sample_edit
 
     case = sample_edit(np.random.default_rng(seed), kind="color", num_objects=1)
+    set_threads(threads)
     editor = load_editor(model, device, "auto", None, quiet)
     result = editor.edit(case.source_image, case.source, case.target, seed=seed)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -282,6 +310,7 @@ def shapeworld_evaluate(
     path = model or embedded_model_path()
     if not (Path(path) / "model_index.json").is_file():
         fail(f"no model folder at {path} (model_index.json missing)")
+    quiet_libraries()
     device = resolve_device(device)
     components = load_model(path, device=device, dtype=torch.float32)
     start = time.perf_counter()
