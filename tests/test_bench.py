@@ -124,3 +124,19 @@ def test_cli_speed_and_quality(shapeworld_tiny_dir, tmp_path):
     assert res.exit_code == 2 and "unknown method" in res.output
     res = runner.invoke(bench_app, ["speed", "--model", "tiny", "--device", "cpu", "--compile"])
     assert res.exit_code == 2 and "CUDA" in res.output
+
+
+def test_mask_sweep_scores_every_setting_from_one_pass():
+    from diffedit.bench.masks import format_mask_sweep, run_mask_sweep
+
+    grid = {"mask_reference": [None], "clamp": [("quantile", 0.99), ("mean_ratio", 3.0)], "mask_smooth": [0.0, 1.0],
+            "mask_threshold": [0.3, 0.5, 0.99], "mask_dilate": [0]}
+    report = run_mask_sweep("tiny", cases=2, seed=0, batch_size=2, steps=4, grid=grid, progress=False)
+    rows = report["rows"]
+    assert len(rows) == 12
+    assert [r["iou"] for r in rows] == sorted((r["iou"] for r in rows), reverse=True)
+    assert all(0.0 <= r["iou"] <= 1.0 for r in rows)
+    # a lower threshold gives a larger mask, so the IoUs of one setting at different thresholds differ
+    by_threshold = {r["mask_threshold"]: r["iou"] for r in rows if r["clamp"] == "quantile" and r["mask_smooth"] == 0}
+    assert len(set(by_threshold.values())) > 1
+    assert "current defaults" in format_mask_sweep(report, top=1)

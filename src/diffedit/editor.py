@@ -22,15 +22,7 @@ from tqdm.auto import tqdm
 from .images import ImageInput, load_image, load_mask, pad_to_multiple, pil_to_tensor
 from .inversion import ddim_invert
 from .loading import Components, load_components
-from .masks import (
-    dilate,
-    gaussian_blur,
-    latent_mask_from_pixels,
-    noise_difference_maps,
-    normalize_maps,
-    threshold_maps,
-    upsample_mask,
-)
+from .masks import finish_mask, latent_mask_from_pixels, noise_difference_maps, upsample_mask
 from .prompts import encode_prompts
 from .results import EditOptions, EditResult, InversionResult, MaskResult
 from .sampling import composite, feathered_alpha, masked_denoise
@@ -173,7 +165,7 @@ class DiffEditor:
             torch.cuda.synchronize(self.device)
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
 
-    def _batch(self, image, source, target, options: EditOptions) -> _Batch:
+    def prepare_batch(self, image, source, target, options: EditOptions) -> _Batch:
         """Normalise (image | images, source | sources, target | targets | targets per image) to jobs."""
         many = isinstance(image, (list, tuple))
         images = [load_image(im, max_pixels=options.max_pixels) for im in _as_list(image)]
@@ -258,38 +250,32 @@ class DiffEditor:
             return latent[idx].float(), latent[idx], pixel[idx][:, :h, :w]
 
         with self._timed(timings, "mask"):
-            # 1a. Noise the latents at mask_strength with n noises per image
-            grid = ddim_grid(self.scheduler, options.num_inference_steps, options.mask_strength)
-            t, alpha = int(grid.timesteps[-1]), float(grid.alphas[-1])
-            noise = self._mask_noise(latents.shape, options.mask_noises, seed, generator)  # (B, n, C, h, w)
-            noisy = alpha**0.5 * latents.unsqueeze(1) + (1 - alpha) ** 0.5 * noise
-            # 1b. Predict the noise with the reference and the target prompts in one batch (no guidance: it cancels)
-            reference = [options.mask_reference if options.mask_reference is not None else s for s in batch.sources]
-            rows = (len(batch.images) + len(batch.job_target)) * options.mask_noises
-            with self._bar(rows, "mask") as bar:
-                maps = noise_difference_maps(
-                    self.denoiser,
-                    noisy,
-                    t,
-                    self.encode_prompts(reference),
-                    self.encode_prompts(batch.job_target),
-                    batch.job_image,
-                    max_batch=options.mask_batch_size,
-                    progress=bar.update,
-                )
-            # 1c. Remove extreme values, rescale each image's map to [0, 1], smooth, threshold, dilate
-            soft = normalize_maps(
-                maps,
-                clamp=options.mask_clamp,
-                quantile=options.mask_quantile,
-                mean_ratio=options.mask_mean_ratio,
-                per_image=options.mask_per_image,
+            maps = self.noise_maps(batch, latents, options, seed, generator)
+            soft, binary = finish_mask(
+                maps, clamp=options.mask_clamp, quantile=options.mask_quantile, mean_ratio=options.mask_mean_ratio,
+                per_image=options.mask_per_image, smooth=options.mask_smooth, threshold=options.mask_threshold,
+                dilate_cells=options.mask_dilate,
             )
-            if options.mask_smooth > 0:
-                soft = normalize_maps(gaussian_blur(soft, options.mask_smooth), clamp="quantile", quantile=1.0)
-            binary = dilate(threshold_maps(soft, options.mask_threshold), options.mask_dilate)
         pixel = upsample_mask(binary, (hp, wp))[:, :h, :w] > 0.5
         return soft, binary, pixel
+
+    def noise_maps(
+        self, batch: _Batch, latents: torch.Tensor, options: EditOptions, seed: int, generator=None
+    ) -> torch.Tensor:
+        """Step 1 before normalisation: |eps_target - eps_reference| averaged over noises, (J, h, w)."""
+        # 1a. Noise the latents at mask_strength with n noises per image
+        grid = ddim_grid(self.scheduler, options.num_inference_steps, options.mask_strength)
+        t, alpha = int(grid.timesteps[-1]), float(grid.alphas[-1])
+        noise = self._mask_noise(latents.shape, options.mask_noises, seed, generator)  # (B, n, C, h, w)
+        noisy = alpha**0.5 * latents.unsqueeze(1) + (1 - alpha) ** 0.5 * noise
+        # 1b. Predict the noise with the reference and the target prompts in one batch (no guidance: it cancels)
+        reference = [options.mask_reference if options.mask_reference is not None else s for s in batch.sources]
+        rows = (len(batch.images) + len(batch.job_target)) * options.mask_noises
+        with self._bar(rows, "mask") as bar:
+            return noise_difference_maps(
+                self.denoiser, noisy, t, self.encode_prompts(reference), self.encode_prompts(batch.job_target),
+                batch.job_image, max_batch=options.mask_batch_size, progress=bar.update,
+            )
 
     def _pil_masks(self, soft: torch.Tensor, pixel: torch.Tensor, padded: tuple[int, int], size: tuple[int, int]):
         h, w = size
@@ -312,7 +298,7 @@ class DiffEditor:
         """DiffEdit step 1 alone: the mask of each (image, target) job."""
         options = (options or EditOptions()).replace(**overrides)
         seed = self._seed(seed, generator)
-        batch = self._batch(image, source, target, options)
+        batch = self.prepare_batch(image, source, target, options)
         latents = self.encode_images(batch.pixels)
         soft, binary, pixel = self._compute_mask(batch, latents, options, seed, generator, None, {})
         mask_images, soft_images = self._pil_masks(soft, pixel, tuple(batch.pixels.shape[-2:]), batch.size)
@@ -370,7 +356,7 @@ class DiffEditor:
         # 1. Check inputs and read images
         options = (options or EditOptions()).replace(**overrides)
         seed = self._seed(seed, generator)
-        batch = self._batch(image, source, target, options)
+        batch = self.prepare_batch(image, source, target, options)
         padded, (h, w) = tuple(batch.pixels.shape[-2:]), batch.size
 
         # 2. Encode the images with the VAE

@@ -25,6 +25,7 @@ __all__ = [
     "dilate",
     "erode",
     "threshold_maps",
+    "finish_mask",
     "latent_mask_from_pixels",
     "upsample_mask",
 ]
@@ -158,3 +159,21 @@ def upsample_mask(maps: torch.Tensor, size: tuple[int, int], *, soft: bool = Fal
     else:
         x = F.interpolate(x, size=size, mode="nearest")
     return x.squeeze(1)
+
+
+def finish_mask(
+    maps: torch.Tensor,
+    *,
+    clamp: str = "quantile",
+    quantile: float = 0.99,
+    mean_ratio: float = 3.0,
+    per_image: bool = True,
+    smooth: float = 0.0,
+    threshold: float = 0.5,
+    dilate_cells: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw difference maps (J, h, w) -> (soft map in [0, 1], binary mask): clamp, rescale, smooth, threshold, dilate."""
+    soft = normalize_maps(maps, clamp=clamp, quantile=quantile, mean_ratio=mean_ratio, per_image=per_image)
+    if smooth > 0:  # blurring lowers the peaks: rescale again so the threshold keeps its meaning
+        soft = normalize_maps(gaussian_blur(soft, smooth), clamp="quantile", quantile=1.0)
+    return soft, dilate(threshold_maps(soft, threshold), dilate_cells)

@@ -98,3 +98,27 @@ def speed(
         _fail(str(e))
     if json_path is not None:
         typer.echo(f"wrote {json_path}")
+
+
+@bench_app.command("masks")
+def masks(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="[default: the embedded model]"),
+    cases: int = typer.Option(96, "--cases", help="Edit cases to tune on."),
+    seed: int = typer.Option(1000, "--seed", help="Seed of the tuning cases (report on another)."),
+    steps: int = typer.Option(50, "--steps"),
+    batch: int = typer.Option(16, "--batch"),
+    top: int = typer.Option(12, "--top", help="Rows to print."),
+    json_path: Optional[Path] = typer.Option(None, "--json"),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Sweep the mask's post-processing (reference, clamp, smoothing, threshold, dilation) for mask IoU."""
+    from diffedit.bench.masks import format_mask_sweep, run_mask_sweep
+
+    _threads(threads)
+    try:
+        report = run_mask_sweep(model, cases=cases, seed=seed, batch_size=batch, steps=steps, json_path=json_path,
+                                progress=not quiet)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    typer.echo(format_mask_sweep(report, top))

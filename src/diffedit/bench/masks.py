@@ -1,0 +1,97 @@
+"""Tuning the mask: IoU against ShapeEdit's ground truth for a grid of post-processing settings.
+
+The UNet part of the mask (noise-difference maps) does not depend on the clamp, smoothing, threshold
+or dilation, so each case's raw maps are computed once per reference prompt and every setting of the
+grid is applied to them: a sweep of hundreds of settings costs about one mask pass per case.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from diffedit.bench.models import load_bench_editor
+from diffedit.masks import finish_mask, upsample_mask
+from diffedit.metrics import mask_iou
+from diffedit.results import EditOptions
+from diffedit.shapeworld.world import edit_cases
+
+__all__ = ["DEFAULT_GRID", "run_mask_sweep"]
+
+DEFAULT_GRID = {
+    "mask_reference": [None, ""],  # None: the source prompt
+    "clamp": [("quantile", 0.95), ("quantile", 0.99), ("quantile", 1.0), ("mean_ratio", 2.0), ("mean_ratio", 3.0)],
+    "mask_smooth": [0.0, 0.5, 1.0, 1.5],
+    "mask_threshold": [0.3, 0.4, 0.5, 0.6],
+    "mask_dilate": [0, 1],
+}
+
+
+def run_mask_sweep(
+    model: str | None = "shapeworld", *, cases: int = 96, seed: int = 1000, batch_size: int = 16,
+    steps: int = 50, grid: dict | None = None, json_path: str | Path | None = None, progress: bool = True,
+) -> dict:
+    """Mean mask IoU (overall and by edit kind) of every setting of `grid` on `edit_cases(cases, seed)`."""
+    grid = grid or DEFAULT_GRID
+    editor = load_bench_editor(model, device=torch.device("cpu"), dtype="fp32")
+    editor.progress = False
+    todo = edit_cases(cases, seed)
+    gts = [c.mask for c in todo]
+    kinds = np.array([c.kind for c in todo])
+    raw: dict = {}  # reference -> (cases, h, w) raw maps
+    with tqdm(total=len(grid["mask_reference"]) * cases, desc="mask maps", disable=not progress) as bar:
+        for reference in grid["mask_reference"]:
+            options = EditOptions(num_inference_steps=steps, mask_reference=reference)
+            maps = []
+            for start in range(0, cases, batch_size):
+                chunk = todo[start : start + batch_size]
+                batch = editor.prepare_batch([c.source_image for c in chunk], [c.source for c in chunk],
+                                             [c.target for c in chunk], options)
+                latents = editor.encode_images(batch.pixels)
+                maps.append(editor.noise_maps(batch, latents, options, seed + start))
+                bar.update(len(chunk))
+            raw[reference] = torch.cat(maps)
+    rows = []
+    settings = list(itertools.product(grid["mask_reference"], grid["clamp"], grid["mask_smooth"],
+                                      grid["mask_threshold"], grid["mask_dilate"]))
+    for reference, (clamp, level), smooth, threshold, dilate_cells in settings:
+        _, binary = finish_mask(raw[reference], clamp=clamp, quantile=level if clamp == "quantile" else 0.99,
+                                mean_ratio=level if clamp == "mean_ratio" else 3.0, smooth=smooth,
+                                threshold=threshold, dilate_cells=dilate_cells)
+        pixel = upsample_mask(binary, gts[0].shape).numpy() > 0.5
+        ious = np.array([mask_iou(p, g) for p, g in zip(pixel, gts)])
+        rows.append({
+            "mask_reference": "source" if reference is None else reference, "clamp": clamp, "clamp_level": level,
+            "mask_smooth": smooth, "mask_threshold": threshold, "mask_dilate": dilate_cells,
+            "iou": float(ious.mean()), **{f"iou_{k}": float(ious[kinds == k].mean()) for k in sorted(set(kinds))},
+        })
+    rows.sort(key=lambda r: -r["iou"])
+    report = {"model": model or "shapeworld", "cases": cases, "seed": seed, "steps": steps, "rows": rows}
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def format_mask_sweep(report: dict, top: int = 12) -> str:
+    defaults = EditOptions()
+    is_default = lambda r: (r["mask_reference"] == "source" and r["clamp"] == defaults.mask_clamp
+                            and r["clamp_level"] == defaults.mask_quantile and r["mask_smooth"] == defaults.mask_smooth
+                            and r["mask_threshold"] == defaults.mask_threshold and r["mask_dilate"] == defaults.mask_dilate)
+    lines = [f"mask IoU sweep: {report['cases']} cases, seed {report['seed']}, model {report['model']}",
+             f"{'rank':>4} {'reference':>9} {'clamp':>10} {'level':>5} {'smooth':>6} {'thresh':>6} {'dilate':>6}"
+             f" {'IoU':>6} {'color':>6} {'shape':>6} {'both':>6}"]
+    for i, r in enumerate(report["rows"]):
+        if i < top or is_default(r):
+            mark = "  <- current defaults" if is_default(r) else ""
+            ref = r["mask_reference"] or '""'
+            lines.append(f"{i + 1:>4} {ref:>9} {r['clamp']:>10} {r['clamp_level']:>5} "
+                         f"{r['mask_smooth']:>6} {r['mask_threshold']:>6} {r['mask_dilate']:>6} {r['iou']:>6.3f} "
+                         f"{r.get('iou_color', float('nan')):>6.3f} {r.get('iou_shape', float('nan')):>6.3f} "
+                         f"{r.get('iou_both', float('nan')):>6.3f}{mark}")
+    return "\n".join(lines)
