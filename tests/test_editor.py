@@ -19,9 +19,12 @@ def test_mask_values_and_shapes(editor, image):
     assert 0 < int(res.mask.sum()) < 256
     assert res.mask_image.size == (32, 32) and res.mask_image.mode == "L"
     assert set(np.unique(np.asarray(res.mask_image))) <= {0, 255}
-    # pixel mask is the latent mask upsampled by the VAE factor (2 for the tiny VAE)
+    # the pixel mask lies inside the latent cells (VAE factor 2 for the tiny VAE), trimmed by the soft map
     up = res.mask[0].repeat_interleave(2, 0).repeat_interleave(2, 1).numpy()
-    assert np.array_equal(np.asarray(res.mask_image) > 0, up)
+    pixel = np.asarray(res.mask_image) > 0
+    assert not (pixel & ~up).any() and pixel.sum() < up.sum()
+    blocky = editor.mask(image, "a red square", "a blue circle", seed=0, mask_refine=False, **KW)
+    assert np.array_equal(np.asarray(blocky.mask_image) > 0, up)
 
 
 def test_threshold_and_dilation_move_the_mask(editor, image):

@@ -256,8 +256,10 @@ class DiffEditor:
                 per_image=options.mask_per_image, smooth=options.mask_smooth, threshold=options.mask_threshold,
                 dilate_cells=options.mask_dilate,
             )
-        pixel = upsample_mask(binary, (hp, wp))[:, :h, :w] > 0.5
-        return soft, binary, pixel
+        pixel = upsample_mask(binary, (hp, wp)) > 0.5  # (J, Hp, Wp): the latent cells, blocky
+        if options.mask_refine:  # trim the cells' edges with the soft map, upsampled smoothly
+            pixel &= upsample_mask(soft, (hp, wp), soft=True) > options.mask_threshold
+        return soft, binary, pixel[:, :h, :w]
 
     def noise_maps(
         self, batch: _Batch, latents: torch.Tensor, options: EditOptions, seed: int, generator=None

@@ -33,6 +33,7 @@ class EditOptions:
     mask_per_image: bool = True  # normalise each image on its own; False pools a batch (diffusers)
     mask_smooth: float = 1.0  # Gaussian sigma in latent cells before thresholding; 0 = none
     mask_dilate: int = 0  # grow the binary mask by this many latent cells
+    mask_refine: bool = True  # pixel mask = upsampled soft map > threshold, inside the latent mask (+0.03 IoU on tuning cases)
     mask_batch_size: int | None = None  # UNet rows per chunk in the mask pass; None = all n * (1 + targets)
     # output (after decoding)
     composite: bool = True  # paste the edit into the input in pixel space: outside the mask stays exact

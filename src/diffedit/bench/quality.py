@@ -30,7 +30,9 @@ from diffedit.shapeworld.world import EditCase, edit_cases
 
 __all__ = ["METHODS", "run_quality", "format_quality", "plot_quality"]
 
-METHODS = ("ours", "diffusers", "sdedit", "gt_mask", "ours_no_smooth", "ours_no_composite", "ours_batch_norm")
+METHODS = (
+    "ours", "diffusers", "sdedit", "gt_mask", "ours_no_smooth", "ours_no_composite", "ours_batch_norm", "ours_no_refine",
+)
 
 
 def _chunks(n: int, size: int):
