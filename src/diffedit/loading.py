@@ -56,6 +56,15 @@ def load_components(
     .safetensors/.ckpt file: an original SD 1.x/2.x checkpoint (`config`: a hub id or local folder with
     the matching diffusers configs, needed offline). Anything else is tried as a Hugging Face hub id
     (works offline once it is in the local cache).
+
+    Single files offline: diffusers' `from_single_file` reads the weights from the file but every
+    component's config (and the tokenizer files) from a diffusers model: without `config` it infers a hub
+    id from the checkpoint's keys (SD 1.x: stable-diffusion-v1-5/stable-diffusion-v1-5) and downloads its
+    json/txt files. `config=` a local diffusers folder of the same architecture (configs alone suffice:
+    model_index.json, */config.json, scheduler/, tokenizer/; weights there are ignored) needs no network;
+    nothing else (`original_config`, `local_files_only`) is needed. Loading errors (OSError: no network
+    for the configs, an unreadable file) are re-raised as a FileNotFoundError naming the file, with a hint
+    to pass `config` unless it already is a local folder.
     """
     kwargs = {"torch_dtype": dtype} if dtype is not None else {}
     if model is None:
@@ -76,7 +85,17 @@ def load_components(
         from diffusers import StableDiffusionPipeline
 
         extra = {"config": config} if config else {}
-        pipe = StableDiffusionPipeline.from_single_file(str(path), **kwargs, **extra)
+        try:
+            pipe = StableDiffusionPipeline.from_single_file(str(path), **kwargs, **extra)
+        except OSError as e:  # a hub look-up of the configs with no network (LocalEntryNotFoundError), a bad file
+            hint = "" if config and Path(config).is_dir() else (
+                " If the diffusers configs could not be fetched (this machine may have no internet), pass config= "
+                "a local diffusers folder of the same architecture (CLI: --config)."
+            )
+            raise FileNotFoundError(
+                f"could not load the single-file checkpoint {path.name} (configs: "
+                f"{config or 'the hub model diffusers infers from its keys'}): {e}.{hint}"
+            ) from e
         return Components(pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.scheduler, str(path))
     if path.is_dir():
         if not (path / "model_index.json").is_file() and not (path / "unet").is_dir():
