@@ -140,3 +140,21 @@ def test_mask_sweep_scores_every_setting_from_one_pass():
     by_threshold = {r["mask_threshold"]: r["iou"] for r in rows if r["clamp"] == "quantile" and r["mask_smooth"] == 0}
     assert len(set(by_threshold.values())) > 1
     assert "current defaults" in format_mask_sweep(report, top=1)
+
+
+def test_composite_sweep_pastes_every_setting_from_one_edit():
+    from diffedit.bench.masks import format_composite_sweep, run_composite_sweep
+
+    report = run_composite_sweep("tiny", cases=2, seed=0, batch_size=2, steps=4, feathers=(0, 2), dilations=(0, 1),
+                                 progress=False)
+    settings = report["settings"]
+    assert set(settings) == {"none"} | {f"dilate {d} px, feather {f} px" for d in (0, 1) for f in (0, 2)}
+    assert all(s["overall"]["n"] == 2 for s in settings.values())
+    # the composite keeps the input outside the mask, so it can only help background PSNR over "none"
+    none_bg = settings["none"]["overall"]["background_psnr"]
+    assert settings["dilate 0 px, feather 0 px"]["overall"]["background_psnr"] >= none_bg
+    # a wider ramp inside the mask keeps more of the input, so background PSNR does not fall
+    assert (settings["dilate 0 px, feather 2 px"]["overall"]["background_psnr"]
+            >= settings["dilate 0 px, feather 0 px"]["overall"]["background_psnr"])
+    text = format_composite_sweep(report)
+    assert "<- default" in text and "none" in text

@@ -37,7 +37,8 @@ class EditOptions:
     mask_batch_size: int | None = None  # UNet rows per chunk in the mask pass; None = all n * (1 + targets)
     # output (after decoding)
     composite: bool = True  # paste the edit into the input in pixel space: outside the mask stays exact
-    feather: int = 3  # width in pixels of the opacity ramp inside the mask edge
+    feather: int = 2  # width in pixels of the opacity ramp inside the mask edge (3 cut off edited edges: -5 %
+    #   success on tuning seeds 5000/6000 for +1.7 dB background; 2 kept success and gained 2.3 dB over 0)
     max_pixels: int | None = DEFAULT_MAX_PIXELS  # refuse larger inputs with a clear error
 
     def __post_init__(self) -> None:

@@ -35,7 +35,7 @@ def quality(
     cases: int = typer.Option(300, "--cases", "-n", help="Number of ShapeEdit cases."),
     seed: int = typer.Option(0, "--seed", help="Seed of the cases; case i is edited with seed + i."),
     methods: str = typer.Option(
-        "ours,diffusers,sdedit,gt_mask,ours_no_smooth,ours_no_composite,ours_batch_norm", "--methods",
+        "ours,diffusers,sdedit,gt_mask,ours_no_smooth,ours_no_composite,ours_batch_norm,ours_no_refine", "--methods",
         help="Comma-separated methods to run.",
     ),
     steps: int = typer.Option(50, "--steps", help="DDIM steps over the full noise range."),
@@ -122,3 +122,26 @@ def masks(
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     typer.echo(format_mask_sweep(report, top))
+
+
+@bench_app.command("composite")
+def composite_sweep(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="[default: the embedded model]"),
+    cases: int = typer.Option(48, "--cases", help="Edit cases to tune on."),
+    seed: int = typer.Option(5000, "--seed", help="Seed of the tuning cases (report on another)."),
+    steps: int = typer.Option(50, "--steps"),
+    batch: int = typer.Option(8, "--batch"),
+    json_path: Optional[Path] = typer.Option(None, "--json"),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Sweep the pixel composite (mask dilation x feather width): background PSNR against edit success."""
+    from diffedit.bench.masks import format_composite_sweep, run_composite_sweep
+
+    _threads(threads)
+    try:
+        report = run_composite_sweep(model, cases=cases, seed=seed, batch_size=batch, steps=steps,
+                                     json_path=json_path, progress=not quiet)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    typer.echo(format_composite_sweep(report))

@@ -16,12 +16,12 @@ import torch
 from tqdm.auto import tqdm
 
 from diffedit.bench.models import load_bench_editor
-from diffedit.masks import finish_mask, upsample_mask
+from diffedit.masks import dilate, finish_mask, upsample_mask
 from diffedit.metrics import mask_iou
 from diffedit.results import EditOptions
 from diffedit.shapeworld.world import edit_cases
 
-__all__ = ["DEFAULT_GRID", "run_mask_sweep"]
+__all__ = ["DEFAULT_GRID", "run_mask_sweep", "run_composite_sweep"]
 
 DEFAULT_GRID = {
     "mask_reference": [None, ""],  # None: the source prompt
@@ -94,4 +94,60 @@ def format_mask_sweep(report: dict, top: int = 12) -> str:
                          f"{r['mask_smooth']:>6} {r['mask_threshold']:>6} {r['mask_dilate']:>6} {r['iou']:>6.3f} "
                          f"{r.get('iou_color', float('nan')):>6.3f} {r.get('iou_shape', float('nan')):>6.3f} "
                          f"{r.get('iou_both', float('nan')):>6.3f}{mark}")
+    return "\n".join(lines)
+
+
+def run_composite_sweep(
+    model: str | None = "shapeworld", *, cases: int = 48, seed: int = 5000, batch_size: int = 8, steps: int = 50,
+    feathers: tuple[int, ...] = (0, 1, 2, 3, 4), dilations: tuple[int, ...] = (0, 1, 2),
+    json_path: str | Path | None = None, progress: bool = True,
+) -> dict:
+    """ShapeEdit figures of the pixel composite's settings (mask dilation in px x feather width).
+
+    Each case is edited once without the composite; every setting is then pasted from that one decoded
+    image, so the sweep costs one edit per case. "none" is the decoded image itself (composite off).
+    """
+    from diffedit.sampling import composite, feathered_alpha
+    from diffedit.shapeworld.scoring import score_edit, summarize
+
+    editor = load_bench_editor(model, device=torch.device("cpu"), dtype="fp32")
+    editor.progress = False
+    todo = edit_cases(cases, seed)
+    options = EditOptions(num_inference_steps=steps, composite=False)
+    rows: dict[str, list[dict]] = {}
+    for start in tqdm(range(0, cases, batch_size), desc="edits", disable=not progress):
+        chunk = todo[start : start + batch_size]
+        result = editor.edit([c.source_image for c in chunk], [c.source for c in chunk], [c.target for c in chunk],
+                             seed=seed + start, options=options)
+        to_chw = lambda im: torch.from_numpy(np.array(im)).permute(2, 0, 1)  # (H, W, 3) uint8 -> (3, H, W)
+        decoded = torch.stack([to_chw(im) for im in result.images])
+        original = torch.stack([to_chw(c.source_image) for c in chunk])
+        mask = torch.stack([torch.from_numpy(np.array(m) > 127) for m in result.mask_images])
+        outputs = {"none": decoded}
+        for d in dilations:
+            grown = dilate(mask.float(), d) > 0.5
+            for f in feathers:
+                outputs[f"dilate {d} px, feather {f} px"] = composite(original, decoded, feathered_alpha(grown, f))
+        for name, images in outputs.items():
+            rows.setdefault(name, []).extend(
+                score_edit(im.permute(1, 2, 0).numpy(), case, m.numpy()) for im, case, m in zip(images, chunk, mask)
+            )
+    summary = {name: summarize(r) for name, r in rows.items()}
+    report = {"model": model or "shapeworld", "cases": cases, "seed": seed, "steps": steps,
+              "defaults": {"feather": EditOptions().feather}, "settings": summary}
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(report, indent=2, default=float) + "\n")
+    return report
+
+
+def format_composite_sweep(report: dict) -> str:
+    default = f"dilate 0 px, feather {report['defaults']['feather']} px"
+    lines = [f"composite sweep: {report['cases']} cases, seed {report['seed']}, model {report['model']}",
+             f"  {'setting':<26}{'bg PSNR':>9}{'tgt PSNR':>9}{'success':>9}{'color':>7}{'shape':>7}{'both':>7}"]
+    for name, s in report["settings"].items():
+        o, k = s["overall"], s["by_kind"]
+        cells = "".join(f"{100 * k[g]['success']:>6.1f}%" if g in k else f"{'-':>7}" for g in ("color", "shape", "both"))
+        mark = "  <- default" if name == default else ""
+        lines.append(f"  {name:<26}{o['background_psnr']:>9.2f}{o['target_psnr']:>9.2f}{100 * o['success']:>8.1f}%{cells}{mark}")
     return "\n".join(lines)
