@@ -15,6 +15,14 @@ bench_app = typer.Typer(
 )
 
 
+@bench_app.callback()
+def _setup() -> None:
+    """Benchmarks print figures: keep diffusers/transformers loading advice out of them."""
+    from diffedit.cli import quiet_libraries
+
+    quiet_libraries()
+
+
 def _fail(message: str, code: int = 2) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
