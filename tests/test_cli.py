@@ -37,6 +37,7 @@ def test_edit_end_to_end(tmp_path, tiny_model_dir):
     sidecar = json.loads((tmp_path / "photo_edited.json").read_text())
     assert sidecar["seed"] == 7 and sidecar["model"] == str(tiny_model_dir)
     assert sidecar["options"]["num_inference_steps"] == 6 and sidecar["options"]["strength"] == 0.8
+    assert sidecar["options"]["feather"] == 2 and sidecar["options"]["composite"] is True
     assert sidecar["jobs"][0]["target"] == "a blue circle" and sidecar["outputs"] == [str(out)]
     # the same command again gives the same pixels (the seed is all the randomness)
     first = np.asarray(Image.open(out)).copy()
@@ -82,6 +83,7 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, tiny_model_dir):
         (["edit", str(src), "-s", "a", "-t", "b", "-m", str(tmp_path / "nomodel")], "not found"),
         (["edit", str(src), "-s", "a", "-t", "", "-m", str(tiny_model_dir)], "target prompt is empty"),
         (["edit", str(src), "-s", "a", "-t", "b", "--max-pixels", "100"], "above the limit"),
+        (["edit", str(src), "-s", "a", "-t", "b", "--feather", "-1"], "feather must be >= 0"),
     ]
     for args, message in cases:
         res = runner.invoke(app, args)

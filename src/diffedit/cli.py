@@ -111,6 +111,7 @@ def edit(
     smooth: float = typer.Option(1.0, "--smooth", help="Gaussian sigma of mask smoothing, latent cells (0: off)."),
     dilate: int = typer.Option(0, "--dilate", help="Grow the mask by this many latent cells."),
     no_composite: bool = typer.Option(False, "--no-composite", help="Keep the decoder's pixels outside the mask."),
+    feather: int = typer.Option(2, "--feather", help="Width in pixels of the composite's opacity ramp inside the mask edge."),
     max_pixels: int = typer.Option(2048 * 2048, "--max-pixels", help="Refuse larger images."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... [default: cuda if available]."),
     dtype: str = typer.Option("auto", "--dtype", help="fp32 | fp16 | bf16 [default: fp16 on cuda, fp32 on cpu]."),
@@ -127,7 +128,7 @@ def edit(
         options = EditOptions(
             num_inference_steps=steps, strength=strength, guidance_scale=guidance, mask_threshold=threshold,
             negative_prompt=negative_prompt, mask_noises=mask_noises, mask_smooth=smooth, mask_dilate=dilate,
-            composite=not no_composite, max_pixels=max_pixels,
+            composite=not no_composite, feather=feather, max_pixels=max_pixels,
         )
         load_image(image, max_pixels=max_pixels)  # fail on a bad image before loading the model
     except (ValueError, FileNotFoundError) as e:
