@@ -236,3 +236,34 @@ def test_traced_fast_path_equals_the_plain_path(editor, image):
     assert editor.accelerate(None).denoiser is editor.unet
     with pytest.raises(ValueError, match="accelerate"):
         editor.accelerate("warp")
+
+
+def test_guided_filter_snaps_a_blurred_map_to_the_guide_edge():
+    from diffedit.masks import gaussian_blur, guided_filter
+
+    guide = torch.zeros(1, 3, 32, 32)
+    guide[:, 0, :, 13:] = 1.0  # a vertical colour edge between columns 12 and 13
+    sharp = (guide[:, 0] > 0.5).float()  # (1, 32, 32)
+    blurred = torch.roll(gaussian_blur(sharp, 3.0), shifts=3, dims=-1)  # soft and off by 3 px
+    assert not torch.equal(blurred > 0.5, sharp > 0.5)
+    out = guided_filter(blurred, guide, radius=8)
+    assert torch.equal(out > 0.5, sharp > 0.5)  # the step lands on the guide's edge
+    flat = guided_filter(blurred, torch.full_like(guide, 0.3), radius=2)
+    assert torch.allclose(flat, F_box(F_box(blurred, 2), 2), atol=1e-4)  # a flat guide: the map's local mean, averaged
+
+
+def F_box(x, r):
+    return torch.nn.functional.avg_pool2d(x.unsqueeze(1), 2 * r + 1, stride=1, padding=r, count_include_pad=False).squeeze(1)
+
+
+def test_snap_edges_keeps_the_mask_inside_the_cells(editor, image):
+    plain = editor.mask(image, "a red square", "a blue circle", seed=0, **KW)
+    snapped = editor.mask(image, "a red square", "a blue circle", seed=0, mask_snap=True, **KW)
+    assert torch.equal(plain.mask, snapped.mask)  # the latent mask that decoding uses is unchanged
+    up = plain.mask[0].repeat_interleave(2, 0).repeat_interleave(2, 1).numpy()
+    pixel = np.asarray(snapped.mask_image) > 0
+    assert not (pixel & ~up).any()
+    assert not np.array_equal(pixel, np.asarray(plain.mask_image) > 0)
+    edited = editor.edit(image, "a red square", "a blue circle", seed=0, mask_snap=True, **KW)
+    outside = ~(np.asarray(edited.mask_image) > 0)
+    assert np.array_equal(np.asarray(edited.image)[outside], np.asarray(image)[outside])

@@ -112,6 +112,7 @@ def edit(
     dilate: int = typer.Option(0, "--dilate", help="Grow the mask by this many latent cells."),
     no_composite: bool = typer.Option(False, "--no-composite", help="Keep the decoder's pixels outside the mask."),
     feather: int = typer.Option(2, "--feather", help="Width in pixels of the composite's opacity ramp inside the mask edge."),
+    snap_edges: bool = typer.Option(False, "--snap-edges", help="Snap the pixel mask to the input's colour edges (guided filter); good for recolouring."),
     max_pixels: int = typer.Option(2048 * 2048, "--max-pixels", help="Refuse larger images."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... [default: cuda if available]."),
     dtype: str = typer.Option("auto", "--dtype", help="fp32 | fp16 | bf16 [default: fp16 on cuda, fp32 on cpu]."),
@@ -128,7 +129,7 @@ def edit(
         options = EditOptions(
             num_inference_steps=steps, strength=strength, guidance_scale=guidance, mask_threshold=threshold,
             negative_prompt=negative_prompt, mask_noises=mask_noises, mask_smooth=smooth, mask_dilate=dilate,
-            composite=not no_composite, feather=feather, max_pixels=max_pixels,
+            composite=not no_composite, feather=feather, mask_snap=snap_edges, max_pixels=max_pixels,
         )
         load_image(image, max_pixels=max_pixels)  # fail on a bad image before loading the model
     except (ValueError, FileNotFoundError) as e:
@@ -175,6 +176,7 @@ def mask_command(
     mask_noises: int = typer.Option(10, "--mask-noises"),
     smooth: float = typer.Option(1.0, "--smooth"),
     dilate: int = typer.Option(0, "--dilate"),
+    snap_edges: bool = typer.Option(False, "--snap-edges", help="Snap the mask to the input's colour edges."),
     device: Optional[str] = typer.Option(None, "--device"),
     dtype: str = typer.Option("auto", "--dtype"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch [default: torch's]."),
@@ -187,7 +189,8 @@ def mask_command(
     if not image.exists():
         fail(f"image file not found: {image}")
     try:
-        options = EditOptions(mask_threshold=threshold, mask_noises=mask_noises, mask_smooth=smooth, mask_dilate=dilate)
+        options = EditOptions(mask_threshold=threshold, mask_noises=mask_noises, mask_smooth=smooth, mask_dilate=dilate,
+                              mask_snap=snap_edges)
         load_image(image)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .images import ImageInput, load_image, load_mask, pad_to_multiple, pil_to_tensor
 from .inversion import ddim_invert
 from .loading import Components, load_components
-from .masks import finish_mask, latent_mask_from_pixels, noise_difference_maps, upsample_mask
+from .masks import finish_mask, guided_filter, latent_mask_from_pixels, noise_difference_maps, upsample_mask
 from .prompts import encode_prompts
 from .results import EditOptions, EditResult, InversionResult, MaskResult
 from .sampling import composite, feathered_alpha, masked_denoise
@@ -257,8 +257,12 @@ class DiffEditor:
                 dilate_cells=options.mask_dilate,
             )
         pixel = upsample_mask(binary, (hp, wp)) > 0.5  # (J, Hp, Wp): the latent cells, blocky
-        if options.mask_refine:  # trim the cells' edges with the soft map, upsampled smoothly
-            pixel &= upsample_mask(soft, (hp, wp), soft=True) > options.mask_threshold
+        if options.mask_refine or options.mask_snap:  # trim the cells' edges with the soft map, upsampled smoothly
+            soft_px = upsample_mask(soft, (hp, wp), soft=True)
+            if options.mask_snap:  # ... made to follow the input's colour edges
+                guide = (batch.pixels[batch.job_image].to(soft_px.device) + 1.0) / 2.0
+                soft_px = guided_filter(soft_px, guide, radius=self.vae_scale_factor)
+            pixel &= soft_px > options.mask_threshold
         return soft, binary, pixel[:, :h, :w]
 
     def noise_maps(

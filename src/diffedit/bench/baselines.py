@@ -41,6 +41,7 @@ OURS_VARIANTS: dict[str, dict] = {
     "ours_no_composite": {"composite": False},  # keep the decoder's pixels outside the mask
     "ours_batch_norm": {"mask_per_image": False},  # normalise the maps over the batch, as diffusers does
     "ours_no_refine": {"mask_refine": False},  # blocky pixel mask: the latent cells, not trimmed by the soft map
+    "ours_snap": {"mask_snap": True},  # pixel mask snapped to the input's edges (guided filter): an option, off by default
 }
 
 
