@@ -115,10 +115,12 @@ def test_cli_speed_and_quality(shapeworld_tiny_dir, tmp_path):
 
     res = runner.invoke(bench_app, ["quality", "--model", str(shapeworld_tiny_dir), "--cases", "3", "--steps", "2",
                                     "--methods", "ours,sdedit", "--json", str(tmp_path / "q.json"),
-                                    "--plot", str(tmp_path / "q.png"), "--quiet"])
+                                    "--plot", str(tmp_path / "q.png"), "--markdown", str(tmp_path / "q.md"), "--quiet"])
     assert res.exit_code == 0, res.output
     assert set(json.loads((tmp_path / "q.json").read_text())["methods"]) == {"ours", "sdedit"}
     assert (tmp_path / "q.png").exists()
+    table = (tmp_path / "q.md").read_text().splitlines()
+    assert len(table) == 4 and table[2].startswith("| `ours` |") and table[3].startswith("| `sdedit` | - |")
 
     res = runner.invoke(bench_app, ["quality", "--model", str(shapeworld_tiny_dir), "--methods", "magic", "--quiet"])
     assert res.exit_code == 2 and "unknown method" in res.output

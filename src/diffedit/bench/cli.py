@@ -50,6 +50,7 @@ def quality(
     batch: int = typer.Option(8, "--batch", "-b", help="Cases per call for ours, its ablations, gt_mask and SDEdit."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report (summaries and per-edit rows)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of background PSNR vs edit success."),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", help="Write the overall table as Markdown."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     dtype: str = typer.Option("fp32", "--dtype", help="fp32 | fp16 | bf16 (diffusers' pipeline needs the VAE in the UNet's dtype)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
@@ -64,11 +65,11 @@ def quality(
     names = [m.strip() for m in methods.split(",") if m.strip()]
     try:
         run_quality(model, cases=cases, seed=seed, methods=names, batch_size=batch, steps=steps, device=device, dtype=dtype,
-                    json_path=json_path, plot_path=plot, progress=not quiet)
+                    json_path=json_path, plot_path=plot, markdown_path=markdown, progress=not quiet)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     if not quiet:
-        for path in (json_path, plot):
+        for path in (json_path, plot, markdown):
             if path is not None:
                 typer.echo(f"wrote {path}")
 

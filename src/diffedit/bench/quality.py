@@ -28,7 +28,7 @@ from diffedit.results import EditOptions
 from diffedit.shapeworld.scoring import PSNR_CAP, score_edit, summarize
 from diffedit.shapeworld.world import EditCase, edit_cases
 
-__all__ = ["METHODS", "run_quality", "format_quality", "plot_quality"]
+__all__ = ["METHODS", "run_quality", "format_quality", "format_quality_markdown", "plot_quality"]
 
 METHODS = (
     "ours", "diffusers", "sdedit", "gt_mask", "ours_no_smooth", "ours_no_composite", "ours_batch_norm", "ours_no_refine", "ours_snap",
@@ -96,6 +96,7 @@ def run_quality(
     dtype: str = "fp32",
     json_path: str | Path | None = None,
     plot_path: str | Path | None = None,
+    markdown_path: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
     """Run the ShapeEdit benchmark; returns {"methods": {name: {"summary", "seconds_per_edit", "rows"}}, ...}.
@@ -146,13 +147,16 @@ def run_quality(
         path.write_text(json.dumps(report, indent=2) + "\n")
     if plot_path is not None:
         plot_quality(report, plot_path)
+    if markdown_path is not None:
+        Path(markdown_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(markdown_path).write_text(format_quality_markdown(report) + "\n")
     return report
 
 
 def _fmt(value, spec: str, scale: float = 1.0) -> str:
     """value * scale in spec; "-" right-aligned to the same width when there is no value."""
     if value is None:
-        return "-".rjust(int(spec.split(".")[0]))
+        return "-".rjust(int(spec.split(".")[0] or 0))
     return format(value * scale, spec)
 
 
@@ -178,6 +182,22 @@ def format_quality(report: dict) -> str:
         s = m["summary"]
         cells = "".join(f"{_fmt(s[g][k]['success'] if k in s[g] else None, '10.1f', 100)}" for g, k in groups)
         lines.append(f"  {name:<19}{cells}")
+    return "\n".join(lines)
+
+
+def format_quality_markdown(report: dict) -> str:
+    """The overall figures and edit success by kind as a Markdown table (the README's)."""
+    first = next(iter(report["methods"].values()))["summary"]
+    kinds = list(first["by_kind"])
+    head = ["method", "mask IoU", "bg PSNR (dB)", "target PSNR (dB)", "success"] + [f"success: {k}" for k in kinds] + ["s / edit"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, m in report["methods"].items():
+        o, by_kind = m["summary"]["overall"], m["summary"]["by_kind"]
+        cells = [f"`{name}`", _fmt(o["mask_iou"], ".3f").strip(), _fmt(o["background_psnr"], ".1f"),
+                 _fmt(o["target_psnr"], ".1f"), _fmt(o["success"], ".1f", 100) + " %"]
+        cells += [_fmt(by_kind[k]["success"], ".1f", 100) + " %" if k in by_kind else "-" for k in kinds]
+        cells.append(f"{m['seconds_per_edit']:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
