@@ -35,8 +35,8 @@ class EditOptions:
     mask_dilate: int = 0  # grow the binary mask by this many latent cells
     mask_refine: bool = True  # pixel mask = upsampled soft map > threshold, inside the latent mask (+0.03 IoU on tuning cases)
     mask_snap: bool = False  # snap the pixel mask to the input's edges (colour guided filter, one latent cell wide):
-    #   +0.05 IoU on tuning cases and a sharper recolouring, but it trims the new parts of changed shapes
-    #   (success 77 -> 71 % on tuning cases), so it is off by default
+    #   +0.04 to +0.05 IoU on tuning cases and a sharper recolouring, but it trims the new parts of changed
+    #   shapes (edit success -2 to -6 % on tuning seeds 5000/6000), so it is off by default
     mask_batch_size: int | None = None  # UNet rows per chunk in the mask pass; None = all n * (1 + targets)
     # output (after decoding)
     composite: bool = True  # paste the edit into the input in pixel space: outside the mask stays exact
