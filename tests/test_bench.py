@@ -142,6 +142,20 @@ def test_mask_sweep_scores_every_setting_from_one_pass():
     by_threshold = {r["mask_threshold"]: r["iou"] for r in rows if r["clamp"] == "quantile" and r["mask_smooth"] == 0}
     assert len(set(by_threshold.values())) > 1
     assert "current defaults" in format_mask_sweep(report, top=1)
+    assert 0.0 < report["cell_upper_bound_iou"] <= 1.0
+
+
+def test_cell_upper_bound_is_exact_for_cell_aligned_masks_and_below_one_otherwise():
+    from diffedit.bench.masks import cell_upper_bound_iou
+
+    square = np.zeros((32, 32), bool)
+    square[8:24, 8:16] = True  # whole 8-px cells
+    assert cell_upper_bound_iou([square], 8) == 1.0
+    yy, xx = np.mgrid[:32, :32]
+    disc = (yy - 13.5) ** 2 + (xx - 17.5) ** 2 < 9.0**2
+    bound = cell_upper_bound_iou([disc], 8)
+    assert 0.3 < bound < 1.0
+    assert cell_upper_bound_iou([square, disc], 8) == pytest.approx((1.0 + bound) / 2)
 
 
 def test_composite_sweep_pastes_every_setting_from_one_edit():

@@ -177,7 +177,7 @@ def guided_filter(maps: torch.Tensor, guide: torch.Tensor, radius: int, eps: flo
     """
     p = maps.float().unsqueeze(1)  # (J, 1, H, W)
     guide = guide.float()
-    radius = max(1, min(int(radius), (min(p.shape[-2:]) - 1) // 2)) if min(p.shape[-2:]) > 2 else 1
+    radius = max(1, int(radius))
     mean_i, mean_p = _box(guide, radius), _box(p, radius)
     cov_ip = _box(guide * p, radius) - mean_i * mean_p  # (J, 3, H, W)
     var = torch.stack(

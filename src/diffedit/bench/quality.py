@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from diffedit.bench.baselines import OURS_VARIANTS, diffusers_edit, diffusers_pipeline, gt_mask_edit, sdedit
 from diffedit.bench.models import load_bench_editor
 from diffedit.editor import DiffEditor
+from diffedit.images import save_json
 from diffedit.metrics import upsample_nearest
 from diffedit.results import EditOptions
 from diffedit.shapeworld.scoring import PSNR_CAP, score_edit, summarize
@@ -142,9 +143,7 @@ def run_quality(
     if progress:
         print(format_quality(report))
     if json_path is not None:
-        path = Path(json_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2) + "\n")
+        save_json(report, json_path)
     if plot_path is not None:
         plot_quality(report, plot_path)
     if markdown_path is not None:

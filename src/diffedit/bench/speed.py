@@ -11,7 +11,6 @@ encoder once (diffusers n + 1 times); the counts are measured and reported as `r
 from __future__ import annotations
 
 import ctypes
-import json
 import statistics
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from PIL import Image
 
 from diffedit.bench.baselines import diffusers_edit, diffusers_pipeline, timer
 from diffedit.bench.models import load_bench_editor
+from diffedit.images import save_json
 from diffedit.results import EditOptions
 
 __all__ = ["run_speed", "format_speed"]
@@ -251,9 +251,7 @@ def run_speed(
     if verbose:
         print(format_speed(report))
     if json_path is not None:
-        path = Path(json_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2) + "\n")
+        save_json(report, json_path)
     return report
 
 
