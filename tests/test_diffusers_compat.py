@@ -14,7 +14,7 @@ Differences explained here, each by a test:
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMInverseScheduler, DDIMScheduler, StableDiffusionDiffEditPipeline
+from diffusers import DDIMInverseScheduler, StableDiffusionDiffEditPipeline
 from PIL import Image
 
 from diffedit.masks import noise_difference_maps, normalize_maps, threshold_maps

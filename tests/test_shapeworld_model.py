@@ -151,6 +151,44 @@ def test_unet_stage_resumes(trained, tmp_path):
     )
 
 
+def test_unet_stages_chain(trained, tmp_path):
+    """Each UNet stage's folder holds the VAE too, so a third call can continue from the second."""
+    src, _ = trained
+    second, third = tmp_path / "second", tmp_path / "third"
+    train(second, config="tiny", stage="unet", resume=src, unet_steps=1, quiet=True)
+    assert (second / "ckpt" / "vae").is_dir()
+    train(third, config="tiny", stage="unet", resume=second, unet_steps=1, quiet=True)
+    info = json.loads((third / "model" / "training.json").read_text())
+    assert info["unet_steps"] == 4 and [h["stage"] for h in info["stages"]] == ["vae", "unet", "unet", "unet"]
+
+
+def test_unet_stage_resumes_from_model_folder(trained, tmp_path):
+    """Only the fp16 model folder comes back from a GPU call: training continues from its weights."""
+    import shutil
+
+    src, _ = trained
+    carried = tmp_path / "carried"
+    shutil.copytree(Path(src) / "model", carried / "model")  # no ckpt/: no optimizer, no fp32 weights
+    out = tmp_path / "out"
+    train(out, config="tiny", stage="unet", resume=carried, unet_steps=0, quiet=True)
+    before, after = load_model(carried / "model"), load_model(out / "model")
+    for name in ("unet", "text_encoder", "vae"):
+        a, b = before[name].state_dict(), after[name].state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name  # fp16 -> fp32 -> fp16 is exact
+    info = json.loads((out / "model" / "training.json").read_text())
+    assert info["unet_steps"] == 2 and info["stages"][0]["stage"] == "vae"
+    train(tmp_path / "more", config="tiny", stage="unet", resume=carried / "model", unet_steps=1, quiet=True)
+    assert json.loads((tmp_path / "more" / "model" / "training.json").read_text())["unet_steps"] == 3
+    changed = load_model(tmp_path / "more" / "model")["unet"].state_dict()
+    assert any(not torch.equal(before["unet"].state_dict()[k], changed[k]) for k in changed)
+
+
+def test_model_folder_of_another_config_is_refused(trained, tmp_path):
+    src, _ = trained
+    with pytest.raises(ValueError, match="--config"):
+        train(tmp_path, config="small", stage="unet", resume=Path(src) / "model", unet_steps=1, quiet=True)
+
+
 def test_bad_stage():
     with pytest.raises(ValueError, match="unknown stage"):
         train("/nonexistent", config="tiny", stage="text")

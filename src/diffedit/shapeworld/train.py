@@ -249,12 +249,17 @@ def train_unet(
     seed: int,
     start_step: int = 0,
     optimizer_state: dict | None = None,
+    warmup_from: int = 0,
     quiet: bool = False,
     samples_every: int | None = None,
     samples_dir: Path | None = None,
     log: _Logger | None = None,
 ) -> dict:
-    """Train UNet + text encoder on the fixed latents for `steps` steps or `seconds` seconds."""
+    """Train UNet + text encoder on the fixed latents for `steps` steps or `seconds` seconds.
+
+    The learning rate warms up over the first steps after `warmup_from` (the step a fresh optimizer
+    starts at when a run continues from saved weights without optimizer state).
+    """
     log = log or _Logger(quiet)
     unet, text_encoder, tokenizer = components["unet"], components["text_encoder"], components["tokenizer"]
     unet.to(device).train()
@@ -278,7 +283,7 @@ def train_unet(
             break
         global_step = start_step + step
         for group in opt.param_groups:
-            group["lr"] = config.unet_lr * _lr_factor(global_step, 0.0, cosine=False)
+            group["lr"] = config.unet_lr * _lr_factor(global_step - warmup_from, 0.0, cosine=False)
         idx = torch.randint(0, latents.shape[0], (config.unet_batch,), generator=gen).to(device)
         z0, c = latents[idx].float(), ids[idx]  # (B, 4, h, w), (B, T)
         drop = (torch.rand(config.unet_batch, generator=gen) < config.caption_dropout).to(device)
@@ -327,13 +332,53 @@ def train_unet(
     }
 
 
+def _state_from_model_dir(model_dir: Path, components: dict) -> dict:
+    """A UNet stage's resume state from a saved fp16 model folder: its EMA weights start both the
+    trained and the EMA copies (upcast to fp32); the optimizer starts afresh."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    loaded = {
+        "unet": UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", torch_dtype=torch.float32),
+        "text_encoder": CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder", torch_dtype=torch.float32),
+    }
+    state = {}
+    for name, module in loaded.items():
+        ours = {k: v.shape for k, v in components[name].state_dict().items()}
+        theirs = {k: v.shape for k, v in module.state_dict().items()}
+        if ours != theirs:
+            raise ValueError(f"the {name} in {model_dir} has other sizes than this config; pass the --config it was trained with")
+        state[name] = state[f"ema_{name}"] = module.state_dict()
+    info = json.loads((model_dir / "training.json").read_text()) if (model_dir / "training.json").exists() else {}
+    return {**state, "optimizer": None, "step": int(info.get("unet_steps", 0))}
+
+
 # ----------------------------------------------------------------------------------------------
 # The whole run
 
 
-def _load_history(ckpt: Path) -> list[dict]:
+def _load_history(ckpt: Path, model_dir: Path | None = None) -> list[dict]:
+    """Stages run so far: ckpt/history.json, else the `stages` of a model folder's training.json."""
     path = ckpt / "history.json"
-    return json.loads(path.read_text()) if path.exists() else []
+    if path.exists():
+        return json.loads(path.read_text())
+    if model_dir is not None and (model_dir / "training.json").exists():
+        return json.loads((model_dir / "training.json").read_text()).get("stages", [])
+    return []
+
+
+def _resume_model_dir(resume: Path) -> Path | None:
+    """The fp16 model folder to continue from when `resume` has no full checkpoint (ckpt/unet_state.pt).
+
+    A GPU call can bring back only a few files of 16 MiB, so the model folder (sharded fp16 weights,
+    EMA) is what travels between calls; `resume` may be that folder or a run folder holding `model/`.
+    """
+    if (resume / "ckpt" / "unet_state.pt").exists():
+        return None
+    for candidate in (resume, resume / "model"):
+        if (candidate / "model_index.json").exists():
+            return candidate
+    return None
 
 
 def train(
@@ -378,11 +423,12 @@ def train(
     ckpt = output / "ckpt"
     ckpt.mkdir(parents=True, exist_ok=True)
     source = Path(resume) / "ckpt" if resume is not None else ckpt
+    model_dir = _resume_model_dir(Path(resume)) if resume is not None else None
     log = _Logger(quiet)
     t_start = time.time()
     deadline = t_start + 60 * minutes if minutes is not None else None
     reserve = 0.05 * 60 * minutes if minutes is not None else 0.0  # final evaluation and saving
-    history = _load_history(source)
+    history = _load_history(source, model_dir)
     figures: dict = {}
 
     components = build_components(cfg)
@@ -408,9 +454,17 @@ def train(
         log(f"vae psnr {figures['vae_psnr']:.2f} dB, scaling factor {info['scaling_factor']:.4f}")
         _save_vae_recon(vae, output / "samples" / "vae_recon.png")
     else:
-        if not (source / "vae").exists():
-            raise ValueError(f"no trained VAE in {source}; run stage 'vae' first or pass resume=DIR")
-        vae = components["vae"] = AutoencoderKL.from_pretrained(source / "vae").to(dev).eval()
+        if (source / "vae").exists():
+            vae = AutoencoderKL.from_pretrained(source / "vae")
+        elif model_dir is not None:
+            vae = AutoencoderKL.from_pretrained(model_dir, subfolder="vae", torch_dtype=torch.float32)
+        else:
+            raise ValueError(
+                f"no trained VAE in {source}; run stage 'vae' first or pass resume=DIR (a run or model folder)"
+            )
+        vae = components["vae"] = vae.to(dev).eval()
+        if source != ckpt:  # this run's folder must be enough to resume from in turn
+            vae.save_pretrained(ckpt / "vae")
     vae.requires_grad_(False)
 
     if stage in ("unet", "all"):
@@ -430,6 +484,9 @@ def train(
         # 4. Stage (c): UNet + text encoder, continued from the checkpoint when there is one
         state_path = source / "unet_state.pt"
         state = torch.load(state_path, weights_only=False) if stage == "unet" and state_path.exists() else None
+        if state is None and stage == "unet" and model_dir is not None:
+            state = _state_from_model_dir(model_dir, components)
+            log(f"continuing from the fp16 model in {model_dir} (step {state['step']}, fresh optimizer)")
         if state is not None:
             components["unet"].load_state_dict(state["unet"])
             components["text_encoder"].load_state_dict(state["text_encoder"])
@@ -455,6 +512,7 @@ def train(
             seed=seed,
             start_step=state["step"] if state is not None else 0,
             optimizer_state=state["optimizer"] if state is not None else None,
+            warmup_from=state["step"] if state is not None and state["optimizer"] is None else 0,
             quiet=quiet,
             samples_every=samples_every,
             samples_dir=output / "samples",
