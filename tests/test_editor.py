@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from diffedit import DiffEditor, EditOptions
+from diffedit.masks import dilate
 
 from conftest import scene
 
@@ -267,3 +268,42 @@ def test_snap_edges_keeps_the_mask_inside_the_cells(editor, image):
     edited = editor.edit(image, "a red square", "a blue circle", seed=0, mask_snap=True, **KW)
     outside = ~(np.asarray(edited.mask_image) > 0)
     assert np.array_equal(np.asarray(edited.image)[outside], np.asarray(image)[outside])
+
+
+def test_guided_filter_with_input_and_edit_follows_both_outlines():
+    """A shape that grows: the input shows the old outline, the edit the new one; stacking both as the
+    guide keeps the new part that the input alone would trim."""
+    from diffedit.masks import gaussian_blur, guided_filter
+
+    old = torch.zeros(1, 40, 40, dtype=torch.bool)
+    old[:, 12:28, 12:24] = True  # an object ...
+    new = torch.zeros_like(old)
+    new[:, 12:28, 12:30] = True  # ... that becomes wider
+    guide_in = torch.zeros(1, 3, 40, 40)
+    guide_in[:, 0] = old.float()
+    guide_out = torch.zeros(1, 3, 40, 40)
+    guide_out[:, 2] = new.float()
+    truth = old | new
+    soft = gaussian_blur(truth.float(), 2.5)
+    soft = soft / soft.max()
+    iou = lambda m: float((m & truth).sum() / (m | truth).sum())
+    only_in = guided_filter(soft, guide_in, radius=6, eps=1e-2) > 0.5
+    both = guided_filter(soft, torch.cat([guide_in, guide_out], 1), radius=6, eps=1e-2) > 0.5
+    grown = new & ~old
+    assert (both & grown).sum() > 0.9 * grown.sum() > (only_in & grown).sum()
+    assert iou(both) > max(iou(only_in), iou(soft > 0.5))
+
+
+def test_edit_snap_stays_within_a_cell_of_the_latent_mask(editor, image):
+    snapped = editor.edit(image, "a red square", "a blue circle", seed=0, **KW)
+    assert snapped.options.edit_snap
+    pixel = np.asarray(snapped.mask_image) > 0
+    reach = dilate(snapped.mask, 1)[0].repeat_interleave(2, 0).repeat_interleave(2, 1).numpy()
+    assert pixel.any() and not (pixel & ~reach).any()
+    outside = ~pixel
+    assert np.array_equal(np.asarray(snapped.image)[outside], np.asarray(image)[outside])
+    plain = editor.edit(image, "a red square", "a blue circle", seed=0, edit_snap=False, **KW)
+    refined = editor.mask(image, "a red square", "a blue circle", seed=0, **KW)
+    assert torch.equal(plain.mask, snapped.mask)  # decoding saw the same latent mask
+    assert np.array_equal(np.asarray(plain.mask_image), np.asarray(refined.mask_image))
+    assert not np.array_equal(np.asarray(plain.mask_image), np.asarray(snapped.mask_image))

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .images import ImageInput, load_image, load_mask, pad_to_multiple, pil_to_tensor
 from .inversion import ddim_invert
 from .loading import Components, load_components
-from .masks import finish_mask, guided_filter, latent_mask_from_pixels, noise_difference_maps, upsample_mask
+from .masks import dilate, finish_mask, guided_filter, latent_mask_from_pixels, noise_difference_maps, upsample_mask
 from .prompts import encode_prompts
 from .results import EditOptions, EditResult, InversionResult, MaskResult
 from .sampling import composite, feathered_alpha, masked_denoise
@@ -265,6 +265,34 @@ class DiffEditor:
             pixel &= soft_px > options.mask_threshold
         return soft, binary, pixel[:, :h, :w]
 
+    def _snap_to_edit(
+        self, soft: torch.Tensor, binary: torch.Tensor, original: torch.Tensor, edited: torch.Tensor, threshold: float
+    ) -> torch.Tensor:
+        """The composite's pixel mask (J, H, W) from the soft map snapped to the edges of input and edit.
+
+        The soft map, upsampled, goes through a guided filter whose guide stacks the input and the
+        decoded edit (J, 3, H, W each, in [-1, 1]): it steps where either has an edge, so the mask follows
+        the old object's outline and the new one's, which the input alone does not show. It may spill one
+        latent cell past the latent mask, where the decoder draws the edge of what it painted inside.
+        The filter runs on the editor's device, on each image's box around that reach (exact: an output
+        pixel depends on the inputs within twice the radius).
+        """
+        (h, w), f = original.shape[-2:], self.vae_scale_factor
+        padded = (binary.shape[-2] * f, binary.shape[-1] * f)
+        region = (upsample_mask(dilate(binary, 1), padded) > 0.5)[:, :h, :w].to(self.device)
+        soft_px = upsample_mask(soft, padded, soft=True)[:, :h, :w].to(self.device)
+        guide = (torch.cat([original, edited], dim=1).to(self.device, torch.float32) + 1.0) / 2.0  # (J, 6, H, W)
+        out = torch.zeros_like(region)
+        for j in range(region.shape[0]):
+            ys, xs = torch.nonzero(region[j], as_tuple=True)
+            if ys.numel() == 0:
+                continue
+            y0, y1 = max(0, int(ys.min()) - 2 * f), min(h, int(ys.max()) + 1 + 2 * f)
+            x0, x1 = max(0, int(xs.min()) - 2 * f), min(w, int(xs.max()) + 1 + 2 * f)
+            snapped = guided_filter(soft_px[j : j + 1, y0:y1, x0:x1], guide[j : j + 1, :, y0:y1, x0:x1], radius=f, eps=1e-2)
+            out[j, y0:y1, x0:x1] = region[j, y0:y1, x0:x1] & (snapped[0] > threshold)
+        return out.cpu()
+
     def noise_maps(
         self, batch: _Batch, latents: torch.Tensor, options: EditOptions, seed: int, generator=None
     ) -> torch.Tensor:
@@ -394,6 +422,9 @@ class DiffEditor:
             decoded = self.decode_latents(edited)[:, :, :h, :w]  # (J, 3, H, W)
         decoded_u8 = ((decoded + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu()
         if options.composite:
+            if options.edit_snap and mask is None:
+                inputs = batch.pixels[batch.job_image][:, :, :h, :w]
+                pixel_mask = self._snap_to_edit(soft, binary, inputs, decoded.clamp(-1, 1), options.mask_threshold)
             original = ((batch.pixels[:, :, :h, :w] + 1.0) * 127.5).round().to(torch.uint8)[batch.job_image]
             decoded_u8 = composite(original, decoded_u8, feathered_alpha(pixel_mask, options.feather))
         images = [Image.fromarray(a) for a in decoded_u8.permute(0, 2, 3, 1).numpy()]

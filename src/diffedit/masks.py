@@ -163,27 +163,36 @@ def upsample_mask(maps: torch.Tensor, size: tuple[int, int], *, soft: bool = Fal
 
 
 def _box(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """Mean over the (2r+1)^2 window around each pixel of (N, C, H, W), windows clipped at the border."""
-    return F.avg_pool2d(x, 2 * radius + 1, stride=1, padding=radius, count_include_pad=False)
+    """Mean over the (2r+1)^2 window around each pixel of (N, C, H, W), windows clipped at the border.
+
+    Separable: a row mean, then a column mean (exact, as a clipped window is a rectangle), so the cost
+    grows with 2r+1, not its square.
+    """
+    k = 2 * radius + 1
+    rows = F.avg_pool2d(x, (1, k), stride=1, padding=(0, radius), count_include_pad=False)
+    return F.avg_pool2d(rows, (k, 1), stride=1, padding=(radius, 0), count_include_pad=False)
 
 
 def guided_filter(maps: torch.Tensor, guide: torch.Tensor, radius: int, eps: float = 1e-3) -> torch.Tensor:
-    """Edge-aware smoothing of soft maps (J, H, W) by colour images guide (J, 3, H, W) in [0, 1].
+    """Edge-aware smoothing of soft maps (J, H, W) by guide images (J, C, H, W) in [0, 1].
 
     The colour guided filter (He, Sun & Tang, "Guided Image Filtering", TPAMI 2013): in every window
-    the output is an affine function of the guide's colour fitted to the map by least squares
+    the output is an affine function of the guide's C channels fitted to the map by least squares
     (ridge `eps`), and the fits of the windows covering a pixel are averaged. Where the guide has an
-    edge, the output steps there; where the guide is flat, the output is the map's local mean.
+    edge, the output steps there; where the guide is flat, the output is the map's local mean. A guide
+    of two images stacked (C = 6) steps at the edges of either.
     """
     p = maps.float().unsqueeze(1)  # (J, 1, H, W)
     guide = guide.float()
-    radius = max(1, int(radius))
+    c, radius = guide.shape[1], max(1, int(radius))
     mean_i, mean_p = _box(guide, radius), _box(p, radius)
-    cov_ip = _box(guide * p, radius) - mean_i * mean_p  # (J, 3, H, W)
-    var = torch.stack(
-        [_box(guide[:, i : i + 1] * guide, radius) - mean_i[:, i : i + 1] * mean_i for i in range(3)], dim=1
-    )  # (J, 3, 3, H, W)
-    var = var.permute(0, 3, 4, 1, 2) + eps * torch.eye(3, dtype=var.dtype, device=var.device)
+    cov_ip = _box(guide * p, radius) - mean_i * mean_p  # (J, C, H, W)
+    rows, cols = torch.triu_indices(c, c)  # the covariance is symmetric: box-filter its upper triangle
+    upper = _box(guide[:, rows] * guide[:, cols], radius) - mean_i[:, rows] * mean_i[:, cols]  # (J, C(C+1)/2, H, W)
+    var = guide.new_empty(guide.shape[0], guide.shape[2], guide.shape[3], c, c)  # (J, H, W, C, C)
+    var[..., rows, cols] = upper.permute(0, 2, 3, 1)
+    var[..., cols, rows] = upper.permute(0, 2, 3, 1)
+    var = var + eps * torch.eye(c, dtype=var.dtype, device=var.device)
     a = torch.linalg.solve(var, cov_ip.permute(0, 2, 3, 1).unsqueeze(-1)).squeeze(-1).permute(0, 3, 1, 2)
     b = mean_p - (a * mean_i).sum(1, keepdim=True)
     return ((_box(a, radius) * guide).sum(1, keepdim=True) + _box(b, radius)).squeeze(1)

@@ -40,8 +40,9 @@ OURS_VARIANTS: dict[str, dict] = {
     "ours_no_smooth": {"mask_smooth": 0.0},  # no Gaussian smoothing of the map before thresholding
     "ours_no_composite": {"composite": False},  # keep the decoder's pixels outside the mask
     "ours_batch_norm": {"mask_per_image": False},  # normalise the maps over the batch, as diffusers does
-    "ours_no_refine": {"mask_refine": False},  # blocky pixel mask: the latent cells, not trimmed by the soft map
-    "ours_snap": {"mask_snap": True},  # pixel mask snapped to the input's edges (guided filter): an option, off by default
+    "ours_no_edit_snap": {"edit_snap": False},  # composite mask: latent cells trimmed by the soft map (mask_refine)
+    "ours_no_refine": {"mask_refine": False, "edit_snap": False},  # blocky composite mask: the latent cells
+    "ours_snap_input": {"mask_snap": True, "edit_snap": False},  # mask snapped to the input's edges alone (--snap-edges)
 }
 
 

@@ -32,7 +32,7 @@ from diffedit.shapeworld.world import EditCase, edit_cases
 __all__ = ["METHODS", "run_quality", "format_quality", "format_quality_markdown", "plot_quality"]
 
 METHODS = (
-    "ours", "diffusers", "sdedit", "gt_mask", "ours_no_smooth", "ours_no_composite", "ours_batch_norm", "ours_no_refine", "ours_snap",
+    "ours", "diffusers", "sdedit", "gt_mask", "ours_no_smooth", "ours_no_composite", "ours_batch_norm", "ours_no_edit_snap", "ours_no_refine", "ours_snap_input",
 )
 
 
