@@ -6,6 +6,7 @@ import torch
 
 from diffedit import DiffEditor, EditOptions
 from diffedit.masks import dilate
+from diffedit.schedule import ddim_grid
 
 from conftest import scene
 
@@ -307,3 +308,23 @@ def test_edit_snap_stays_within_a_cell_of_the_latent_mask(editor, image):
     assert torch.equal(plain.mask, snapped.mask)  # decoding saw the same latent mask
     assert np.array_equal(np.asarray(plain.mask_image), np.asarray(refined.mask_image))
     assert not np.array_equal(np.asarray(plain.mask_image), np.asarray(snapped.mask_image))
+
+
+def test_compiled_unet_marks_a_cuda_graph_step_per_call(editor, image, monkeypatch):
+    """accelerate("compile") wraps the UNet (compilation itself is lazy and not run here); with CUDA
+    graphs every call must start a new step, since a replay overwrites the previous outputs."""
+    from diffedit.accel import CompiledUNet
+
+    editor.accelerate("compile")
+    try:
+        wrapper = editor.denoiser
+        assert isinstance(wrapper, CompiledUNet) and not wrapper.cuda_graphs  # CPU: no CUDA graphs
+        assert wrapper.config is editor.unet.config
+        steps = []
+        monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: steps.append(1))
+        wrapper.compiled, wrapper.cuda_graphs = editor.unet, True  # stand-ins: the plain UNet, as if on CUDA
+        res = editor.edit(image, "a red square", "a blue circle", seed=0, **KW)
+        n = ddim_grid(editor.scheduler, res.options.num_inference_steps, res.options.strength).num_steps
+        assert len(steps) == 1 + 2 * n  # one mask-pass call, n inversion and n decoding steps
+    finally:
+        editor.accelerate(None)

@@ -63,7 +63,9 @@ class DiffEditor:
 
     def accelerate(self, method: str | None = "trace") -> "DiffEditor":
         """Route UNet calls through a faster equivalent: "trace" (TorchScript per shape, see accel.py),
-        "compile" (torch.compile; minutes to compile, worth it on CUDA), or None for the plain UNet."""
+        "compile" (torch.compile, one graph per input shape; on CUDA with CUDA graphs, mode
+        "reduce-overhead", as the UNet forward at batch 1 is launch-bound; minutes to compile), or None
+        for the plain UNet."""
         self.acceleration = method
         if method is None:
             self.denoiser = self.unet
@@ -72,7 +74,9 @@ class DiffEditor:
 
             self.denoiser = TracedUNet(self.unet)
         elif method == "compile":
-            self.denoiser = torch.compile(self.unet)
+            from .accel import CompiledUNet
+
+            self.denoiser = CompiledUNet(self.unet)
         else:
             raise ValueError(f"accelerate method must be 'trace', 'compile' or None, got {method!r}")
         return self

@@ -64,7 +64,7 @@ def noise_difference_maps(
     for start in range(0, x.shape[0], chunk):
         xs, es = x[start : start + chunk], embeds[start : start + chunk]
         t = torch.full((xs.shape[0],), int(timestep), device=xs.device, dtype=torch.long)
-        eps.append(unet(xs, t, encoder_hidden_states=es).sample.float())
+        eps.append(unet(xs, t, encoder_hidden_states=es).sample.to(torch.float32, copy=True))  # a copy: see CompiledUNet
         if progress is not None:
             progress(xs.shape[0])
     eps = torch.cat(eps).reshape(b + len(job_image), n, c, h, w)

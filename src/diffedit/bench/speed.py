@@ -157,6 +157,9 @@ def run_speed(
         raise ValueError("device cuda asked for, but no CUDA device is available (use --device cpu)")
     if compile and dev.type != "cuda":
         raise ValueError("--compile is CUDA only: on CPU, compiling the UNet takes minutes for a few % per step")
+    if compile and accel not in (None, "compile"):
+        raise ValueError(f"--compile and --accel {accel} are two fast paths for our UNet; choose one")
+    accel = "compile" if compile else accel
     options = EditOptions(num_inference_steps=steps, strength=strength, mask_noises=mask_noises, max_pixels=None)
 
     # 2. Load the model once for both methods; diffusers' pipeline shares the editor's modules
@@ -165,13 +168,12 @@ def run_speed(
     if editor.vae.dtype != editor.unet.dtype:  # an upcast fp16 VAE: diffusers' pipeline cannot mix dtypes
         notes.append(f"VAE cast from {editor.vae.dtype} to {editor.unet.dtype} for both methods (diffusers needs one dtype)")
         editor.vae.to(editor.unet.dtype)
-    if compile:
-        editor.unet.compile(dynamic=False)  # in place: the pipeline's unet is the same module
-        notes.append("UNet compiled with torch.compile (dynamic=False); compilation happens in the warm-up")
     pipe = diffusers_pipeline(editor)  # built before acceleration: diffusers always runs the plain UNet
     if accel is not None:
         editor.accelerate(accel)
-        notes.append(f"ours runs the UNet through accelerate({accel!r}); traces are taken in the warm-up")
+        what = "compiled (CUDA graphs on CUDA)" if accel == "compile" else "traced"
+        notes.append(f"ours runs the UNet through accelerate({accel!r}), {what} in the warm-up; "
+                     "diffusers' pipeline runs the plain UNet, as its defaults do")
     images = _images(size, batch)
     source, target = _prompts(editor.tokenizer)
 
@@ -195,12 +197,12 @@ def run_speed(
         t["other"] = t["total"] - sum(t[k] for k in DIFFUSERS_PHASES)
         return t
 
-    # 3. Warm-up (excluded), counting the network rows of one call of each (not when compiled: the
-    #    counting hooks would be traced into the compiled UNet and their removal would recompile it)
+    # 3. Warm-up (excluded), counting the network rows of one call of each (not through a fast path:
+    #    hooks do not see traced calls, and a compiled UNet would trace them in)
     methods = {"ours": ours, "diffusers": theirs}
     rows: dict[str, dict | None] = {}
     for name, fn in methods.items():
-        if compile or (accel is not None and name == "ours"):  # hooks do not see traced calls
+        if accel is not None and name == "ours":
             fn()
             rows[name] = None
             continue
