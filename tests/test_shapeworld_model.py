@@ -160,6 +160,8 @@ def test_unet_stages_chain(trained, tmp_path):
     train(third, config="tiny", stage="unet", resume=second, unet_steps=1, quiet=True)
     info = json.loads((third / "model" / "training.json").read_text())
     assert info["unet_steps"] == 4 and [h["stage"] for h in info["stages"]] == ["vae", "unet", "unet", "unet"]
+    for name in ("vae", "unet", "text_encoder"):  # no local path of a resumed component in a shipped config
+        assert "_name_or_path" not in json.loads((third / "model" / name / "config.json").read_text()), name
 
 
 def test_unet_stage_resumes_from_model_folder(trained, tmp_path):
