@@ -328,3 +328,14 @@ def test_compiled_unet_marks_a_cuda_graph_step_per_call(editor, image, monkeypat
         assert len(steps) == 1 + 2 * n  # one mask-pass call, n inversion and n decoding steps
     finally:
         editor.accelerate(None)
+
+
+def test_decode_threshold_widens_only_the_latent_mask(editor, image):
+    base = editor.edit(image, "a red square", "a blue circle", seed=0, **KW)
+    low = editor.edit(image, "a red square", "a blue circle", seed=0, decode_threshold=0.2, **KW)
+    assert bool((low.mask | base.mask).eq(low.mask).all()) and low.mask.sum() > base.mask.sum()
+    assert torch.equal(low.soft, base.soft)  # the same map, thresholded lower for decoding
+    plain = editor.mask(image, "a red square", "a blue circle", seed=0, **KW)
+    assert torch.equal(plain.mask, base.mask)  # None: decoding uses mask_threshold
+    with pytest.raises(ValueError, match="decode_threshold"):
+        EditOptions(decode_threshold=1.5)

@@ -106,6 +106,7 @@ def edit(
     strength: float = typer.Option(0.8, "--strength", "-r", help="Encoding ratio r in (0, 1]."),
     guidance: float = typer.Option(7.5, "--guidance", "-g", help="Classifier-free guidance scale."),
     threshold: float = typer.Option(0.5, "--threshold", help="Mask threshold in [0, 1]."),
+    decode_threshold: Optional[float] = typer.Option(None, "--decode-threshold", help="Threshold of the latent mask decoding paints in [default: --threshold]; lower leaves room for new shapes."),
     negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="[default: the source prompt]"),
     mask_noises: int = typer.Option(10, "--mask-noises", help="Noises averaged for the mask."),
     smooth: float = typer.Option(1.0, "--smooth", help="Gaussian sigma of mask smoothing, latent cells (0: off)."),
@@ -129,7 +130,7 @@ def edit(
     try:
         options = EditOptions(
             num_inference_steps=steps, strength=strength, guidance_scale=guidance, mask_threshold=threshold,
-            negative_prompt=negative_prompt, mask_noises=mask_noises, mask_smooth=smooth, mask_dilate=dilate,
+            decode_threshold=decode_threshold, negative_prompt=negative_prompt, mask_noises=mask_noises, mask_smooth=smooth, mask_dilate=dilate,
             composite=not no_composite, feather=feather, mask_snap=snap_edges, max_pixels=max_pixels,
             edit_snap=not (no_edit_snap or snap_edges),
         )

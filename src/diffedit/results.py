@@ -27,6 +27,9 @@ class EditOptions:
     mask_strength: float = 0.5  # noise level of the mask pass (paper: 50 %)
     mask_reference: str | None = None  # None: the source prompt; "" = empty prompt (paper allows both)
     mask_threshold: float = 0.5  # binarisation threshold after rescaling to [0, 1] (paper: 0.5)
+    decode_threshold: float | None = None  # threshold of the latent mask that decoding paints in; None = mask_threshold.
+    #   Lower gives a changed shape's new parts room while the pixel masks keep mask_threshold (a lead: 0.3
+    #   lifted success +4 % on average over tuning seeds 1000/5000/6000, -4 % on one; not yet the default)
     mask_clamp: str = "quantile"  # "quantile": clip extremes then min-max (paper); "mean_ratio": diffusers'
     mask_quantile: float = 0.99  # upper clip for clamp="quantile": the top 1 % are "extreme values"
     mask_mean_ratio: float = 3.0  # upper clip for clamp="mean_ratio", as a multiple of the mean (diffusers)
@@ -65,6 +68,8 @@ class EditOptions:
             raise ValueError(f"mask_noises must be a positive integer, got {self.mask_noises}")
         if not 0.0 <= self.mask_threshold <= 1.0:
             raise ValueError(f"mask_threshold must be in [0, 1], got {self.mask_threshold}")
+        if self.decode_threshold is not None and not 0.0 <= self.decode_threshold <= 1.0:
+            raise ValueError(f"decode_threshold must be in [0, 1], got {self.decode_threshold}")
         if self.mask_clamp not in ("quantile", "mean_ratio"):
             raise ValueError(f"mask_clamp must be 'quantile' or 'mean_ratio', got {self.mask_clamp!r}")
         if self.mask_smooth < 0 or self.mask_dilate < 0 or self.feather < 0:
