@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from tqdm.auto import tqdm
+from transformers import CLIPTextModel
 
 from diffedit.shapeworld import world
 from diffedit.shapeworld.evaluate import eval_captions, generation_accuracy, images_to_tensor, render_scenes, vae_psnr
@@ -335,9 +336,6 @@ def train_unet(
 def _state_from_model_dir(model_dir: Path, components: dict) -> dict:
     """A UNet stage's resume state from a saved fp16 model folder: its EMA weights start both the
     trained and the EMA copies (upcast to fp32); the optimizer starts afresh."""
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextModel
-
     loaded = {
         "unet": UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", torch_dtype=torch.float32),
         "text_encoder": CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder", torch_dtype=torch.float32),
