@@ -30,11 +30,18 @@ def test_mask_values_and_shapes(editor, image):
 
 
 def test_threshold_and_dilation_move_the_mask(editor, image):
-    low = editor.mask(image, "a red square", "a blue circle", seed=0, mask_threshold=0.2, **KW).mask
-    high = editor.mask(image, "a red square", "a blue circle", seed=0, mask_threshold=0.8, **KW).mask
-    grown = editor.mask(image, "a red square", "a blue circle", seed=0, mask_threshold=0.8, mask_dilate=1, **KW).mask
+    one = dict(decode_threshold=None, **KW)  # the latent mask at mask_threshold, as in the paper
+    low = editor.mask(image, "a red square", "a blue circle", seed=0, mask_threshold=0.2, **one).mask
+    high = editor.mask(image, "a red square", "a blue circle", seed=0, mask_threshold=0.8, **one).mask
+    grown = editor.mask(image, "a red square", "a blue circle", seed=0, mask_threshold=0.8, mask_dilate=1, **one).mask
     assert bool((high <= low).all()) and low.sum() > high.sum()
     assert bool((high <= grown).all()) and grown.sum() > high.sum()
+    # with the default decode_threshold (0.3) the threshold moves the pixel mask, and caps the latent one
+    pix = [np.asarray(editor.mask(image, "a red square", "a blue circle", seed=0, mask_threshold=t, **KW).mask_image) > 0 for t in (0.4, 0.8)]
+    assert not (pix[1] & ~pix[0]).any() and pix[0].sum() > pix[1].sum()
+    capped = editor.mask(image, "a red square", "a blue circle", seed=0, mask_threshold=0.2, **KW).mask
+    assert torch.equal(capped, low)
+    assert EditOptions(mask_threshold=0.2).latent_threshold == 0.2 and EditOptions().latent_threshold == 0.3
 
 
 def test_mask_normalisation_is_per_image(editor):
@@ -331,11 +338,15 @@ def test_compiled_unet_marks_a_cuda_graph_step_per_call(editor, image, monkeypat
 
 
 def test_decode_threshold_widens_only_the_latent_mask(editor, image):
-    base = editor.edit(image, "a red square", "a blue circle", seed=0, **KW)
-    low = editor.edit(image, "a red square", "a blue circle", seed=0, decode_threshold=0.2, **KW)
-    assert bool((low.mask | base.mask).eq(low.mask).all()) and low.mask.sum() > base.mask.sum()
-    assert torch.equal(low.soft, base.soft)  # the same map, thresholded lower for decoding
+    one = editor.edit(image, "a red square", "a blue circle", seed=0, decode_threshold=None, **KW)  # paper: 0.5
+    base = editor.edit(image, "a red square", "a blue circle", seed=0, **KW)  # default 0.3
+    low = editor.edit(image, "a red square", "a blue circle", seed=0, decode_threshold=0.1, **KW)
+    assert EditOptions().decode_threshold < EditOptions().mask_threshold
+    for small, big in ((one, base), (base, low)):
+        assert bool((small.mask | big.mask).eq(big.mask).all()) and big.mask.sum() > small.mask.sum()
+        assert torch.equal(small.soft, big.soft)  # the same map, thresholded lower for decoding
+    assert torch.equal(one.mask, one.soft > 0.5)
     plain = editor.mask(image, "a red square", "a blue circle", seed=0, **KW)
-    assert torch.equal(plain.mask, base.mask)  # None: decoding uses mask_threshold
+    assert torch.equal(plain.mask, base.mask)  # mask() gives the latent mask decoding would use
     with pytest.raises(ValueError, match="decode_threshold"):
         EditOptions(decode_threshold=1.5)

@@ -258,7 +258,7 @@ class DiffEditor:
             soft, binary = finish_mask(
                 maps, clamp=options.mask_clamp, quantile=options.mask_quantile, mean_ratio=options.mask_mean_ratio,
                 per_image=options.mask_per_image, smooth=options.mask_smooth,
-                threshold=options.mask_threshold if options.decode_threshold is None else options.decode_threshold,
+                threshold=options.latent_threshold,
                 dilate_cells=options.mask_dilate,
             )
         pixel = upsample_mask(binary, (hp, wp)) > 0.5  # (J, Hp, Wp): the latent cells, blocky
