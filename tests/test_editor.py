@@ -302,6 +302,45 @@ def test_guided_filter_with_input_and_edit_follows_both_outlines():
     assert iou(both) > max(iou(only_in), iou(soft > 0.5))
 
 
+def test_trim_to_background_removes_a_halo_that_matches_the_ring():
+    """A square on stripes, its mask 3 px too wide (the guided filter's halo): the trim gives the square
+    back, less one pixel the edit left background-coloured where the input was background too; a pixel
+    that differs from the background in either image stays. Off at 0 and without a ring."""
+    from diffedit.masks import dilate, trim_to_background
+
+    before = torch.full((3, 48, 48), 0.35)
+    before[:, ::4] = 0.65  # light stripes every 4th row
+    obj = torch.zeros(48, 48, dtype=torch.bool)
+    obj[16:32, 16:32] = True
+    after = before.clone()
+    after[:, obj] = torch.tensor([0.9, 0.1, 0.1])[:, None]  # the square, red in the edit
+    after[:, 21, 21] = 0.35  # one pixel the decoder left background-coloured: changed? no, background
+    before[:, 24, 24] = torch.tensor([0.2, 0.2, 0.9])  # one pixel of the old object, blue, stays kept
+    guide = torch.cat([before, after])  # (6, H, W)
+    halo = dilate(obj[None], 3)[0]
+    ring = dilate(obj[None], 10)[0] & ~dilate(obj[None], 6)[0]
+    trimmed = trim_to_background(halo, guide, ring, 0.12)
+    expected = obj.clone()
+    expected[21, 21] = False
+    assert torch.equal(trimmed, expected)
+    assert torch.equal(trim_to_background(halo, guide, ring, 0.0), halo)
+    assert torch.equal(trim_to_background(halo, guide, torch.zeros_like(ring), 0.12), halo)  # no ring: kept
+    few = trim_to_background(halo, guide, ring, 0.12, max_samples=1, chunk=7)  # one sample: a stripe colour
+    assert bool((few <= halo).all()) and few.sum() > trimmed.sum()
+
+
+def test_edit_trim_only_removes_pixels_from_the_edit_snap(editor, image):
+    trimmed = editor.edit(image, "a red square", "a blue circle", seed=0, **KW)
+    assert trimmed.options.edit_trim > 0
+    kept = editor.edit(image, "a red square", "a blue circle", seed=0, edit_trim=0.0, **KW)
+    a, b = np.asarray(trimmed.mask_image) > 0, np.asarray(kept.mask_image) > 0
+    assert not (a & ~b).any()
+    outside = ~a
+    assert np.array_equal(np.asarray(trimmed.image)[outside], np.asarray(image)[outside])
+    with pytest.raises(ValueError, match="edit_trim"):
+        EditOptions(edit_trim=-0.1)
+
+
 def test_edit_snap_stays_within_a_cell_of_the_latent_mask(editor, image):
     snapped = editor.edit(image, "a red square", "a blue circle", seed=0, **KW)
     assert snapped.options.edit_snap

@@ -114,6 +114,7 @@ def edit(
     no_composite: bool = typer.Option(False, "--no-composite", help="Keep the decoder's pixels outside the mask."),
     feather: int = typer.Option(2, "--feather", help="Width in pixels of the composite's opacity ramp inside the mask edge."),
     snap_edges: bool = typer.Option(False, "--snap-edges", help="Snap the pixel mask to the input's colour edges only (guided filter); implies --no-edit-snap."),
+    edit_trim: float = typer.Option(0.12, "--edit-trim", help="With the edit snap: drop mask pixels whose input and edit colours match the background just around the region within this distance (RGB in [0, 1]; 0: off)."),
     no_edit_snap: bool = typer.Option(False, "--no-edit-snap", help="Composite inside the soft-trimmed latent cells instead of the mask snapped to the edges of input and edit."),
     max_pixels: int = typer.Option(2048 * 2048, "--max-pixels", help="Refuse larger images."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... [default: cuda if available]."),
@@ -132,7 +133,7 @@ def edit(
             num_inference_steps=steps, strength=strength, guidance_scale=guidance, mask_threshold=threshold,
             decode_threshold=decode_threshold, negative_prompt=negative_prompt, mask_noises=mask_noises, mask_smooth=smooth, mask_dilate=dilate,
             composite=not no_composite, feather=feather, mask_snap=snap_edges, max_pixels=max_pixels,
-            edit_snap=not (no_edit_snap or snap_edges),
+            edit_snap=not (no_edit_snap or snap_edges), edit_trim=edit_trim,
         )
         load_image(image, max_pixels=max_pixels)  # fail on a bad image before loading the model
     except (ValueError, FileNotFoundError) as e:

@@ -22,7 +22,9 @@ from tqdm.auto import tqdm
 from .images import ImageInput, load_image, load_mask, pad_to_multiple, pil_to_tensor
 from .inversion import ddim_invert
 from .loading import Components, load_components
-from .masks import dilate, finish_mask, guided_filter, latent_mask_from_pixels, noise_difference_maps, upsample_mask
+from .masks import (
+    dilate, finish_mask, guided_filter, latent_mask_from_pixels, noise_difference_maps, trim_to_background, upsample_mask,
+)
 from .prompts import encode_prompts
 from .results import EditOptions, EditResult, InversionResult, MaskResult
 from .sampling import composite, feathered_alpha, masked_denoise
@@ -271,7 +273,8 @@ class DiffEditor:
         return soft, binary, pixel[:, :h, :w]
 
     def _snap_to_edit(
-        self, soft: torch.Tensor, binary: torch.Tensor, original: torch.Tensor, edited: torch.Tensor, threshold: float
+        self, soft: torch.Tensor, binary: torch.Tensor, original: torch.Tensor, edited: torch.Tensor, threshold: float,
+        trim: float = 0.0,
     ) -> torch.Tensor:
         """The composite's pixel mask (J, H, W) from the soft map snapped to the edges of input and edit.
 
@@ -280,11 +283,14 @@ class DiffEditor:
         the old object's outline and the new one's, which the input alone does not show. It may spill one
         latent cell past the latent mask, where the decoder draws the edge of what it painted inside.
         The filter runs on the editor's device, on each image's box around that reach (exact: an output
-        pixel depends on the inputs within twice the radius).
+        pixel depends on the inputs within twice the radius). With `trim` > 0 it then drops the pixels
+        that match, in input and edit together, a colour of the ring one latent cell wide around that
+        reach (`trim_to_background`): the filter's halo where the soft map stays high past an outline.
         """
         (h, w), f = original.shape[-2:], self.vae_scale_factor
         padded = (binary.shape[-2] * f, binary.shape[-1] * f)
         region = (upsample_mask(dilate(binary, 1), padded) > 0.5)[:, :h, :w].to(self.device)
+        ring = (upsample_mask(dilate(binary, 2), padded) > 0.5)[:, :h, :w].to(self.device) & ~region
         soft_px = upsample_mask(soft, padded, soft=True)[:, :h, :w].to(self.device)
         guide = (torch.cat([original, edited], dim=1).to(self.device, torch.float32) + 1.0) / 2.0  # (J, 6, H, W)
         out = torch.zeros_like(region)
@@ -296,6 +302,7 @@ class DiffEditor:
             x0, x1 = max(0, int(xs.min()) - 2 * f), min(w, int(xs.max()) + 1 + 2 * f)
             snapped = guided_filter(soft_px[j : j + 1, y0:y1, x0:x1], guide[j : j + 1, :, y0:y1, x0:x1], radius=f, eps=1e-2)
             out[j, y0:y1, x0:x1] = region[j, y0:y1, x0:x1] & (snapped[0] > threshold)
+            out[j] = trim_to_background(out[j], guide[j], ring[j], trim)
         return out.cpu()
 
     def noise_maps(
@@ -429,7 +436,9 @@ class DiffEditor:
         if options.composite:
             if options.edit_snap and mask is None:
                 inputs = batch.pixels[batch.job_image][:, :, :h, :w]
-                pixel_mask = self._snap_to_edit(soft, binary, inputs, decoded.clamp(-1, 1), options.mask_threshold)
+                pixel_mask = self._snap_to_edit(
+                    soft, binary, inputs, decoded.clamp(-1, 1), options.mask_threshold, options.edit_trim
+                )
             original = ((batch.pixels[:, :, :h, :w] + 1.0) * 127.5).round().to(torch.uint8)[batch.job_image]
             decoded_u8 = composite(original, decoded_u8, feathered_alpha(pixel_mask, options.feather))
         images = [Image.fromarray(a) for a in decoded_u8.permute(0, 2, 3, 1).numpy()]

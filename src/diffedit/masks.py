@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "guided_filter",
+    "trim_to_background",
     "noise_difference_maps",
     "normalize_maps",
     "gaussian_blur",
@@ -214,3 +215,26 @@ def finish_mask(
     if smooth > 0:  # blurring lowers the peaks: rescale again so the threshold keeps its meaning
         soft = normalize_maps(gaussian_blur(soft, smooth), clamp="quantile", quantile=1.0)
     return soft, dilate(threshold_maps(soft, threshold), dilate_cells)
+
+
+def trim_to_background(
+    mask: torch.Tensor, guide: torch.Tensor, ring: torch.Tensor, tau: float, *, max_samples: int = 4096, chunk: int = 65536
+) -> torch.Tensor:
+    """Drop the pixels of a (H, W) mask whose guide colour lies within `tau` of a colour of the ring.
+
+    guide: (C, H, W) in [0, 1], e.g. the input and the edit stacked (C = 6); ring: (H, W) bool, pixels
+    just outside the region the mask may cover, i.e. the background around it. A pixel that looks like
+    that background in every channel (before and after the edit) is background: a guided filter keeps a
+    halo of it where the soft map is still high past an object's outline. The ring's colours are
+    quantised to 1/64 and, past `max_samples`, taken at even strides, so the cost stays bounded.
+    """
+    if tau <= 0 or not bool(mask.any()) or not bool(ring.any()):
+        return mask
+    samples = torch.unique((guide[:, ring].T.float() * 64).round(), dim=0) / 64  # (K, C)
+    if samples.shape[0] > max_samples:
+        samples = samples[torch.linspace(0, samples.shape[0] - 1, max_samples, device=samples.device).long()]
+    pixels = guide[:, mask].T.float()  # (P, C)
+    keep = torch.cat([torch.cdist(pixels[i : i + chunk], samples).amin(1) > tau for i in range(0, pixels.shape[0], chunk)])
+    out = mask.clone()
+    out[mask] = keep
+    return out
