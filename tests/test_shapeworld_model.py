@@ -21,7 +21,7 @@ from diffedit.shapeworld.model import (
     get_config,
     load_model,
 )
-from diffedit.shapeworld.train import train, vae_loss
+from diffedit.shapeworld.train import WARMUP_STEPS, _lr_factor, encode_dataset, train, vae_loss
 
 GRAMMAR = ["a", "and", "on", "background", *world.COLORS, *world.SHAPES, *world.BACKGROUNDS]
 
@@ -205,3 +205,45 @@ def test_generate_is_deterministic(trained):
     b = generate(components, captions, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
     assert a.shape == (2, 128, 128, 3) and a.dtype == np.uint8
     assert np.array_equal(a, b)
+
+
+def test_cosine_learning_rate_decays_to_a_tenth_after_warmup():
+    assert _lr_factor(0, 0.0, cosine=False) == pytest.approx(1 / WARMUP_STEPS)
+    assert _lr_factor(WARMUP_STEPS, 0.7, cosine=False) == 1.0  # constant: progress is ignored
+    factors = [_lr_factor(WARMUP_STEPS, p, cosine=True) for p in np.linspace(0, 1, 11)]
+    assert factors[0] == pytest.approx(1.0) and factors[-1] == pytest.approx(0.1)
+    assert all(a > b for a, b in zip(factors, factors[1:]))
+
+
+def test_annealed_unet_stage_ends_on_a_lower_learning_rate(trained, tmp_path):
+    src, _ = trained
+    lrs = {}
+    for anneal in (False, True):
+        out = tmp_path / str(anneal)
+        train(out, config="tiny", stage="unet", resume=src, unet_steps=4, anneal=anneal, quiet=True)
+        info = json.loads((out / "model" / "training.json").read_text())
+        stage = info["stages"][-1]
+        assert stage["anneal"] is anneal and info["call"]["anneal"] is anneal
+        lrs[anneal] = stage["final_lr"]
+    lr = get_config("tiny").unet_lr
+    # the last of 4 steps continuing a 2-step run with its optimizer: global step 5, progress 3 / 4
+    assert lrs[False] == pytest.approx(lr * _lr_factor(5, 0.0, cosine=False))
+    assert lrs[True] == pytest.approx(lr * _lr_factor(5, 3 / 4, cosine=True))
+    assert lrs[True] < lrs[False]
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_two_object_share_of_training_scenes(share):
+    vae = build_vae(get_config("tiny"))
+    latents, captions = encode_dataset(vae, 12, seed=3, quiet=True, two_object_share=share)
+    assert latents.shape == (12, 4, 16, 16) and len(captions) == 12
+    assert [" and a " in c for c in captions] == [share == 1.0] * 12
+
+
+def test_two_object_share_default_keeps_the_worlds_mix_and_is_checked():
+    vae = build_vae(get_config("tiny"))
+    _, default = encode_dataset(vae, 8, seed=3, quiet=True)
+    rng = np.random.default_rng(3)
+    assert default == [world.sample_scene(rng).caption() for _ in range(8)]  # the dataset of earlier runs
+    with pytest.raises(ValueError, match="two_object_share"):
+        encode_dataset(vae, 8, seed=3, quiet=True, two_object_share=1.5)

@@ -168,14 +168,31 @@ def compute_scaling_factor(vae, n: int = 256, seed: int = 1, *, batch_size: int 
 
 @torch.no_grad()
 def encode_dataset(
-    vae, n: int, seed: int, *, batch_size: int = 64, quiet: bool = False
+    vae,
+    n: int,
+    seed: int,
+    *,
+    batch_size: int = 64,
+    quiet: bool = False,
+    two_object_share: float | None = None,
 ) -> tuple[torch.Tensor, list[str]]:
-    """n fresh scenes encoded once: scaled latents (n, 4, 16, 16) float16 on the CPU, and captions."""
+    """n fresh scenes encoded once: scaled latents (n, 4, 16, 16) float16 on the CPU, and captions.
+
+    `two_object_share` is the probability of a two-object scene (None: the world's own 1/2).
+    """
+    if two_object_share is not None and not 0.0 <= two_object_share <= 1.0:
+        raise ValueError(f"two_object_share must be in [0, 1], got {two_object_share}")
     rng = np.random.default_rng(seed)
+
+    def scene():
+        if two_object_share is None:
+            return world.sample_scene(rng)
+        return world.sample_scene(rng, num_objects=1 + int(rng.random() < two_object_share))
+
     latents, captions = [], []
     scale = vae.config.scaling_factor
     for i in tqdm(range(0, n, batch_size), desc="latents", disable=quiet or not sys.stderr.isatty()):
-        scenes = [world.sample_scene(rng) for _ in range(min(batch_size, n - i))]
+        scenes = [scene() for _ in range(min(batch_size, n - i))]
         x = images_to_tensor(np.stack([s.render() for s in scenes])).to(vae.device, vae.dtype)
         latents.append((vae.encode(x).latent_dist.mean.float() * scale).half().cpu())
         captions += [s.caption() for s in scenes]
@@ -251,6 +268,7 @@ def train_unet(
     start_step: int = 0,
     optimizer_state: dict | None = None,
     warmup_from: int = 0,
+    anneal: bool = False,
     quiet: bool = False,
     samples_every: int | None = None,
     samples_dir: Path | None = None,
@@ -259,7 +277,8 @@ def train_unet(
     """Train UNet + text encoder on the fixed latents for `steps` steps or `seconds` seconds.
 
     The learning rate warms up over the first steps after `warmup_from` (the step a fresh optimizer
-    starts at when a run continues from saved weights without optimizer state).
+    starts at when a run continues from saved weights without optimizer state), then stays constant,
+    or with `anneal` follows a cosine down to 10 % over this run's steps or seconds (a final run).
     """
     log = log or _Logger(quiet)
     unet, text_encoder, tokenizer = components["unet"], components["text_encoder"], components["tokenizer"]
@@ -283,8 +302,9 @@ def train_unet(
         if (steps is not None and step >= steps) or (seconds is not None and elapsed >= seconds):
             break
         global_step = start_step + step
+        progress = step / steps if steps is not None else elapsed / seconds if seconds else 0.0
         for group in opt.param_groups:
-            group["lr"] = config.unet_lr * _lr_factor(global_step - warmup_from, 0.0, cosine=False)
+            group["lr"] = config.unet_lr * _lr_factor(global_step - warmup_from, progress, cosine=anneal)
         idx = torch.randint(0, latents.shape[0], (config.unet_batch,), generator=gen).to(device)
         z0, c = latents[idx].float(), ids[idx]  # (B, 4, h, w), (B, T)
         drop = (torch.rand(config.unet_batch, generator=gen) < config.caption_dropout).to(device)
@@ -329,6 +349,8 @@ def train_unet(
         "total_steps": start_step + step,
         "seconds": round(seconds_used, 1),
         "final_loss": ema_loss,
+        "anneal": anneal,
+        "final_lr": opt.param_groups[0]["lr"],
         "optimizer": opt.state_dict(),
     }
 
@@ -394,6 +416,8 @@ def train(
     stage: str = "all",
     resume: str | Path | None = None,
     threads: int | None = None,
+    anneal: bool = False,
+    two_object_share: float | None = None,
 ) -> dict:
     """Train (a stage of) a ShapeWorld model into `output`; returns the final figures.
 
@@ -401,6 +425,8 @@ def train(
     it the stages run `vae_steps` / `unet_steps` (config defaults when None). `batch_size` overrides
     the UNet batch. `stage="unet"` needs a trained VAE in `resume` (or `output`) and continues a
     UNet found there. The model is saved (fp16) to output/model after every stage that has a UNet.
+    `anneal` decays the UNet's learning rate along a cosine over this call (for a last run);
+    `two_object_share` sets the share of two-object scenes among freshly encoded training latents.
     """
     # 1. Check inputs
     if stage not in STAGES:
@@ -469,12 +495,14 @@ def train(
         # 3. Stage (b): latents of a fixed dataset, encoded once and cached
         vae.to(dev)
         cache = source / "latents.pt"
-        if cache.exists() and stage == "unet":
+        if cache.exists() and stage == "unet" and two_object_share is None:
             data = torch.load(cache)
             latents, captions = data["latents"], data["captions"]
         else:
             t0 = time.time()
-            latents, captions = encode_dataset(vae, cfg.num_latents, seed + 1, quiet=quiet)
+            latents, captions = encode_dataset(
+                vae, cfg.num_latents, seed + 1, quiet=quiet, two_object_share=two_object_share
+            )
             log(f"encoded {len(captions)} scenes in {time.time() - t0:.0f} s, latent std {latents.float().std():.3f}")
         torch.save({"latents": latents, "captions": captions}, ckpt / "latents.pt")
         ids = tokenize(components["tokenizer"], captions)
@@ -511,6 +539,7 @@ def train(
             start_step=state["step"] if state is not None else 0,
             optimizer_state=state["optimizer"] if state is not None else None,
             warmup_from=state["step"] if state is not None and state["optimizer"] is None else 0,
+            anneal=anneal,
             quiet=quiet,
             samples_every=samples_every,
             samples_dir=output / "samples",
@@ -527,7 +556,10 @@ def train(
             },
             ckpt / "unet_state.pt",
         )
-        history.append({"stage": "unet", "device": str(dev), "num_latents": len(captions), **info})
+        two_share = sum(" and a " in c for c in captions) / len(captions)
+        history.append(
+            {"stage": "unet", "device": str(dev), "num_latents": len(captions), "two_object_share": round(two_share, 3), **info}
+        )
 
         # 5. Final figures with the EMA weights, sample grid, and the fp16 model folder
         final = dict(components, unet=ema["unet"], text_encoder=ema["text_encoder"])
@@ -549,6 +581,7 @@ def train(
             "config": config, "device": device, "minutes": minutes, "vae_steps": vae_steps,
             "unet_steps": unet_steps, "batch_size": batch_size, "seed": seed, "stage": stage,
             "resume": str(resume) if resume else None, "threads": torch.get_num_threads(),
+            "anneal": anneal, "two_object_share": two_object_share,
         }
         if sys.argv and sys.argv[0] not in ("-c", ""):
             command = " ".join(sys.argv)
