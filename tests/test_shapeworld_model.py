@@ -247,3 +247,11 @@ def test_two_object_share_default_keeps_the_worlds_mix_and_is_checked():
     assert default == [world.sample_scene(rng).caption() for _ in range(8)]  # the dataset of earlier runs
     with pytest.raises(ValueError, match="two_object_share"):
         encode_dataset(vae, 8, seed=3, quiet=True, two_object_share=1.5)
+
+
+def test_recorded_command_names_the_executable_without_its_local_path(trained, tmp_path, monkeypatch):
+    src, _ = trained
+    monkeypatch.setattr("sys.argv", ["/home/someone/.venv/bin/diffedit", "shapeworld", "train", "--config", "tiny"])
+    train(tmp_path, config="tiny", stage="unet", resume=src, unet_steps=0, quiet=True)
+    command = json.loads((tmp_path / "model" / "training.json").read_text())["command"]
+    assert command == "diffedit shapeworld train --config tiny"

@@ -584,7 +584,7 @@ def train(
             "anneal": anneal, "two_object_share": two_object_share,
         }
         if sys.argv and sys.argv[0] not in ("-c", ""):
-            command = " ".join(sys.argv)
+            command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])  # no local path of the executable
         else:  # called from Python: write the call itself
             command = f"train({str(output)!r}, " + ", ".join(f"{k}={v!r}" for k, v in call.items()) + ")"
         training_info = {
