@@ -426,7 +426,8 @@ def train(
     the UNet batch. `stage="unet"` needs a trained VAE in `resume` (or `output`) and continues a
     UNet found there. The model is saved (fp16) to output/model after every stage that has a UNet.
     `anneal` decays the UNet's learning rate along a cosine over this call (for a last run);
-    `two_object_share` sets the share of two-object scenes among freshly encoded training latents.
+    `two_object_share` sets the share of two-object scenes among the training latents; given, they are
+    encoded afresh rather than taken from the cached set of `resume`.
     """
     # 1. Check inputs
     if stage not in STAGES:
