@@ -168,7 +168,9 @@ def test_result_records_everything(editor, image):
     assert d["seed"] == 1 and d["model"] == "tiny"
     assert d["options"]["guidance_scale"] == 5.0 and d["options"]["num_inference_steps"] == 10
     assert d["jobs"] == [{"image": 0, "source": "a red square", "target": "a blue circle"}]
-    assert set(d["timings_s"]) == {"vae_encode", "mask", "inversion", "decoding", "vae_decode"}
+    assert set(d["timings_s"]) == {"vae_encode", "mask", "inversion", "decoding", "vae_decode", "rerank"}
+    assert d["candidates"] == ["r=0.8", "r=1", "r=0.8 caption"] and len(d["candidate_scores"]) == 1
+    assert d["chosen"] == [d["candidates"][int(np.argmax(d["candidate_scores"][0]))]]
 
 
 @pytest.mark.parametrize(
@@ -182,6 +184,9 @@ def test_result_records_everything(editor, image):
         (dict(mask_threshold=1.5), "mask_threshold"),
         (dict(guidance_scale=-1.0), "guidance_scale"),
         (dict(mask_noises=0), "mask_noises"),
+        (dict(extra_strengths=(0.0,)), "extra_strengths"),
+        (dict(rerank_noises=0), "rerank_noises"),
+        (dict(rerank_levels=()), "rerank_levels"),
         (dict(bogus=1), "unknown edit option"),
         (dict(seed=-3), "seed"),
         (dict(max_pixels=100), "above the limit"),
@@ -235,7 +240,8 @@ def test_traced_fast_path_equals_the_plain_path(editor, image):
     editor.accelerate("trace")
     fast = editor.edit(image, "a red square", ["a blue circle", "a dog"], seed=4, **KW)
     again = editor.edit(image, "a red square", ["a blue circle", "a dog"], seed=4, **KW)  # cached traces
-    assert len(editor.denoiser._traces) == 3  # mask pass, inversion (batch 1), decoding (batch 2 x 2)
+    # mask pass, inversions (batch 1), decodings (batch 2 x 2), candidate scoring (3 candidates x 2 prompts x 8 noises)
+    assert len(editor.denoiser._traces) == 4
     for a, b, c in zip(plain.images, fast.images, again.images):
         assert np.abs(np.asarray(a, int) - np.asarray(b, int)).max() <= 1
         assert np.array_equal(np.asarray(b), np.asarray(c))
@@ -369,9 +375,13 @@ def test_compiled_unet_marks_a_cuda_graph_step_per_call(editor, image, monkeypat
         steps = []
         monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: steps.append(1))
         wrapper.compiled, wrapper.cuda_graphs = editor.unet, True  # stand-ins: the plain UNet, as if on CUDA
-        res = editor.edit(image, "a red square", "a blue circle", seed=0, **KW)
+        res = editor.edit(image, "a red square", "a blue circle", seed=0, extra_strengths=(), caption_candidate=False, **KW)
         n = ddim_grid(editor.scheduler, res.options.num_inference_steps, res.options.strength).num_steps
         assert len(steps) == 1 + 2 * n  # one mask-pass call, n inversion and n decoding steps
+        steps.clear()
+        res = editor.edit(image, "a red square", "a blue circle", seed=0, **KW)  # + candidates r = 1 and caption
+        top = ddim_grid(editor.scheduler, res.options.num_inference_steps, 1.0).num_steps
+        assert len(steps) == 1 + (top + n) + (n + top + n) + len(res.options.rerank_levels)
     finally:
         editor.accelerate(None)
 

@@ -105,6 +105,9 @@ def edit(
     steps: int = typer.Option(50, "--steps", help="DDIM steps over the full noise range."),
     strength: float = typer.Option(0.8, "--strength", "-r", help="Encoding ratio r in (0, 1]."),
     guidance: float = typer.Option(7.5, "--guidance", "-g", help="Classifier-free guidance scale."),
+    extra_strength: list[float] = typer.Option([1.0], "--extra-strength", help="Also decode from this encoding ratio (repeat for several); the model keeps, per edit, the candidate its target prompt explains best."),
+    no_caption_candidate: bool = typer.Option(False, "--no-caption-candidate", help="Do not add the candidate inverted with the source prompt."),
+    one_candidate: bool = typer.Option(False, "--one-candidate", help="The paper's single decoding at --strength: no extra candidates, no scoring (about 3x faster)."),
     threshold: float = typer.Option(0.5, "--threshold", help="Mask threshold in [0, 1]: the composite's pixel mask; caps --decode-threshold."),
     decode_threshold: float = typer.Option(0.3, "--decode-threshold", help="Threshold of the latent mask decoding paints in; below --threshold it leaves room for new shapes (equal to it: the paper's single threshold)."),
     negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="[default: the source prompt]"),
@@ -134,6 +137,8 @@ def edit(
             decode_threshold=decode_threshold, negative_prompt=negative_prompt, mask_noises=mask_noises, mask_smooth=smooth, mask_dilate=dilate,
             composite=not no_composite, feather=feather, mask_snap=snap_edges, max_pixels=max_pixels,
             edit_snap=not (no_edit_snap or snap_edges), edit_trim=edit_trim,
+            extra_strengths=() if one_candidate else tuple(extra_strength),
+            caption_candidate=not (one_candidate or no_caption_candidate),
         )
         load_image(image, max_pixels=max_pixels)  # fail on a bad image before loading the model
     except (ValueError, FileNotFoundError) as e:
@@ -164,6 +169,8 @@ def edit(
         for path in written:
             typer.echo(f"wrote {path}")
         typer.echo(f"seed {result.seed}; mask covers {', '.join(f'{m.float().mean():.1%}' for m in result.mask)}")
+        if len(result.candidates) > 1:
+            typer.echo(f"kept candidate {', '.join(result.candidates[c] for c in result.chosen)} of {', '.join(result.candidates)}")
 
 
 @app.command("mask")

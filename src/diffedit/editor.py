@@ -26,6 +26,7 @@ from .masks import (
     dilate, finish_mask, guided_filter, latent_mask_from_pixels, noise_difference_maps, trim_to_background, upsample_mask,
 )
 from .prompts import encode_prompts
+from .rerank import denoising_errors, rerank_scores
 from .results import EditOptions, EditResult, InversionResult, MaskResult
 from .sampling import composite, feathered_alpha, masked_denoise
 from .schedule import ddim_grid, ddim_scheduler
@@ -329,6 +330,62 @@ class DiffEditor:
         to_l = lambda a: Image.fromarray((a.cpu().numpy() * 255.0 + 0.5).astype(np.uint8), mode="L")
         return [to_l(m.float()) for m in pixel], [to_l(s) for s in soft_px]
 
+    def _candidates(self, batch: _Batch, options: EditOptions) -> list[tuple[float, bool]]:
+        """The decodings to try: (encoding ratio, inverted with the source prompt?); the paper's first."""
+        out = [(options.strength, False)]
+        out += [(r, False) for r in options.extra_strengths if (r, False) not in out]
+        if options.caption_candidate and all(s.strip() for s in batch.sources) and not options.inversion_prompt:
+            out.append((options.strength, True))
+        return out
+
+    def _finish(self, batch, decoded, soft, binary, pixel_mask, options: EditOptions, *, user_mask: bool):
+        """Decoded images (J, 3, H, W) in [-1, 1] -> (uint8 images pasted into the input, their pixel masks)."""
+        h, w = batch.size
+        decoded_u8 = ((decoded + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu()
+        if not options.composite:
+            return decoded_u8, pixel_mask
+        if options.edit_snap and not user_mask:
+            inputs = batch.pixels[batch.job_image][:, :, :h, :w]
+            pixel_mask = self._snap_to_edit(
+                soft, binary, inputs, decoded.clamp(-1, 1), options.mask_threshold, options.edit_trim
+            )
+        original = ((batch.pixels[:, :, :h, :w] + 1.0) * 127.5).round().to(torch.uint8)[batch.job_image]
+        return composite(original, decoded_u8, feathered_alpha(pixel_mask, options.feather)), pixel_mask
+
+    def _rerank(
+        self, batch: _Batch, images: list[torch.Tensor], binary: torch.Tensor, options: EditOptions, seed: int,
+        generator: torch.Generator | None,
+    ) -> list[list[float]]:
+        """Score K candidates (uint8 (J, 3, H, W) each) of every job: source error minus target error.
+
+        Each job's candidates are encoded again with the VAE and scored inside the latent mask grown by one
+        cell, with noises drawn from seed + image index (or `generator`), shared by its candidates.
+        """
+        k, j = len(images), len(batch.job_image)
+        pixels = torch.cat(images).float() / 127.5 - 1.0  # (K * J, 3, H, W), candidate-major
+        latents = self.encode_images(pad_to_multiple(pixels, self.vae_scale_factor))
+        latents = latents.reshape(k, j, *latents.shape[1:])
+        region = dilate(binary.float(), 1) > 0.5  # (J, h, w)
+        train_steps = self.scheduler.config.num_train_timesteps
+        timesteps = [min(train_steps - 1, int(round(level * train_steps))) for level in options.rerank_levels]
+        sources = self.encode_prompts([batch.sources[b] for b in batch.job_image])
+        targets = self.encode_prompts(batch.job_target)
+        shape = (len(timesteps), options.rerank_noises, *latents.shape[2:])
+        scores = []
+        with self._bar(j, "rerank") as bar:
+            for i, b in enumerate(batch.job_image):
+                g = generator if generator is not None else torch.Generator().manual_seed(seed + b + 2**32)
+                noises = torch.randn(shape, generator=g).to(self.device, self.dtype)
+                errors = denoising_errors(
+                    self.denoiser, latents[:, i], torch.stack([sources[i], targets[i]]), region[i].expand(k, -1, -1),
+                    self.scheduler.alphas_cumprod, timesteps, noises,
+                    prediction_type=self.scheduler.config.prediction_type,
+                    max_batch=options.mask_batch_size or 256,
+                )
+                scores.append([float(v) for v in rerank_scores(errors)])
+                bar.update()
+        return scores
+
     # ------------------------------------------------------------------ public steps
     def mask(
         self,
@@ -369,8 +426,10 @@ class DiffEditor:
         grid = ddim_grid(self.scheduler, num_inference_steps, strength)
         return InversionResult(self._invert(latents, prompt, grid, guidance_scale), grid.timesteps)
 
-    def _invert(self, latents: torch.Tensor, prompt: str, grid, guidance_scale: float = 1.0) -> torch.Tensor:
-        cond = self.encode_prompts([prompt] * latents.shape[0])
+    def _invert(self, latents: torch.Tensor, prompt: str | list[str], grid, guidance_scale: float = 1.0) -> torch.Tensor:
+        """Every level of the DDIM inversion of latents (B, ...) with one prompt, or one prompt per image."""
+        prompts = [prompt] * latents.shape[0] if isinstance(prompt, str) else list(prompt)
+        cond = self.encode_prompts(prompts)
         uncond = self.encode_prompts([""] * latents.shape[0]) if guidance_scale != 1.0 else None
         with self._bar(grid.num_steps, "invert") as bar:
             return ddim_invert(
@@ -412,35 +471,43 @@ class DiffEditor:
         # 3. Mask (DiffEdit step 1), or the user's
         soft, binary, pixel_mask = self._compute_mask(batch, latents, options, seed, generator, mask, timings)
 
-        # 4. DDIM inversion up to the encoding ratio (step 2), one per image whatever the number of targets
-        grid = ddim_grid(self.scheduler, options.num_inference_steps, options.strength)
+        # 4. DDIM inversion up to the encoding ratio (step 2), one per image whatever the number of targets;
+        #    taken up to the highest ratio of the candidates, whose lower ratios read its lower levels
+        candidates = self._candidates(batch, options)
+        grids = {r: ddim_grid(self.scheduler, options.num_inference_steps, r) for r, _ in candidates}
         with self._timed(timings, "inversion"):
-            inverted = self._invert(latents, options.inversion_prompt, grid)  # (N + 1, B, C, h, w)
+            inverted = {False: self._invert(latents, options.inversion_prompt, grids[max(grids)])}  # (N + 1, B, C, h, w)
+            if any(caption for _, caption in candidates):
+                inverted[True] = self._invert(latents, batch.sources, grids[options.strength])
 
-        # 5. Masked decoding with the target prompts and guidance (step 3), all jobs in one batch
+        # 5. Masked decoding of every candidate with the target prompts and guidance (step 3), all jobs in one
+        #    batch; each candidate decoded with the VAE and pasted into the input outside its mask
         with self._timed(timings, "decoding"):
             negative = [options.negative_prompt if options.negative_prompt is not None else batch.sources[b] for b in batch.job_image]
             cond = self.encode_prompts(batch.job_target)
             uncond = self.encode_prompts(negative) if options.guidance_scale != 1.0 else None
-            with self._bar(grid.num_steps, "denoise") as bar:
+        outputs = []  # per candidate: (uint8 images (J, 3, H, W), pixel masks (J, H, W))
+        for strength, caption in candidates:
+            grid = grids[strength]
+            with self._timed(timings, "decoding"), self._bar(grid.num_steps, "denoise") as bar:
                 edited = masked_denoise(
-                    self.denoiser, inverted, binary, cond, grid,
+                    self.denoiser, inverted[caption][: grid.num_steps + 1], binary, cond, grid,
                     uncond=uncond, guidance_scale=options.guidance_scale, job_image=batch.job_image,
                     callback=lambda k, x: bar.update(),
                 )
+            with self._timed(timings, "vae_decode"):
+                decoded = self.decode_latents(edited)[:, :, :h, :w]  # (J, 3, H, W)
+            outputs.append(self._finish(batch, decoded, soft, binary, pixel_mask, options, user_mask=mask is not None))
 
-        # 6. Decode with the VAE, remove the padding, paste into the input outside the mask
-        with self._timed(timings, "vae_decode"):
-            decoded = self.decode_latents(edited)[:, :, :h, :w]  # (J, 3, H, W)
-        decoded_u8 = ((decoded + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu()
-        if options.composite:
-            if options.edit_snap and mask is None:
-                inputs = batch.pixels[batch.job_image][:, :, :h, :w]
-                pixel_mask = self._snap_to_edit(
-                    soft, binary, inputs, decoded.clamp(-1, 1), options.mask_threshold, options.edit_trim
-                )
-            original = ((batch.pixels[:, :, :h, :w] + 1.0) * 127.5).round().to(torch.uint8)[batch.job_image]
-            decoded_u8 = composite(original, decoded_u8, feathered_alpha(pixel_mask, options.feather))
+        # 6. Keep, per job, the candidate the target prompt explains best (rerank.py)
+        chosen, scores = [0] * len(batch.job_image), []
+        if len(candidates) > 1:
+            with self._timed(timings, "rerank"):
+                scores = self._rerank(batch, [u8 for u8, _ in outputs], binary, options, seed, generator)
+            chosen = [int(torch.tensor(row).argmax()) for row in scores]
+        jobs = torch.arange(len(chosen))
+        decoded_u8 = torch.stack([u8 for u8, _ in outputs])[torch.tensor(chosen), jobs]
+        pixel_mask = torch.stack([m for _, m in outputs])[torch.tensor(chosen), jobs]
         images = [Image.fromarray(a) for a in decoded_u8.permute(0, 2, 3, 1).numpy()]
 
         mask_images, soft_images = self._pil_masks(soft, pixel_mask, padded, (h, w))
@@ -457,4 +524,7 @@ class DiffEditor:
             options=options,
             model=self.name,
             timings=timings,
+            candidates=[f"r={r:g}" + (" caption" if c else "") for r, c in candidates],
+            chosen=chosen,
+            candidate_scores=scores,
         )

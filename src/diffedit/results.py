@@ -22,6 +22,14 @@ class EditOptions:
     guidance_scale: float = 7.5  # classifier-free guidance of the decoding (paper: 7.5)
     negative_prompt: str | None = None  # None: the source prompt, as the paper's decoding contrasts target vs query
     inversion_prompt: str = ""  # "" = unconditional encoding (paper); or a caption of the input
+    # candidates, chosen per edit by the model itself (see rerank.py)
+    extra_strengths: tuple[float, ...] = (1.0,)  # also decode from these encoding ratios (the same inversion,
+    #   taken higher); () with caption_candidate False = the paper's single decoding
+    caption_candidate: bool = True  # also decode from an inversion with the source prompt (the paper's caption
+    #   encoding) at `strength`; skipped for an empty source prompt
+    rerank_noises: int = 8  # noises per level when scoring candidates (source vs target prompt errors)
+    rerank_levels: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.8)  # noise levels (fractions of the training
+    #   timesteps) at which candidates are scored: the high ones, where predictions follow shape and colour
     # mask (step 1)
     mask_noises: int = 10  # n noises averaged (paper: n = 10)
     mask_strength: float = 0.5  # noise level of the mask pass (paper: 50 %)
@@ -57,6 +65,9 @@ class EditOptions:
     max_pixels: int | None = DEFAULT_MAX_PIXELS  # refuse larger inputs with a clear error
 
     def __post_init__(self) -> None:
+        for name in ("extra_strengths", "rerank_levels"):  # lists (from JSON, the CLI) become tuples
+            value = getattr(self, name)
+            object.__setattr__(self, name, tuple(float(v) for v in ((value,) if isinstance(value, (int, float)) else value)))
         if not isinstance(self.num_inference_steps, int) or self.num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be a positive integer, got {self.num_inference_steps}")
         if not 0.0 < self.strength <= 1.0:
@@ -67,6 +78,14 @@ class EditOptions:
             raise ValueError(
                 f"strength {self.strength} x {self.num_inference_steps} steps leaves no denoising step"
             )
+        if any(not 0.0 < r <= 1.0 for r in self.extra_strengths):
+            raise ValueError(f"extra_strengths must lie in (0, 1], got {self.extra_strengths}")
+        if any(int(self.num_inference_steps * r) < 1 for r in self.extra_strengths):
+            raise ValueError(f"an extra strength in {self.extra_strengths} x {self.num_inference_steps} steps leaves no denoising step")
+        if not isinstance(self.rerank_noises, int) or self.rerank_noises < 1:
+            raise ValueError(f"rerank_noises must be a positive integer, got {self.rerank_noises}")
+        if not self.rerank_levels or any(not 0.0 <= r < 1.0 for r in self.rerank_levels):
+            raise ValueError(f"rerank_levels must be a non-empty tuple of fractions in [0, 1), got {self.rerank_levels}")
         if self.guidance_scale < 0:
             raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
         if not isinstance(self.mask_noises, int) or self.mask_noises < 1:
@@ -142,6 +161,10 @@ class EditResult:
     options: EditOptions
     model: str
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    candidates: list[str] = field(default_factory=list)  # labels of the decodings tried, e.g. "r=0.8"
+    chosen: list[int] = field(default_factory=list)  # per job: index into candidates of the kept one
+    candidate_scores: list[list[float]] = field(default_factory=list)  # per job: each candidate's score
+    #   (source prompt's noise error minus the target's; empty with a single candidate)
 
     @property
     def image(self) -> Image.Image:
@@ -161,5 +184,8 @@ class EditResult:
             ],
             "options": self.options.to_dict(),
             "mask_fraction": [round(float(m.float().mean()), 6) for m in self.mask],
+            "candidates": self.candidates,
+            "chosen": [self.candidates[c] for c in self.chosen] if self.candidates else [],
+            "candidate_scores": [[round(v, 6) for v in row] for row in self.candidate_scores],
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
         }

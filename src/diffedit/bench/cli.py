@@ -43,7 +43,7 @@ def quality(
     cases: int = typer.Option(300, "--cases", "-n", help="Number of ShapeEdit cases."),
     seed: int = typer.Option(0, "--seed", help="Seed of the cases; case i is edited with seed + i."),
     methods: str = typer.Option(
-        "ours,diffusers,sdedit,gt_mask,ours_no_smooth,ours_no_composite,ours_batch_norm,ours_no_edit_snap,ours_no_refine,ours_snap_input,ours_one_threshold,ours_no_trim", "--methods",
+        "ours,diffusers,sdedit,gt_mask,ours_no_smooth,ours_no_composite,ours_batch_norm,ours_no_edit_snap,ours_no_refine,ours_snap_input,ours_one_threshold,ours_no_trim,ours_one_candidate", "--methods",
         help="Comma-separated methods to run.",
     ),
     steps: int = typer.Option(50, "--steps", help="DDIM steps over the full noise range."),
@@ -87,6 +87,7 @@ def speed(
     repeats: int = typer.Option(3, "--repeats", help="Timed runs per method (median); a warm-up run is excluded."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the UNet (CUDA only)."),
     accel: Optional[str] = typer.Option(None, "--accel", help="Our fast path: 'trace' (TorchScript per shape)."),
+    candidates: bool = typer.Option(False, "--candidates", help="Time ours with its default candidates (extra encoding ratio, caption inversion, scoring) instead of one decoding, the work diffusers' pipeline does."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the figures as JSON."),
 ) -> None:
@@ -102,7 +103,8 @@ def speed(
         _fail(f"--dtype must be fp32, fp16 or bf16, got {dtype!r}")
     try:
         run_speed(model, device=device, dtype=dtype, size=size, steps=steps, strength=strength,
-                  mask_noises=mask_noises, batch=batch, repeats=repeats, compile=compile, accel=accel, json_path=json_path)
+                  mask_noises=mask_noises, batch=batch, repeats=repeats, compile=compile, accel=accel,
+                  candidates=candidates, json_path=json_path)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     if json_path is not None:

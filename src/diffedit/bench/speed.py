@@ -139,6 +139,7 @@ def run_speed(
     repeats: int = 3,
     compile: bool = False,
     accel: str | None = None,
+    candidates: bool = False,
     json_path: str | Path | None = None,
     verbose: bool = True,
 ) -> dict:
@@ -146,6 +147,8 @@ def run_speed(
 
     model: "tiny", "shapeworld" (the embedded model), "sd15-random" (SD 1.5's architecture with random
     weights) or a model path / hub id. batch > 1: ours edits the B images in one call, diffusers in a loop.
+    candidates False times ours with one decoding, the work diffusers' pipeline does; True with the
+    editor's default candidates (extra encoding ratios and the caption inversion, scored by the model).
     """
     # 1. Check inputs
     if repeats < 1 or batch < 1 or steps < 1:
@@ -161,6 +164,8 @@ def run_speed(
         raise ValueError(f"--compile and --accel {accel} are two fast paths for our UNet; choose one")
     accel = "compile" if compile else accel
     options = EditOptions(num_inference_steps=steps, strength=strength, mask_noises=mask_noises, max_pixels=None)
+    if not candidates:
+        options = options.replace(extra_strengths=(), caption_candidate=False)
 
     # 2. Load the model once for both methods; diffusers' pipeline shares the editor's modules
     editor = load_bench_editor(model, device=dev, dtype=dtype)
@@ -233,6 +238,7 @@ def run_speed(
         "repeats": repeats,
         "compile": compile,
         "accel": accel,
+        "candidates": candidates,
         "threads": torch.get_num_threads(),
         "prompts": [source, target],
         "torch": torch.__version__,
@@ -263,7 +269,8 @@ def format_speed(report: dict) -> str:
     lines = [
         f"diffedit bench speed: model {r['model']}, {r['device_name']} {r['dtype']}, {r['size']}x{r['size']}, "
         f"{r['steps']} steps, strength {r['strength']}, {r['mask_noises']} mask noises, batch {r['batch']}, "
-        f"median of {r['repeats']} (warm-up excluded), {r['threads']} threads",
+        f"median of {r['repeats']} (warm-up excluded), {r['threads']} threads, ours with "
+        f"{'its default candidates' if r.get('candidates') else 'one decoding (as diffusers)'}",
     ]
     ours, theirs = r["ours"], r["diffusers"]
     a, b = list(ours["phases_s"].items()), list(theirs["phases_s"].items())
