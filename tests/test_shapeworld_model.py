@@ -151,6 +151,14 @@ def test_unet_stage_resumes(trained, tmp_path):
     )
 
 
+def test_a_spent_time_budget_still_trains_one_unet_step(trained, tmp_path):
+    """A call whose loading and encoding outlast its minutes (a busy machine) trains one step, not none."""
+    src, _ = trained
+    train(tmp_path, config="tiny", stage="unet", resume=src, minutes=1e-6, quiet=True)
+    info = json.loads((tmp_path / "model" / "training.json").read_text())
+    assert info["unet_steps"] == 3 and info["stages"][-1]["steps"] == 1  # 2 from the first run + 1
+
+
 def test_unet_stages_chain(trained, tmp_path):
     """Each UNet stage's folder holds the VAE too, so a third call can continue from the second."""
     src, _ = trained

@@ -4,6 +4,9 @@ One edit, in the paper's three steps: (1) a mask from the disagreement of two no
 (2) DDIM inversion of the image latent up to the encoding ratio r, (3) DDIM decoding with the target
 prompt in which the background is taken from the inversion at every level. The editor batches: several
 images, and several target prompts per image, share one mask pass, one inversion and one decoding loop.
+By default it decodes a few candidates (encoding ratios, caption inversion) and keeps, per edit, the one
+the model scores as most like the target (rerank.py); `extra_strengths=(), caption_candidate=False` is the
+paper's single decoding.
 """
 
 from __future__ import annotations

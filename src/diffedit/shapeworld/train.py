@@ -299,8 +299,8 @@ def train_unet(
     bar = _progress(steps, "unet", quiet)
     while True:
         elapsed = time.time() - start
-        if (steps is not None and step >= steps) or (seconds is not None and elapsed >= seconds):
-            break
+        if (steps is not None and step >= steps) or (seconds is not None and elapsed >= seconds and step > 0):
+            break  # a time budget always buys one step: a run whose earlier stages ate the budget still trains
         global_step = start_step + step
         progress = step / steps if steps is not None else elapsed / seconds if seconds else 0.0
         for group in opt.param_groups:
@@ -524,7 +524,7 @@ def train(
         for m in ema.values():
             m.to(dev)
         if deadline is not None:
-            seconds, steps = deadline - reserve - time.time(), unet_steps
+            seconds, steps = max(0.0, deadline - reserve - time.time()), unet_steps
         else:
             seconds, steps = None, unet_steps if unet_steps is not None else cfg.unet_steps
         info = train_unet(
