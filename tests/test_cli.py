@@ -39,11 +39,29 @@ def test_edit_end_to_end(tmp_path, tiny_model_dir):
     assert sidecar["options"]["num_inference_steps"] == 6 and sidecar["options"]["strength"] == 0.8
     assert sidecar["options"]["feather"] == 2 and sidecar["options"]["composite"] is True
     assert sidecar["jobs"][0]["target"] == "a blue circle" and sidecar["outputs"] == [str(out)]
+    assert sidecar["candidates"] == ["r=0.8", "r=1", "r=0.8 caption"] and len(sidecar["candidate_scores"][0]) == 3
+    assert sidecar["chosen"][0] == sidecar["candidates"][int(np.argmax(sidecar["candidate_scores"][0]))]
     # the same command again gives the same pixels (the seed is all the randomness)
     first = np.asarray(Image.open(out)).copy()
     runner.invoke(app, ["edit", str(src), "-s", "a red square", "-t", "a blue circle", "-m", str(tiny_model_dir),
                         "--steps", "6", "--seed", "7", "-q"])
     assert np.array_equal(first, np.asarray(Image.open(out)))
+
+
+def test_edit_candidate_flags(tmp_path, tiny_model_dir):
+    src = _write_input(tmp_path)
+    base = ["edit", str(src), "-s", "a red square", "-t", "a blue circle", "-m", str(tiny_model_dir), "--steps", "4", "-q"]
+    for flags, expected in [
+        (["--one-candidate"], ["r=0.8"]),
+        (["--no-caption-candidate", "--extra-strength", "0.9", "--extra-strength", "1.0"], ["r=0.8", "r=0.9", "r=1"]),
+    ]:
+        res = runner.invoke(app, base + flags)
+        assert res.exit_code == 0, res.output
+        sidecar = json.loads((tmp_path / "photo_edited.json").read_text())
+        assert sidecar["candidates"] == expected
+    assert sidecar["options"]["extra_strengths"] == [0.9, 1.0] and sidecar["options"]["caption_candidate"] is False
+    res = runner.invoke(app, base + ["--extra-strength", "1.5"])
+    assert res.exit_code == 2 and "extra_strengths" in res.output
 
 
 def test_edit_several_targets_and_user_mask(tmp_path, tiny_model_dir):
