@@ -270,6 +270,8 @@ def demo(
         f"mask IoU {scores['mask_iou']:.3f}, background PSNR {scores['background_psnr']:.1f} dB, "
         f"target PSNR {scores['target_psnr']:.1f} dB, edit success {scores['success']}"
     )
+    if len(result.candidates) > 1:
+        typer.echo(f"kept candidate {result.candidates[result.chosen[0]]} of {', '.join(result.candidates)} (scored by the model)")
 
 
 @shapeworld_app.command("train")
