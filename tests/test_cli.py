@@ -53,6 +53,7 @@ def test_edit_candidate_flags(tmp_path, tiny_model_dir):
     base = ["edit", str(src), "-s", "a red square", "-t", "a blue circle", "-m", str(tiny_model_dir), "--steps", "4", "-q"]
     for flags, expected in [
         (["--one-candidate"], ["r=0.8"]),
+        (["--noise-candidate", "0.5"], ["r=0.8", "r=1", "r=1 noise 0.5", "r=0.8 caption"]),
         (["--no-caption-candidate", "--extra-strength", "0.9", "--extra-strength", "1.0"], ["r=0.8", "r=0.9", "r=1"]),
     ]:
         res = runner.invoke(app, base + flags)
@@ -62,6 +63,8 @@ def test_edit_candidate_flags(tmp_path, tiny_model_dir):
     assert sidecar["options"]["extra_strengths"] == [0.9, 1.0] and sidecar["options"]["caption_candidate"] is False
     res = runner.invoke(app, base + ["--extra-strength", "1.5"])
     assert res.exit_code == 2 and "extra_strengths" in res.output
+    res = runner.invoke(app, base + ["--noise-candidate", "0"])
+    assert res.exit_code == 2 and "noise_candidates" in res.output
 
 
 def test_edit_several_targets_and_user_mask(tmp_path, tiny_model_dir):

@@ -375,13 +375,16 @@ def test_compiled_unet_marks_a_cuda_graph_step_per_call(editor, image, monkeypat
         steps = []
         monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: steps.append(1))
         wrapper.compiled, wrapper.cuda_graphs = editor.unet, True  # stand-ins: the plain UNet, as if on CUDA
-        res = editor.edit(image, "a red square", "a blue circle", seed=0, extra_strengths=(), caption_candidate=False, **KW)
+        res = editor.edit(image, "a red square", "a blue circle", seed=0, extra_strengths=(), noise_candidates=(), caption_candidate=False, **KW)
         n = ddim_grid(editor.scheduler, res.options.num_inference_steps, res.options.strength).num_steps
         assert len(steps) == 1 + 2 * n  # one mask-pass call, n inversion and n decoding steps
         steps.clear()
         res = editor.edit(image, "a red square", "a blue circle", seed=0, **KW)  # + candidates r = 1 and caption
         top = ddim_grid(editor.scheduler, res.options.num_inference_steps, 1.0).num_steps
         assert len(steps) == 1 + (top + n) + (n + top + n) + len(res.options.rerank_levels)
+        steps.clear()
+        res = editor.edit(image, "a red square", "a blue circle", seed=0, noise_candidates=(0.5,), **KW)  # + noise
+        assert len(steps) == 1 + (top + n) + (n + top + top + n) + len(res.options.rerank_levels)
     finally:
         editor.accelerate(None)
 

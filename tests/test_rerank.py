@@ -47,6 +47,9 @@ def test_denoising_errors_average_inside_the_region():
     assert torch.allclose(errors[0, 0], expected_top, rtol=1e-5)
     assert torch.allclose(errors[1, 0], expected_all, rtol=1e-5)
     assert torch.equal(rerank_scores(errors), errors[:, 0] - errors[:, 1])
+    three = torch.tensor([[3.0, 1.0, 2.0], [3.0, 1.5, 4.0]])  # (K, P): source, target, empty prompt
+    assert torch.allclose(rerank_scores(three, unconditional=2, weight=2.0), torch.tensor([2.0 + 2.0, 1.5 + 5.0]))
+    assert torch.equal(rerank_scores(three, unconditional=2, weight=0.0), three[:, 0] - three[:, 1])
     with pytest.raises(ValueError, match="timesteps"):
         denoising_errors(OracleUNet(clean, alphas), clean, prompts, region, alphas, [100, 500], noises)
 
@@ -64,7 +67,7 @@ def test_the_chosen_candidate_is_that_decoding_alone(editor, image):
     assert len(scores) == 3 and chosen == int(np.argmax(scores))
     images = {}
     for label, extra in alone.items():
-        single = editor.edit(image, "a red square", "a blue circle", seed=3, extra_strengths=(), caption_candidate=False, **extra, **KW)
+        single = editor.edit(image, "a red square", "a blue circle", seed=3, extra_strengths=(), noise_candidates=(), caption_candidate=False, **extra, **KW)
         assert single.candidates == [label.replace(" caption", "")] and single.candidate_scores == []
         images[label] = (np.asarray(single.image), np.asarray(single.mask_image))
     kept = images[res.candidates[chosen]]
@@ -83,13 +86,36 @@ def test_scores_do_not_depend_on_the_batch(editor):
 
 
 def test_one_candidate_skips_the_scoring(editor, image):
-    res = editor.edit(image, "a red square", "a blue circle", seed=0, extra_strengths=(), caption_candidate=False, **KW)
+    res = editor.edit(image, "a red square", "a blue circle", seed=0, extra_strengths=(), noise_candidates=(), caption_candidate=False, **KW)
     assert res.candidates == ["r=0.8"] and res.chosen == [0] and res.candidate_scores == []
     assert "rerank" not in res.timings
     no_caption = editor.edit(image, "", "a blue circle", seed=0, **KW)  # nothing to invert with
     assert no_caption.candidates == ["r=0.8", "r=1"]
-    duplicate = editor.edit(image, "a red square", "a blue circle", seed=0, strength=1.0, **KW)
-    assert duplicate.candidates == ["r=1", "r=1 caption"]
+    duplicate = editor.edit(image, "a red square", "a blue circle", seed=0, strength=1.0, noise_candidates=(0.5,), **KW)
+    assert duplicate.candidates == ["r=1", "r=1 noise 0.5", "r=1 caption"]
+    low = editor.edit(image, "a red square", "a blue circle", seed=0, extra_strengths=(), noise_candidates=(1.0,), **KW)
+    assert low.candidates == ["r=0.8", "r=0.8 noise 1", "r=0.8 caption"]  # from the top of the inversion there is
+
+
+def test_noise_candidate_starts_from_fresh_noise_inside_the_mask_only(editor):
+    """The noise candidate's top level: share s of the variance is fresh noise inside the latent mask, the
+    inverted latent elsewhere; job j's noise comes from seed + its image index + 2**33, whatever the batch."""
+    batch = editor.prepare_batch([np.zeros((16, 16, 3), np.uint8)] * 2, "a red square", "a blue circle", EditOptions())
+    levels = torch.randn(3, 2, 4, 8, 8)  # (N + 1, J, C, h, w)
+    binary = torch.zeros(2, 8, 8, dtype=torch.bool)
+    binary[0, 2:5, 3:6] = True
+    binary[1, 0, 0] = True
+    out = editor._noised_start(levels, binary, 0.5, batch, seed=7, generator=None)
+    assert torch.equal(out[:-1], levels[:-1])  # the lower levels are the inversion's
+    m = binary[:, None].expand(-1, 4, -1, -1)
+    assert torch.equal(out[-1][~m], levels[-1][~m])
+    for j in range(2):
+        noise = torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(7 + j + 2**33))
+        expected = 0.5**0.5 * levels[-1, j] + 0.5**0.5 * noise
+        assert torch.allclose(out[-1, j][m[j]], expected[m[j]])
+    pure = editor._noised_start(levels, binary, 1.0, batch, seed=7, generator=None)
+    noise0 = torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(7 + 2**33))
+    assert torch.allclose(pure[-1, 0][m[0]], noise0[m[0]])
 
 
 def test_candidate_options_are_checked_and_normalised():
@@ -101,3 +127,8 @@ def test_candidate_options_are_checked_and_normalised():
         EditOptions(extra_strengths=(1.5,))
     with pytest.raises(ValueError, match="rerank_levels"):
         EditOptions(rerank_levels=(1.0,))
+    assert EditOptions(noise_candidates=[1, 0.25]).noise_candidates == (1.0, 0.25)
+    with pytest.raises(ValueError, match="noise_candidates"):
+        EditOptions(noise_candidates=(0.0,))
+    with pytest.raises(ValueError, match="rerank_unconditional"):
+        EditOptions(rerank_unconditional=-1.0)

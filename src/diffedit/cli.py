@@ -106,6 +106,7 @@ def edit(
     strength: float = typer.Option(0.8, "--strength", "-r", help="Encoding ratio r in (0, 1]."),
     guidance: float = typer.Option(7.5, "--guidance", "-g", help="Classifier-free guidance scale."),
     extra_strength: list[float] = typer.Option([1.0], "--extra-strength", help="Also decode from this encoding ratio (repeat for several); the model keeps, per edit, the candidate its target prompt explains best."),
+    noise_candidate: list[float] = typer.Option([], "--noise-candidate", help="Also decode from the top inverted level with this share of fresh noise inside the mask (repeatable; off by default)."),
     no_caption_candidate: bool = typer.Option(False, "--no-caption-candidate", help="Do not add the candidate inverted with the source prompt."),
     one_candidate: bool = typer.Option(False, "--one-candidate", help="The paper's single decoding at --strength: no extra candidates, no scoring (about 3x faster)."),
     threshold: float = typer.Option(0.5, "--threshold", help="Mask threshold in [0, 1]: the composite's pixel mask; caps --decode-threshold."),
@@ -138,6 +139,7 @@ def edit(
             composite=not no_composite, feather=feather, mask_snap=snap_edges, max_pixels=max_pixels,
             edit_snap=not (no_edit_snap or snap_edges), edit_trim=edit_trim,
             extra_strengths=() if one_candidate else tuple(extra_strength),
+            noise_candidates=() if one_candidate else tuple(noise_candidate),
             caption_candidate=not (one_candidate or no_caption_candidate),
         )
         load_image(image, max_pixels=max_pixels)  # fail on a bad image before loading the model

@@ -5,7 +5,7 @@ One edit, in the paper's three steps: (1) a mask from the disagreement of two no
 prompt in which the background is taken from the inversion at every level. The editor batches: several
 images, and several target prompts per image, share one mask pass, one inversion and one decoding loop.
 By default it decodes a few candidates (encoding ratios, caption inversion) and keeps, per edit, the one
-the model scores as most like the target (rerank.py); `extra_strengths=(), caption_candidate=False` is the
+the model scores as most like the target (rerank.py); `extra_strengths=(), noise_candidates=(), caption_candidate=False` is the
 paper's single decoding.
 """
 
@@ -333,12 +333,39 @@ class DiffEditor:
         to_l = lambda a: Image.fromarray((a.cpu().numpy() * 255.0 + 0.5).astype(np.uint8), mode="L")
         return [to_l(m.float()) for m in pixel], [to_l(s) for s in soft_px]
 
-    def _candidates(self, batch: _Batch, options: EditOptions) -> list[tuple[float, bool]]:
-        """The decodings to try: (encoding ratio, inverted with the source prompt?); the paper's first."""
-        out = [(options.strength, False)]
-        out += [(r, False) for r in options.extra_strengths if (r, False) not in out]
+    def _candidates(self, batch: _Batch, options: EditOptions) -> list[tuple[float, bool, float]]:
+        """The decodings to try: (encoding ratio, inverted with the source prompt?, share of fresh noise in the
+        mask at the top level); the paper's first. Noise candidates start from the top unconditional level."""
+        out = [(options.strength, False, 0.0)]
+        out += [(r, False, 0.0) for r in options.extra_strengths if (r, False, 0.0) not in out]
+        top = max(r for r, _, _ in out)
+        out += [(top, False, s) for s in options.noise_candidates if (top, False, s) not in out]
         if options.caption_candidate and all(s.strip() for s in batch.sources) and not options.inversion_prompt:
-            out.append((options.strength, True))
+            out.append((options.strength, True, 0.0))
+        return out
+
+    @staticmethod
+    def _label(strength: float, caption: bool, noise: float) -> str:
+        return f"r={strength:g}" + (" caption" if caption else "") + (f" noise {noise:g}" if noise else "")
+
+    def _noised_start(
+        self, levels: torch.Tensor, binary: torch.Tensor, share: float, batch: _Batch, seed: int,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """Per-job levels (N + 1, J, C, h, w) whose top level has `share` of its variance replaced by fresh noise
+        inside the latent mask: the decoder may then redraw the shape instead of following the old outline.
+        Job j's noise comes from seed + its image index + 2**33 (or `generator`), drawn on the CPU."""
+        top = levels[-1]  # (J, C, h, w)
+        if generator is not None:
+            noise = torch.randn(top.shape, generator=generator)
+        else:
+            noise = torch.stack([
+                torch.randn(top.shape[1:], generator=torch.Generator().manual_seed(seed + b + 2**33)) for b in batch.job_image
+            ])
+        m = binary.reshape(top.shape[0], 1, *top.shape[-2:]).to(top)
+        mixed = (1 - share) ** 0.5 * top + share**0.5 * noise.to(top)
+        out = levels.clone()
+        out[-1] = m * mixed + (1 - m) * top
         return out
 
     def _finish(self, batch, decoded, soft, binary, pixel_mask, options: EditOptions, *, user_mask: bool):
@@ -359,7 +386,8 @@ class DiffEditor:
         self, batch: _Batch, images: list[torch.Tensor], binary: torch.Tensor, options: EditOptions, seed: int,
         generator: torch.Generator | None,
     ) -> list[list[float]]:
-        """Score K candidates (uint8 (J, 3, H, W) each) of every job: source error minus target error.
+        """Score K candidates (uint8 (J, 3, H, W) each) of every job (rerank_scores): the source prompt's error
+        minus the target's, plus `rerank_unconditional` times the empty prompt's error minus the target's.
 
         Each job's candidates are encoded again with the VAE and scored inside the latent mask grown by one
         cell, with noises drawn from seed + image index (or `generator`), shared by its candidates.
@@ -373,6 +401,8 @@ class DiffEditor:
         timesteps = [min(train_steps - 1, int(round(level * train_steps))) for level in options.rerank_levels]
         sources = self.encode_prompts([batch.sources[b] for b in batch.job_image])
         targets = self.encode_prompts(batch.job_target)
+        weight = options.rerank_unconditional
+        empty = self.encode_prompts([""]) if weight else None
         shape = (len(timesteps), options.rerank_noises, *latents.shape[2:])
         scores = []
         with self._bar(j, "rerank") as bar:
@@ -380,12 +410,13 @@ class DiffEditor:
                 g = generator if generator is not None else torch.Generator().manual_seed(seed + b + 2**32)
                 noises = torch.randn(shape, generator=g).to(self.device, self.dtype)
                 errors = denoising_errors(
-                    self.denoiser, latents[:, i], torch.stack([sources[i], targets[i]]), region[i].expand(k, -1, -1),
+                    self.denoiser, latents[:, i], torch.stack([sources[i], targets[i], *([empty[0]] if weight else [])]),
+                    region[i].expand(k, -1, -1),
                     self.scheduler.alphas_cumprod, timesteps, noises,
                     prediction_type=self.scheduler.config.prediction_type,
                     max_batch=options.mask_batch_size or 256,
                 )
-                scores.append([float(v) for v in rerank_scores(errors)])
+                scores.append([float(v) for v in rerank_scores(errors, unconditional=2 if weight else None, weight=weight)])
                 bar.update()
         return scores
 
@@ -477,10 +508,11 @@ class DiffEditor:
         # 4. DDIM inversion up to the encoding ratio (step 2), one per image whatever the number of targets;
         #    taken up to the highest ratio of the candidates, whose lower ratios read its lower levels
         candidates = self._candidates(batch, options)
-        grids = {r: ddim_grid(self.scheduler, options.num_inference_steps, r) for r, _ in candidates}
+        grids = {r: ddim_grid(self.scheduler, options.num_inference_steps, r) for r, _, _ in candidates}
         with self._timed(timings, "inversion"):
-            inverted = {False: self._invert(latents, options.inversion_prompt, grids[max(grids)])}  # (N + 1, B, C, h, w)
-            if any(caption for _, caption in candidates):
+            top = max(r for r, caption, _ in candidates if not caption)
+            inverted = {False: self._invert(latents, options.inversion_prompt, grids[top])}  # (N + 1, B, C, h, w)
+            if any(caption for _, caption, _ in candidates):
                 inverted[True] = self._invert(latents, batch.sources, grids[options.strength])
 
         # 5. Masked decoding of every candidate with the target prompts and guidance (step 3), all jobs in one
@@ -490,12 +522,16 @@ class DiffEditor:
             cond = self.encode_prompts(batch.job_target)
             uncond = self.encode_prompts(negative) if options.guidance_scale != 1.0 else None
         outputs = []  # per candidate: (uint8 images (J, 3, H, W), pixel masks (J, H, W))
-        for strength, caption in candidates:
+        for strength, caption, noise in candidates:
             grid = grids[strength]
+            levels, job_image = inverted[caption][: grid.num_steps + 1], batch.job_image
+            if noise:  # per-job levels: each job's top level mixed with fresh noise inside its own mask
+                levels = self._noised_start(levels[:, job_image], binary, noise, batch, seed, generator)
+                job_image = None
             with self._timed(timings, "decoding"), self._bar(grid.num_steps, "denoise") as bar:
                 edited = masked_denoise(
-                    self.denoiser, inverted[caption][: grid.num_steps + 1], binary, cond, grid,
-                    uncond=uncond, guidance_scale=options.guidance_scale, job_image=batch.job_image,
+                    self.denoiser, levels, binary, cond, grid,
+                    uncond=uncond, guidance_scale=options.guidance_scale, job_image=job_image,
                     callback=lambda k, x: bar.update(),
                 )
             with self._timed(timings, "vae_decode"):
@@ -527,7 +563,7 @@ class DiffEditor:
             options=options,
             model=self.name,
             timings=timings,
-            candidates=[f"r={r:g}" + (" caption" if c else "") for r, c in candidates],
+            candidates=[self._label(*c) for c in candidates],
             chosen=chosen,
             candidate_scores=scores,
         )

@@ -65,6 +65,16 @@ def denoising_errors(
     return errors / (t_count * s)
 
 
-def rerank_scores(errors: torch.Tensor, source: int = 0, target: int = 1) -> torch.Tensor:
-    """(K, P) errors -> (K,) scores: the source prompt's error minus the target's; higher is more target-like."""
-    return errors[:, source] - errors[:, target]
+def rerank_scores(
+    errors: torch.Tensor, source: int = 0, target: int = 1, unconditional: int | None = None, weight: float = 0.0
+) -> torch.Tensor:
+    """(K, P) errors -> (K,) scores, higher is more target-like: the source prompt's error minus the target's,
+    plus `weight` times the empty prompt's (column `unconditional`) minus the target's.
+
+    The second term asks that the target prompt explain the candidate better than no prompt at all, not only
+    better than the source: a blob that is neither the old object nor the new one scores low on it.
+    """
+    score = errors[:, source] - errors[:, target]
+    if unconditional is not None and weight:
+        score = score + weight * (errors[:, unconditional] - errors[:, target])
+    return score

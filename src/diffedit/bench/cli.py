@@ -43,7 +43,7 @@ def quality(
     cases: int = typer.Option(300, "--cases", "-n", help="Number of ShapeEdit cases."),
     seed: int = typer.Option(0, "--seed", help="Seed of the cases; case i is edited with seed + i."),
     methods: str = typer.Option(
-        "ours,diffusers,sdedit,gt_mask,ours_no_smooth,ours_no_composite,ours_batch_norm,ours_no_edit_snap,ours_no_refine,ours_snap_input,ours_one_threshold,ours_no_trim,ours_one_candidate", "--methods",
+        "ours,diffusers,sdedit,gt_mask,ours_no_smooth,ours_no_composite,ours_batch_norm,ours_no_edit_snap,ours_no_refine,ours_snap_input,ours_one_threshold,ours_no_trim,ours_one_candidate,ours_noise_candidate", "--methods",
         help="Comma-separated methods to run.",
     ),
     steps: int = typer.Option(50, "--steps", help="DDIM steps over the full noise range."),

@@ -165,7 +165,7 @@ def run_speed(
     accel = "compile" if compile else accel
     options = EditOptions(num_inference_steps=steps, strength=strength, mask_noises=mask_noises, max_pixels=None)
     if not candidates:
-        options = options.replace(extra_strengths=(), caption_candidate=False)
+        options = options.replace(extra_strengths=(), noise_candidates=(), caption_candidate=False)
 
     # 2. Load the model once for both methods; diffusers' pipeline shares the editor's modules
     editor = load_bench_editor(model, device=dev, dtype=dtype)
