@@ -113,6 +113,7 @@ def edit(
     decode_threshold: float = typer.Option(0.3, "--decode-threshold", help="Threshold of the latent mask decoding paints in; below --threshold it leaves room for new shapes (equal to it: the paper's single threshold)."),
     negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="[default: the source prompt]"),
     mask_noises: int = typer.Option(10, "--mask-noises", help="Noises averaged for the mask."),
+    whole_prompt_mask: bool = typer.Option(False, "--whole-prompt-mask", help="Map a target that changes several words as one change (the paper), not each change on its own."),
     smooth: float = typer.Option(1.0, "--smooth", help="Gaussian sigma of mask smoothing, latent cells (0: off)."),
     dilate: int = typer.Option(0, "--dilate", help="Grow the mask by this many latent cells."),
     no_composite: bool = typer.Option(False, "--no-composite", help="Keep the decoder's pixels outside the mask."),
@@ -136,7 +137,7 @@ def edit(
         options = EditOptions(
             num_inference_steps=steps, strength=strength, guidance_scale=guidance, mask_threshold=threshold,
             decode_threshold=decode_threshold, negative_prompt=negative_prompt, mask_noises=mask_noises, mask_smooth=smooth, mask_dilate=dilate,
-            composite=not no_composite, feather=feather, mask_snap=snap_edges, max_pixels=max_pixels,
+            mask_per_change=not whole_prompt_mask, composite=not no_composite, feather=feather, mask_snap=snap_edges, max_pixels=max_pixels,
             edit_snap=not (no_edit_snap or snap_edges), edit_trim=edit_trim,
             extra_strengths=() if one_candidate else tuple(extra_strength),
             noise_candidates=() if one_candidate else tuple(noise_candidate),
@@ -187,6 +188,7 @@ def mask_command(
     seed: Optional[int] = typer.Option(None, "--seed"),
     threshold: float = typer.Option(0.5, "--threshold"),
     mask_noises: int = typer.Option(10, "--mask-noises"),
+    whole_prompt_mask: bool = typer.Option(False, "--whole-prompt-mask", help="Map a several-word change as one (the paper's map)."),
     smooth: float = typer.Option(1.0, "--smooth"),
     dilate: int = typer.Option(0, "--dilate"),
     snap_edges: bool = typer.Option(False, "--snap-edges", help="Snap the mask to the input's colour edges."),
@@ -203,6 +205,7 @@ def mask_command(
         fail(f"image file not found: {image}")
     try:
         options = EditOptions(mask_threshold=threshold, mask_noises=mask_noises, mask_smooth=smooth, mask_dilate=dilate,
+                              mask_per_change=not whole_prompt_mask,
                               mask_snap=snap_edges)
         load_image(image)
     except (ValueError, FileNotFoundError) as e:

@@ -26,9 +26,10 @@ from .images import ImageInput, load_image, load_mask, pad_to_multiple, pil_to_t
 from .inversion import ddim_invert
 from .loading import Components, load_components
 from .masks import (
-    dilate, finish_mask, guided_filter, latent_mask_from_pixels, noise_difference_maps, trim_to_background, upsample_mask,
+    dilate, finish_mask, guided_filter, latent_mask_from_pixels, merge_change_maps, noise_difference_maps, trim_to_background,
+    upsample_mask,
 )
-from .prompts import encode_prompts
+from .prompts import encode_prompts, single_changes
 from .rerank import denoising_errors, rerank_scores
 from .results import EditOptions, EditResult, InversionResult, MaskResult
 from .sampling import composite, feathered_alpha, masked_denoise
@@ -312,7 +313,8 @@ class DiffEditor:
     def noise_maps(
         self, batch: _Batch, latents: torch.Tensor, options: EditOptions, seed: int, generator=None
     ) -> torch.Tensor:
-        """Step 1 before normalisation: |eps_target - eps_reference| averaged over noises, (J, h, w)."""
+        """Step 1 before normalisation: |eps_target - eps_reference| averaged over noises, (J, h, w); for a target
+        that changes several words, merged with the maps of each single change (`mask_per_change`)."""
         # 1a. Noise the latents at mask_strength with n noises per image
         grid = ddim_grid(self.scheduler, options.num_inference_steps, options.mask_strength)
         t, alpha = int(grid.timesteps[-1]), float(grid.alphas[-1])
@@ -320,12 +322,22 @@ class DiffEditor:
         noisy = alpha**0.5 * latents.unsqueeze(1) + (1 - alpha) ** 0.5 * noise
         # 1b. Predict the noise with the reference and the target prompts in one batch (no guidance: it cancels)
         reference = [options.mask_reference if options.mask_reference is not None else s for s in batch.sources]
-        rows = (len(batch.images) + len(batch.job_target)) * options.mask_noises
+        # ... and, for a target that changes several words, with each single change (merge_change_maps)
+        parts = [single_changes(batch.sources[b], tgt) if options.mask_per_change else [] for b, tgt in zip(batch.job_image, batch.job_target)]
+        prompts = list(batch.job_target) + [p for ps in parts for p in ps]
+        images = list(batch.job_image) + [b for b, ps in zip(batch.job_image, parts) for _ in ps]
+        rows = (len(batch.images) + len(prompts)) * options.mask_noises
         with self._bar(rows, "mask") as bar:
-            return noise_difference_maps(
-                self.denoiser, noisy, t, self.encode_prompts(reference), self.encode_prompts(batch.job_target),
-                batch.job_image, max_batch=options.mask_batch_size, progress=bar.update,
+            maps = noise_difference_maps(
+                self.denoiser, noisy, t, self.encode_prompts(reference), self.encode_prompts(prompts),
+                images, max_batch=options.mask_batch_size, progress=bar.update,
             )
+        out, start = maps[: len(batch.job_target)].clone(), len(batch.job_target)
+        for j, ps in enumerate(parts):
+            if ps:
+                out[j] = merge_change_maps(out[j], maps[start : start + len(ps)], options.mask_quantile)
+                start += len(ps)
+        return out
 
     def _pil_masks(self, soft: torch.Tensor, pixel: torch.Tensor, padded: tuple[int, int], size: tuple[int, int]):
         h, w = size

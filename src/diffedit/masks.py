@@ -5,6 +5,11 @@ target prompt and once on the reference (source, or empty) prompt; |eps_target -
 over channels and noises, is large where the prompts disagree. Extreme values are removed, the map is
 rescaled to [0, 1] for each image on its own, and thresholded (0.5 by default).
 
+When the target changes several words (colour and shape, object and place), the target prompt's map is
+dominated by the largest change and min-max rescaling drowns the others. The editor then also maps each
+single change on its own (prompts.single_changes) and keeps, per cell, the largest of the rescaled maps
+(merge_change_maps): every change is found at its own scale.
+
 No classifier-free guidance here: with the unconditional prediction u, guided estimates
 u + g (e_t - u) and u + g (e_s - u) differ by g (e_t - e_s), a constant factor that rescaling removes.
 """
@@ -23,6 +28,7 @@ __all__ = [
     "trim_to_background",
     "noise_difference_maps",
     "normalize_maps",
+    "merge_change_maps",
     "gaussian_blur",
     "dilate",
     "erode",
@@ -105,6 +111,18 @@ def normalize_maps(
     else:
         raise ValueError(f"clamp must be 'quantile' or 'mean_ratio', got {clamp!r}")
     return out.reshape(maps.shape)
+
+
+def merge_change_maps(full: torch.Tensor, parts: torch.Tensor, quantile: float = 0.99) -> torch.Tensor:
+    """One raw map (h, w) from the target's map `full` and the maps of single changes `parts` (P, h, w).
+
+    Each map is clipped at its own `quantile` and min-max rescaled, the cellwise maximum taken, and the
+    result put back on `full`'s scale (times its clip level), so that maps of other jobs, pooled with it
+    (per_image=False), stay comparable.
+    """
+    maps = torch.cat([full[None], parts]).float()
+    merged = normalize_maps(maps, clamp="quantile", quantile=quantile, per_image=True).amax(0)
+    return merged * torch.quantile(full.float().flatten(), quantile)
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
