@@ -98,3 +98,9 @@ def test_cli_whole_prompt_mask_flag(tmp_path, tiny_model_dir):
     res = CliRunner().invoke(app, ["mask", str(src), "-s", "a red square", "-t", "a blue circle", "-m", str(tiny_model_dir),
                                    "--whole-prompt-mask", "-q", "-o", str(tmp_path / "m2.png")])
     assert res.exit_code == 0, res.output
+
+
+def test_per_change_needs_the_source_as_reference(editor, image):
+    empty, rows = _maps(editor, image, "a red square", "a blue circle", mask_reference="")
+    whole, whole_rows = _maps(editor, image, "a red square", "a blue circle", mask_reference="", mask_per_change=False)
+    assert torch.equal(empty, whole) and rows == whole_rows  # against the empty prompt a "single change" means nothing

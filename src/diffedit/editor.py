@@ -322,8 +322,12 @@ class DiffEditor:
         noisy = alpha**0.5 * latents.unsqueeze(1) + (1 - alpha) ** 0.5 * noise
         # 1b. Predict the noise with the reference and the target prompts in one batch (no guidance: it cancels)
         reference = [options.mask_reference if options.mask_reference is not None else s for s in batch.sources]
-        # ... and, for a target that changes several words, with each single change (merge_change_maps)
-        parts = [single_changes(batch.sources[b], tgt) if options.mask_per_change else [] for b, tgt in zip(batch.job_image, batch.job_target)]
+        # ... and, for a target that changes several words of the source (the reference), with each single
+        # change (merge_change_maps)
+        parts = [
+            single_changes(batch.sources[b], tgt) if options.mask_per_change and reference[b] == batch.sources[b] else []
+            for b, tgt in zip(batch.job_image, batch.job_target)
+        ]
         prompts = list(batch.job_target) + [p for ps in parts for p in ps]
         images = list(batch.job_image) + [b for b, ps in zip(batch.job_image, parts) for _ in ps]
         rows = (len(batch.images) + len(prompts)) * options.mask_noises
