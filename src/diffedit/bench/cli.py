@@ -87,7 +87,7 @@ def speed(
     repeats: int = typer.Option(3, "--repeats", help="Timed runs per method (median); a warm-up run is excluded."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the UNet (CUDA only)."),
     accel: Optional[str] = typer.Option(None, "--accel", help="Our fast path: 'trace' (TorchScript per shape)."),
-    candidates: bool = typer.Option(False, "--candidates", help="Time ours with its default candidates (extra encoding ratio, caption inversion, scoring) instead of one decoding, the work diffusers' pipeline does."),
+    candidates: bool = typer.Option(False, "--candidates", help="Time ours with its defaults (extra encoding ratio, caption inversion, scoring; per-change maps) instead of one decoding and one map, the work diffusers' pipeline does."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the figures as JSON."),
 ) -> None:

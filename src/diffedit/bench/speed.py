@@ -147,8 +147,9 @@ def run_speed(
 
     model: "tiny", "shapeworld" (the embedded model), "sd15-random" (SD 1.5's architecture with random
     weights) or a model path / hub id. batch > 1: ours edits the B images in one call, diffusers in a loop.
-    candidates False times ours with one decoding, the work diffusers' pipeline does; True with the
-    editor's default candidates (extra encoding ratios and the caption inversion, scored by the model).
+    candidates False times ours with one decoding and the target prompt's map alone (no per-change maps),
+    the work diffusers' pipeline does; True with the editor's defaults (extra encoding ratios and the caption
+    inversion, scored by the model, and the per-change maps of a several-word change).
     """
     # 1. Check inputs
     if repeats < 1 or batch < 1 or steps < 1:
@@ -164,8 +165,8 @@ def run_speed(
         raise ValueError(f"--compile and --accel {accel} are two fast paths for our UNet; choose one")
     accel = "compile" if compile else accel
     options = EditOptions(num_inference_steps=steps, strength=strength, mask_noises=mask_noises, max_pixels=None)
-    if not candidates:
-        options = options.replace(extra_strengths=(), noise_candidates=(), caption_candidate=False)
+    if not candidates:  # the work diffusers' pipeline does: one decoding, and the target prompt's map alone
+        options = options.replace(extra_strengths=(), noise_candidates=(), caption_candidate=False, mask_per_change=False)
 
     # 2. Load the model once for both methods; diffusers' pipeline shares the editor's modules
     editor = load_bench_editor(model, device=dev, dtype=dtype)
@@ -270,7 +271,7 @@ def format_speed(report: dict) -> str:
         f"diffedit bench speed: model {r['model']}, {r['device_name']} {r['dtype']}, {r['size']}x{r['size']}, "
         f"{r['steps']} steps, strength {r['strength']}, {r['mask_noises']} mask noises, batch {r['batch']}, "
         f"median of {r['repeats']} (warm-up excluded), {r['threads']} threads, ours with "
-        f"{'its default candidates' if r.get('candidates') else 'one decoding (as diffusers)'}",
+        f"{'its defaults (candidates, per-change maps)' if r.get('candidates') else 'one decoding, one map (as diffusers)'}",
     ]
     ours, theirs = r["ours"], r["diffusers"]
     a, b = list(ours["phases_s"].items()), list(theirs["phases_s"].items())
