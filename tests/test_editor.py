@@ -46,12 +46,13 @@ def test_threshold_and_dilation_move_the_mask(editor, image):
 
 def test_mask_normalisation_is_per_image(editor):
     a, b = scene(seed=0), np.full((32, 32, 3), 30, np.uint8)
-    alone = editor.mask(a, "a red square", "a blue circle", seed=5, **KW)
-    paired = editor.mask([a, b], "a red square", "a blue circle", seed=5, **KW)
+    raw = dict(mask_per_change=False, **KW)  # the target's raw map (per-change maps come rescaled: test_per_change.py)
+    alone = editor.mask(a, "a red square", "a blue circle", seed=5, **raw)
+    paired = editor.mask([a, b], "a red square", "a blue circle", seed=5, **raw)
     assert torch.allclose(paired.soft[0], alone.soft[0], atol=1e-5)
     assert torch.equal(paired.mask[0], alone.mask[0])
     # diffusers-style pooled normalisation lets image b change image a's map
-    pooled = editor.mask([a, b], "a red square", "a blue circle", seed=5, mask_per_image=False, **KW)
+    pooled = editor.mask([a, b], "a red square", "a blue circle", seed=5, mask_per_image=False, **raw)
     assert not torch.allclose(pooled.soft[0], alone.soft[0], atol=1e-3)
 
 

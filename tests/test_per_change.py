@@ -104,3 +104,12 @@ def test_per_change_needs_the_source_as_reference(editor, image):
     empty, rows = _maps(editor, image, "a red square", "a blue circle", mask_reference="")
     whole, whole_rows = _maps(editor, image, "a red square", "a blue circle", mask_reference="", mask_per_change=False)
     assert torch.equal(empty, whole) and rows == whole_rows  # against the empty prompt a "single change" means nothing
+
+
+def test_per_change_masks_do_not_depend_on_the_batch(editor, image):
+    import numpy as np
+
+    other = np.full((32, 32, 3), 30, np.uint8)
+    alone = editor.mask(image, "a red square", "a blue circle", seed=5, num_inference_steps=10)
+    paired = editor.mask([image, other], "a red square", ["a blue circle", "a green triangle"], seed=5, num_inference_steps=10)
+    assert torch.allclose(paired.soft[0], alone.soft[0], atol=1e-5) and torch.equal(paired.mask[0], alone.mask[0])
