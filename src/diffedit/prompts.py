@@ -36,10 +36,9 @@ def single_changes(source: str, target: str, max_changes: int = 4) -> list[str]:
     """The source prompt with one word-level change of source -> target applied, for each change.
 
     Changes are the words that differ (difflib over whitespace-split words; a replaced run of another
-    length is one change): "a red circle on a gray
-    background" -> "a blue square on a gray background" has two, giving "a blue circle ..." and "a red
-    square ...". Fewer than two changes (or more than `max_changes`, where the prompts no longer share a
-    frame) give []: the target itself is then the only change.
+    length is one change): "a red circle on a gray background" -> "a blue square on a gray background"
+    has two, giving "a blue circle ..." and "a red square ...". Fewer than two changes (or more than
+    `max_changes`, where the prompts no longer share a frame) give []: the target is the only change.
     """
     s, t = source.split(), target.split()
     changes = []  # (i1, i2, j1, j2): source words s[i1:i2] become t[j1:j2]
