@@ -168,7 +168,8 @@ def test_result_records_everything(editor, image):
     d = res.to_dict()
     assert d["seed"] == 1 and d["model"] == "tiny"
     assert d["options"]["guidance_scale"] == 5.0 and d["options"]["num_inference_steps"] == 10
-    assert d["jobs"] == [{"image": 0, "source": "a red square", "target": "a blue circle"}]
+    assert d["jobs"] == [{"image": 0, "source": "a red square", "target": "a blue circle",
+                          "mask_changes": ["a blue square", "a red circle"]}]
     assert set(d["timings_s"]) == {"vae_encode", "mask", "inversion", "decoding", "vae_decode", "rerank"}
     assert d["candidates"] == ["r=0.8", "r=1", "r=0.8 caption"] and len(d["candidate_scores"]) == 1
     assert d["chosen"] == [d["candidates"][int(np.argmax(d["candidate_scores"][0]))]]

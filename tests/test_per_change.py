@@ -1,5 +1,6 @@
 """Per-change masks: a target that changes several words is also mapped one change at a time."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -95,6 +96,7 @@ def test_cli_whole_prompt_mask_flag(tmp_path, tiny_model_dir):
         assert res.exit_code == 0, res.output
         sidecar = json.loads((tmp_path / "photo_edited.json").read_text())
         assert sidecar["options"]["mask_per_change"] is (not flags)
+        assert sidecar["jobs"][0]["mask_changes"] == ([] if flags else ["a blue square", "a red circle"])
     res = CliRunner().invoke(app, ["mask", str(src), "-s", "a red square", "-t", "a blue circle", "-m", str(tiny_model_dir),
                                    "--whole-prompt-mask", "-q", "-o", str(tmp_path / "m2.png")])
     assert res.exit_code == 0, res.output
@@ -107,9 +109,16 @@ def test_per_change_needs_the_source_as_reference(editor, image):
 
 
 def test_per_change_masks_do_not_depend_on_the_batch(editor, image):
-    import numpy as np
-
     other = np.full((32, 32, 3), 30, np.uint8)
     alone = editor.mask(image, "a red square", "a blue circle", seed=5, num_inference_steps=10)
     paired = editor.mask([image, other], "a red square", ["a blue circle", "a green triangle"], seed=5, num_inference_steps=10)
     assert torch.allclose(paired.soft[0], alone.soft[0], atol=1e-5) and torch.equal(paired.mask[0], alone.mask[0])
+
+
+def test_edit_result_names_the_mapped_changes(editor, image):
+    res = editor.edit(image, "a red square", ["a blue circle", "a blue square"], seed=0, num_inference_steps=4, extra_strengths=(),
+                      caption_candidate=False)
+    assert res.mask_changes == [["a blue square", "a red circle"], []]
+    user = editor.edit(image, "a red square", "a blue circle", mask=np.full((32, 32), 255, np.uint8), seed=0,
+                       num_inference_steps=4, extra_strengths=(), caption_candidate=False)
+    assert user.mask_changes == [[]]

@@ -310,6 +310,16 @@ class DiffEditor:
             out[j] = trim_to_background(out[j], guide[j], ring[j], trim)
         return out.cpu()
 
+    @staticmethod
+    def _mask_changes(batch: _Batch, options: EditOptions) -> list[list[str]]:
+        """Per job, the single-change prompts whose maps are merged into its mask (prompts.single_changes);
+        none without `mask_per_change` or when the mask's reference is not the source prompt."""
+        return [
+            single_changes(batch.sources[b], target)
+            if options.mask_per_change and options.mask_reference in (None, batch.sources[b]) else []
+            for b, target in zip(batch.job_image, batch.job_target)
+        ]
+
     def noise_maps(
         self, batch: _Batch, latents: torch.Tensor, options: EditOptions, seed: int, generator=None
     ) -> torch.Tensor:
@@ -322,12 +332,8 @@ class DiffEditor:
         noisy = alpha**0.5 * latents.unsqueeze(1) + (1 - alpha) ** 0.5 * noise
         # 1b. Predict the noise with the reference and the target prompts in one batch (no guidance: it cancels)
         reference = [options.mask_reference if options.mask_reference is not None else s for s in batch.sources]
-        # ... and, for a target that changes several words of the source (the reference), with each single
-        # change (merge_change_maps)
-        parts = [
-            single_changes(batch.sources[b], tgt) if options.mask_per_change and reference[b] == batch.sources[b] else []
-            for b, tgt in zip(batch.job_image, batch.job_target)
-        ]
+        # ... and, for a target that changes several words of the source, with each single change (merge_change_maps)
+        parts = self._mask_changes(batch, options)
         prompts = list(batch.job_target) + [p for ps in parts for p in ps]
         images = list(batch.job_image) + [b for b, ps in zip(batch.job_image, parts) for _ in ps]
         rows = (len(batch.images) + len(prompts)) * options.mask_noises
@@ -582,4 +588,5 @@ class DiffEditor:
             candidates=[self._label(*c) for c in candidates],
             chosen=chosen,
             candidate_scores=scores,
+            mask_changes=[[] for _ in batch.job_image] if mask is not None else self._mask_changes(batch, options),
         )

@@ -183,6 +183,8 @@ class EditResult:
     chosen: list[int] = field(default_factory=list)  # per job: index into candidates of the kept one
     candidate_scores: list[list[float]] = field(default_factory=list)  # per job: each candidate's score
     #   (source prompt's noise error minus the target's; empty with a single candidate)
+    mask_changes: list[list[str]] = field(default_factory=list)  # per job: the single-change prompts mapped with
+    #   the target for its mask (EditOptions.mask_per_change); empty for a one-word change or a user mask
 
     @property
     def image(self) -> Image.Image:
@@ -198,7 +200,8 @@ class EditResult:
             "model": self.model,
             "seed": self.seed,
             "jobs": [
-                {"image": i, "source": s, "target": t} for i, s, t in zip(self.job_image, self.sources, self.targets)
+                {"image": i, "source": s, "target": t, "mask_changes": c}
+                for i, s, t, c in zip(self.job_image, self.sources, self.targets, self.mask_changes or [[]] * len(self.targets))
             ],
             "options": self.options.to_dict(),
             "mask_fraction": [round(float(m.float().mean()), 6) for m in self.mask],
