@@ -174,3 +174,14 @@ def test_composite_sweep_pastes_every_setting_from_one_edit():
             >= settings["dilate 0 px, feather 0 px"]["overall"]["background_psnr"])
     text = format_composite_sweep(report)
     assert "<- default" in text and "none" in text
+
+
+def test_cli_quality_default_methods_are_all_of_them(monkeypatch):
+    import diffedit.bench.quality as quality
+
+    seen = {}
+    monkeypatch.setattr(quality, "run_quality", lambda model, **kw: seen.update(kw))
+    for args, expected in ([], None), (["--methods", "ours, gt_mask"], ["ours", "gt_mask"]):
+        res = CliRunner().invoke(bench_app, ["quality", "--quiet", *args])
+        assert res.exit_code == 0, res.output
+        assert seen["methods"] == expected  # None: run_quality's METHODS, the one list of them

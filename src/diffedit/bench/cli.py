@@ -43,8 +43,9 @@ def quality(
     cases: int = typer.Option(300, "--cases", "-n", help="Number of ShapeEdit cases."),
     seed: int = typer.Option(0, "--seed", help="Seed of the cases; case i is edited with seed + i."),
     methods: str = typer.Option(
-        "ours,diffusers,sdedit,gt_mask,ours_no_smooth,ours_no_composite,ours_batch_norm,ours_no_edit_snap,ours_no_refine,ours_snap_input,ours_one_threshold,ours_no_trim,ours_one_candidate,ours_noise_candidate", "--methods",
-        help="Comma-separated methods to run.",
+        "all", "--methods",
+        help="Comma-separated methods to run, or 'all' (every method of diffedit.bench.quality.METHODS: ours, "
+        "diffusers, sdedit, gt_mask and our ablations).",
     ),
     steps: int = typer.Option(50, "--steps", help="DDIM steps over the full noise range."),
     batch: int = typer.Option(8, "--batch", "-b", help="Cases per call for ours, its ablations, gt_mask and SDEdit."),
@@ -62,7 +63,7 @@ def quality(
     _threads(threads)
     if dtype not in ("fp32", "fp16", "bf16"):
         _fail(f"--dtype must be fp32, fp16 or bf16, got {dtype!r}")
-    names = [m.strip() for m in methods.split(",") if m.strip()]
+    names = None if methods.strip() == "all" else [m.strip() for m in methods.split(",") if m.strip()]
     try:
         run_quality(model, cases=cases, seed=seed, methods=names, batch_size=batch, steps=steps, device=device, dtype=dtype,
                     json_path=json_path, plot_path=plot, markdown_path=markdown, progress=not quiet)
