@@ -115,6 +115,6 @@ def test_diffusers_blends_one_level_too_noisy_and_we_do_not(pipe, image, editor)
 
     res = editor.edit(image, "a red square", "a blue circle", mask=np.zeros((32, 32), np.uint8), seed=0,
                       num_inference_steps=10, composite=False)
-    ours_latent = editor.encode_images(torch.from_numpy(np.asarray(res.image, np.float32) / 127.5 - 1).permute(2, 0, 1)[None])
+    ours_latent = editor.components.encode_images(torch.from_numpy(np.asarray(res.image, np.float32) / 127.5 - 1).permute(2, 0, 1)[None])
     # decoded-then-re-encoded background: close to the clean latent, far from diffusers' noisy one
     assert (ours_latent - clean).abs().mean() < (theirs - clean).abs().mean()

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from diffedit import DiffEditor, EditOptions
+from diffedit.stages import DDIMInverter
 from diffedit.masks import dilate
 from diffedit.schedule import ddim_grid
 
@@ -75,16 +76,16 @@ def test_batch_of_images_with_one_target_each(editor):
 
 def test_inversion_returns_every_level_and_reconstructs(editor, image):
     inv = editor.invert(image, "", num_inference_steps=10, strength=1.0)
-    assert inv.latents.shape == (11, 1, 4, 16, 16)
+    assert inv.latents.shape == (11, 1, 4, 16, 16) and set(inv.walks) == {"unconditional"}  # no caption: no source
     assert inv.timesteps.tolist()[:3] == [-1, 1, 101]
     assert not torch.allclose(inv.latents[-1], inv.latents[0])
     from diffedit.sampling import masked_denoise
     from diffedit.schedule import ddim_grid
 
-    cond = editor.encode_prompts([""])
+    cond = editor.components.encode_prompts([""])
     errors = []
     for steps in (10, 50):  # decoding with the same prompt, no guidance, no mask: back near the start
-        inv = editor.invert(image, "", num_inference_steps=steps, strength=0.5)
+        inv = editor.invert(image, "", num_inference_steps=steps, strength=0.5, extra_strengths=())
         grid = ddim_grid(editor.scheduler, steps, 0.5)
         rec = masked_denoise(editor.unet, inv.latents, torch.ones(1, 16, 16), cond, grid)
         errors.append(float((rec - inv.latents[0]).abs().mean()))
@@ -99,13 +100,14 @@ def test_background_is_blended_with_the_same_level(editor, image):
     from diffedit.schedule import ddim_grid
 
     grid = ddim_grid(editor.scheduler, 10, 0.8)
-    latents = editor.encode_images(torch.from_numpy(image.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None])
-    inv = editor._invert(latents, "", grid)
+    parts = editor.components
+    latents = parts.encode_images(torch.from_numpy(image.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None])
+    inv = DDIMInverter()(parts, latents, [""], grid)
     mask = torch.zeros(1, 16, 16)
     mask[:, 4:8, 4:8] = 1
-    cond = editor.encode_prompts(["a blue circle"])
+    cond = parts.encode_prompts(["a blue circle"])
     seen = {}
-    out = masked_denoise(editor.unet, inv, mask, cond, grid, uncond=editor.encode_prompts(["a red square"]),
+    out = masked_denoise(editor.unet, inv, mask, cond, grid, uncond=parts.encode_prompts(["a red square"]),
                          guidance_scale=7.5, callback=lambda k, x: seen.__setitem__(k, x.clone()))
     assert sorted(seen) == list(range(grid.num_steps))
     outside = mask == 0
@@ -147,8 +149,11 @@ def test_seed_makes_runs_reproducible(editor, image):
     c = editor.edit(image, "a red square", "a blue circle", seed=12, **KW)
     assert a.seed == 11 and np.array_equal(np.asarray(a.image), np.asarray(b.image))
     assert torch.equal(a.soft, b.soft) and not torch.equal(a.soft, c.soft)
+    # a generator gives a seed drawn from it, and that recorded seed reproduces the edit
     g = editor.edit(image, "a red square", "a blue circle", generator=torch.Generator().manual_seed(11), **KW)
-    assert g.seed == 11
+    g2 = editor.edit(image, "a red square", "a blue circle", seed=g.seed, **KW)
+    assert g.seeds == [g.seed] and np.array_equal(np.asarray(g.image), np.asarray(g2.image))
+    assert torch.equal(g.soft, g2.soft)
     r = editor.edit(image, "a red square", "a blue circle", **KW)
     assert isinstance(r.seed, int) and r.to_dict()["seed"] == r.seed
 

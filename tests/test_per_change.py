@@ -7,6 +7,7 @@ import torch
 from diffedit.masks import merge_change_maps
 from diffedit.prompts import single_changes
 from diffedit.results import EditOptions
+from diffedit.stages import NoiseDifferenceMask, NoiseStreams, mask_changes, prepare_batch
 
 
 @pytest.mark.parametrize(
@@ -56,10 +57,13 @@ class _CountingUNet(torch.nn.Module):
 
 def _maps(editor, image, source, target, **opts):
     options = EditOptions(num_inference_steps=10, **opts)
-    batch = editor.prepare_batch(image, source, target, options)
-    counter = editor.denoiser = _CountingUNet(editor.unet)
-    maps = editor.noise_maps(batch, editor.encode_images(batch.pixels), options, seed=3)
-    editor.denoiser = editor.unet
+    parts = editor.components
+    batch = prepare_batch(image, source, target, vae_scale_factor=parts.vae_scale_factor, max_pixels=None)
+    counter = parts.denoiser = _CountingUNet(editor.unet)
+    maps = NoiseDifferenceMask.noise_maps(
+        parts, batch, parts.encode_images(batch.pixels), options, NoiseStreams((3, 4)), mask_changes(batch, options)
+    )
+    parts.denoiser = editor.unet
     return maps, counter.rows
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from diffedit import EditOptions
+from diffedit.stages import NoiseStreams, noised_start
 from diffedit.rerank import denoising_errors, rerank_scores
 
 KW = dict(num_inference_steps=10, mask_noises=2)
@@ -97,15 +98,14 @@ def test_one_candidate_skips_the_scoring(editor, image):
     assert low.candidates == ["r=0.8", "r=0.8 noise 1", "r=0.8 caption"]  # from the top of the inversion there is
 
 
-def test_noise_candidate_starts_from_fresh_noise_inside_the_mask_only(editor):
+def test_noise_candidate_starts_from_fresh_noise_inside_the_mask_only():
     """The noise candidate's top level: share s of the variance is fresh noise inside the latent mask, the
     inverted latent elsewhere; job j's noise comes from seed + its image index + 2**33, whatever the batch."""
-    batch = editor.prepare_batch([np.zeros((16, 16, 3), np.uint8)] * 2, "a red square", "a blue circle", EditOptions())
     levels = torch.randn(3, 2, 4, 8, 8)  # (N + 1, J, C, h, w)
     binary = torch.zeros(2, 8, 8, dtype=torch.bool)
     binary[0, 2:5, 3:6] = True
     binary[1, 0, 0] = True
-    out = editor._noised_start(levels, binary, 0.5, batch, seed=7, generator=None)
+    out = noised_start(levels, binary, 0.5, [0, 1], NoiseStreams((7, 8)))
     assert torch.equal(out[:-1], levels[:-1])  # the lower levels are the inversion's
     m = binary[:, None].expand(-1, 4, -1, -1)
     assert torch.equal(out[-1][~m], levels[-1][~m])
@@ -113,7 +113,7 @@ def test_noise_candidate_starts_from_fresh_noise_inside_the_mask_only(editor):
         noise = torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(7 + j + 2**33))
         expected = 0.5**0.5 * levels[-1, j] + 0.5**0.5 * noise
         assert torch.allclose(out[-1, j][m[j]], expected[m[j]])
-    pure = editor._noised_start(levels, binary, 1.0, batch, seed=7, generator=None)
+    pure = noised_start(levels, binary, 1.0, [0, 1], NoiseStreams((7, 8)))
     noise0 = torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(7 + 2**33))
     assert torch.allclose(pure[-1, 0][m[0]], noise0[m[0]])
 

@@ -4,28 +4,17 @@ embedded ShapeWorld model. Everything model-specific is read from the components
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import torch
 
+from .components import Components
+
 __all__ = ["Components", "embedded_model_path", "load_components", "EMBEDDED_MODEL_NAME"]
 
 EMBEDDED_MODEL_NAME = "shapeworld (embedded)"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
-
-
-@dataclass
-class Components:
-    """The parts of an SD-shaped latent diffusion model that an edit uses."""
-
-    vae: object
-    unet: object
-    text_encoder: object
-    tokenizer: object
-    scheduler: object
-    name: str
 
 
 def embedded_model_path() -> Path:

@@ -10,75 +10,60 @@ from PIL import Image
 
 from .images import DEFAULT_MAX_PIXELS
 
-__all__ = ["EditOptions", "MaskResult", "InversionResult", "EditResult"]
+__all__ = ["EditOptions", "MaskResult", "InversionResult", "EditResult", "OUTPUT_TYPES"]
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
 @dataclass(frozen=True)
 class EditOptions:
-    """Every knob of one DiffEdit edit. Defaults follow the paper unless a benchmark says otherwise."""
+    """Every knob of one edit, grouped by step. Defaults follow the paper unless ShapeEdit says otherwise;
+    docs/option-history.md tells how each was chosen. The last group is for ablations and comparisons."""
 
-    num_inference_steps: int = 50  # DDIM steps for the full 0..1 range (paper: 50)
-    strength: float = 0.8  # encoding ratio r: how far up the DDIM grid the image is inverted (paper: 0.5-0.8)
+    method: str = "diffedit"  # which stages run (stages/registry.py METHODS)
+    # decoding (DiffEdit step 3)
+    num_inference_steps: int = 50  # DDIM steps over the full noise range (paper: 50)
+    strength: float = 0.8  # encoding ratio r: how far up the noise levels the image is inverted (paper: 0.5-0.8)
     guidance_scale: float = 7.5  # classifier-free guidance of the decoding (paper: 7.5)
-    negative_prompt: str | None = None  # None: the source prompt, as the paper's decoding contrasts target vs query
-    inversion_prompt: str = ""  # "" = unconditional encoding (paper); or a caption of the input
-    # candidates, chosen per edit by the model itself (see rerank.py)
-    extra_strengths: tuple[float, ...] = (1.0,)  # also decode from these encoding ratios (the same inversion,
-    #   taken higher); with caption_candidate False and no noise_candidates, () is the paper's single decoding.
-    #   The three default candidates, scored by the model: edit success 78.1 -> 87.5 % on tuning seed 1000 and
-    #   88.5 -> 91.7 % on 5000 (96 cases)
-    noise_candidates: tuple[float, ...] = ()  # also decode from the top unconditional level (the highest ratio
-    #   above) with this share of its variance replaced by fresh noise inside the mask: room to redraw a shape
-    #   whose old outline the inversion keeps. Off by default: with (0.5,) and rerank_unconditional 2 at levels
-    #   0.6-0.9, tuning seeds 1000 / 6000 gained 4 / 7 points, but the untouched seed 5000 lost 6 (91.7 -> 85.4 %)
-    caption_candidate: bool = True  # also decode from an inversion with the source prompt (the paper's caption
-    #   encoding) at `strength`; skipped for an empty source prompt
-    rerank_noises: int = 8  # noises per level when scoring candidates (source vs target prompt errors)
-    rerank_levels: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.8)  # noise levels (fractions of the training
-    #   timesteps) at which candidates are scored: the high ones, where predictions follow shape and colour
-    rerank_unconditional: float = 0.0  # weight of the empty prompt's error minus the target's in the score,
-    #   on top of the source's minus the target's (0: source minus target alone; see noise_candidates)
+    negative_prompt: str | None = None  # what the decoding steers away from; None: the source prompt
+    # inversion (step 2)
+    inversion_prompt: str = ""  # "": unconditional encoding (paper); or a caption of the input
+    # candidates, one kept per edit by the model's own score (stages/candidates.py)
+    extra_strengths: tuple[float, ...] = (1.0,)  # also decode from these ratios; () with no caption candidate: one decoding
+    caption_candidate: bool = True  # also decode from an inversion with the source prompt (the paper's caption encoding)
+    rerank_noises: int = 8  # noises per level when scoring candidates
+    rerank_levels: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.8)  # noise levels (fractions of training steps) of the score
     # mask (step 1)
-    mask_noises: int = 10  # n noises averaged (paper: n = 10)
+    mask_noises: int = 10  # noises averaged for the map (paper: n = 10)
     mask_strength: float = 0.5  # noise level of the mask pass (paper: 50 %)
-    mask_reference: str | None = None  # None: the source prompt; "" = empty prompt (paper allows both)
-    mask_threshold: float = 0.5  # binarisation threshold after rescaling to [0, 1] (paper: 0.5)
-    decode_threshold: float | None = 0.3  # threshold of the latent mask that decoding paints in; None = mask_threshold
-    #   (the paper's single threshold). Lower than mask_threshold gives a changed shape's new parts room to be
-    #   drawn, while the pixel masks of the composite keep mask_threshold: +4 % success on average over tuning
-    #   seeds 1000/5000/6000, then +2.1 % and +5.6 % on seeds 31337 and 4242 (ours_one_threshold is the ablation)
-    #   Never above mask_threshold: decoding paints in at least the pixel mask (see latent_threshold).
-    mask_clamp: str = "quantile"  # "quantile": clip extremes then min-max (paper); "mean_ratio": diffusers'
-    mask_quantile: float = 0.99  # upper clip for clamp="quantile": the top 1 % are "extreme values"
-    mask_mean_ratio: float = 3.0  # upper clip for clamp="mean_ratio", as a multiple of the mean (diffusers)
-    mask_per_change: bool = True  # a target changing several words ("red circle" -> "blue square") is also
-    #   mapped one change at a time ("blue circle", "red square"), each map rescaled on its own and the cellwise
-    #   maximum kept: the largest change no longer drowns the others (see masks.py); only with the source prompt
-    #   as mask_reference. Edit success 87.5 -> 90.6 and 77.1 -> 80.2 % on seeds 1000 and 6000, then checked on
-    #   5000 and 2026: 91.7 -> 90.6 and 83.3 -> 88.5 % (96 cases each; colour-and-shape edits 70.3 -> 77.4 % on
-    #   average); fresh seed 99991 (144 cases): 73.6 -> 80.6 %. Ablation: ours_whole_prompt_mask
-    mask_per_image: bool = True  # normalise each image on its own; False pools a batch (diffusers)
-    mask_smooth: float = 1.0  # Gaussian sigma in latent cells before thresholding; 0 = none
-    mask_dilate: int = 0  # grow the binary mask by this many latent cells
-    mask_refine: bool = True  # pixel mask = upsampled soft map > threshold, inside the latent mask (+0.03 IoU on tuning cases)
-    mask_snap: bool = False  # snap the pixel mask to the input's edges (colour guided filter, one latent cell wide):
-    #   +0.04 to +0.05 IoU on tuning cases and a sharper recolouring, but it trims the new parts of changed
-    #   shapes (edit success -2 to -6 % on tuning seeds 5000/6000), so it is off by default; edit_snap
-    #   replaces it in `edit` when both are on
-    edit_snap: bool = True  # after decoding, snap the composite's mask to the edges of the input AND the edit
-    #   (guided filter on both stacked; it may reach one latent cell past the latent mask): +0.06 IoU over
-    #   mask_refine on tuning seeds 1000/5000/6000 at equal or better success; a user mask is kept as given
-    edit_trim: float = 0.12  # with edit_snap: drop the composite's pixels within this distance (RGB in [0, 1],
-    #   input and edit stacked) of a colour of the ring of background just outside the region; 0 = off.
-    #   Removes the filter's halo around objects: +0.04 / +0.08 IoU on tuning seeds 5000 / 1000, same success
-    mask_batch_size: int | None = None  # UNet rows per chunk in the mask pass; None = all n * (1 + targets)
-    # output (after decoding)
-    composite: bool = True  # paste the edit into the input in pixel space: outside the mask stays exact
-    feather: int = 2  # width in pixels of the opacity ramp inside the mask edge (3 cut off edited edges: -5 %
-    #   success on tuning seeds 5000/6000 for +1.7 dB background; 2 kept success and gained 2.3 dB over 0)
+    mask_reference: str | None = None  # prompt the target is compared with; None: the source prompt; "": empty
+    mask_threshold: float = 0.5  # threshold of the rescaled map: the composite's pixel mask (paper: 0.5)
+    decode_threshold: float | None = 0.3  # threshold of the latent mask decoding paints in (capped at mask_threshold)
+    mask_per_change: bool = True  # also map each word changed on its own, so one change does not drown another
+    mask_smooth: float = 1.0  # Gaussian sigma of the map before thresholding, latent cells; 0 = none
+    mask_dilate: int = 0  # grow the mask by this many latent cells
+    mask_batch_size: int | None = None  # UNet rows per chunk in the mask pass and scoring; None = all at once
+    # output (pixel space)
+    composite: bool = True  # paste the edit into the input: every pixel outside the mask stays exact
+    edit_snap: bool = True  # snap the composite's mask to the edges of the input and the edit together
+    edit_trim: float = 0.12  # drop mask pixels within this RGB distance of the background around it; 0 = off
+    feather: int = 2  # width in pixels of the composite's opacity ramp inside the mask edge
     max_pixels: int | None = DEFAULT_MAX_PIXELS  # refuse larger inputs with a clear error
+    # advanced: ablations and diffusers-compatible variants (the benchmark's `ours_*` rows set these)
+    noise_candidates: tuple[float, ...] = ()  # also decode from the top level with this share of fresh noise in the mask
+    rerank_unconditional: float = 0.0  # weight of (empty prompt's error - target's) in the candidates' score
+    mask_clamp: str = "quantile"  # "quantile": clip extremes, then min-max (paper); "mean_ratio": diffusers'
+    mask_quantile: float = 0.99  # upper clip of clamp "quantile"
+    mask_mean_ratio: float = 3.0  # upper clip of clamp "mean_ratio", as a multiple of the mean (diffusers)
+    mask_per_image: bool = True  # rescale each image's map on its own; False pools a batch (diffusers)
+    mask_refine: bool = True  # pixel mask = latent cells trimmed by the smoothly upsampled soft map
+    mask_snap: bool = False  # snap the pixel mask to the input's edges alone (trims a changed shape's new parts)
 
     def __post_init__(self) -> None:
+        from .stages.registry import METHODS
+
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; available: {', '.join(sorted(METHODS))}")
         for name in ("extra_strengths", "noise_candidates", "rerank_levels"):  # lists (from JSON, the CLI) become tuples
             value = getattr(self, name)
             object.__setattr__(self, name, tuple(float(v) for v in ((value,) if isinstance(value, (int, float)) else value)))
@@ -142,13 +127,16 @@ class EditOptions:
 
 @dataclass
 class MaskResult:
-    """The mask of each job (image, target prompt): soft map and binary mask, latent and pixel grids."""
+    """The mask of each job (image, target prompt); `DiffEditor.edit(..., mask=result)` edits with it."""
 
     soft: torch.Tensor  # (J, h, w) float in [0, 1] at latent resolution, after clamping and smoothing
-    mask: torch.Tensor  # (J, h, w) bool at latent resolution
+    mask: torch.Tensor  # (J, h, w) bool at latent resolution: the cells decoding paints in
+    pixel: torch.Tensor  # (J, H, W) bool at the input's size: the composite's mask before the edit snap
     mask_images: list[Image.Image]  # J binary masks ("L", 0/255) at the input's pixel size
     soft_images: list[Image.Image]  # J soft maps ("L") at the input's pixel size
-    seed: int | None = None
+    seed: int | None = None  # the base seed (None when seeds were given per image)
+    seeds: list[int] = field(default_factory=list)  # per input image: the seed of its noise streams
+    changes: list[list[str]] = field(default_factory=list)  # per job: the single-change prompts merged into its map
 
     @property
     def mask_image(self) -> Image.Image:
@@ -157,34 +145,47 @@ class MaskResult:
 
 @dataclass
 class InversionResult:
-    """Every DDIM level of the inverted latents: latents[0] is the clean latent, latents[N] the top."""
+    """DDIM inversions of some images, every level kept; `DiffEditor.edit(..., inversion=result)` reuses them.
 
-    latents: torch.Tensor  # (N + 1, B, C, h, w)
-    timesteps: torch.Tensor  # (N + 1,) UNet timestep of each level, -1 for the clean level
+    walks["unconditional"] is inverted with `EditOptions.inversion_prompt` ("" by default) up to the highest
+    ratio the candidates need, walks["caption"] with the source prompts at `strength` (when the caption
+    candidate is on). Level 0 of a walk is the clean latent, level k the latent at UNet timestep timesteps[k].
+    """
+
+    walks: dict[str, torch.Tensor]  # kind -> (N_k + 1, B, C, h, w)
+    prompts: dict[str, list[str]]  # kind -> the prompt of each image's walk, as the sidecar records it
+    num_inference_steps: int  # steps over the full range; a walk of ratio r holds int(steps * r) + 1 levels
+    timesteps: torch.Tensor  # (N + 1,) UNet timestep of each level of `latents`, -1 for the clean level
+    pixels_key: str = ""  # fingerprint of the padded input pixels, so an edit cannot reuse another image's walk
+
+    @property
+    def latents(self) -> torch.Tensor:
+        """The unconditional walk (the paper's), or the only one."""
+        return self.walks.get("unconditional", next(iter(self.walks.values())))
 
 
 @dataclass
 class EditResult:
-    """Edited images with their masks, the seed and every parameter that made them."""
+    """Edited images with their masks, the seeds and every parameter that made them."""
 
-    images: list[Image.Image]  # one per job, at the input's size
-    mask_images: list[Image.Image]  # binary masks used for decoding, pixel size
+    images: Any  # one per job, at the input's size: PIL images, or an array / tensor by output_type
+    mask_images: list[Image.Image]  # binary masks of the composite, pixel size
     soft_images: list[Image.Image]  # soft mask maps, pixel size
     mask: torch.Tensor  # (J, h, w) bool latent masks
     soft: torch.Tensor  # (J, h, w) soft latent maps
     sources: list[str]  # source prompt of each job
     targets: list[str]  # target prompt of each job
     job_image: list[int]  # index of the input image of each job
-    seed: int
+    seed: int | None  # the base seed: image b's noise streams use seed + b (None when seeds were given per image)
     options: EditOptions
     model: str
+    seeds: list[int] = field(default_factory=list)  # per input image: the seed that reproduces its edits
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     candidates: list[str] = field(default_factory=list)  # labels of the decodings tried, e.g. "r=0.8"
     chosen: list[int] = field(default_factory=list)  # per job: index into candidates of the kept one
-    candidate_scores: list[list[float]] = field(default_factory=list)  # per job: each candidate's score
-    #   (source prompt's noise error minus the target's; empty with a single candidate)
-    mask_changes: list[list[str]] = field(default_factory=list)  # per job: the single-change prompts mapped with
-    #   the target for its mask (EditOptions.mask_per_change); empty for a one-word change or a user mask
+    candidate_scores: list[list[float]] = field(default_factory=list)  # per job: each candidate's score; [] for one
+    mask_changes: list[list[str]] = field(default_factory=list)  # per job: the single-change prompts merged into its mask
+    output_type: str = "pil"  # "pil", "np" (J, H, W, 3) floats in [0, 1], "pt" (J, 3, H, W), or "latent"
 
     @property
     def image(self) -> Image.Image:
@@ -199,6 +200,7 @@ class EditResult:
         return {
             "model": self.model,
             "seed": self.seed,
+            "seeds": list(self.seeds),
             "jobs": [
                 {"image": i, "source": s, "target": t, "mask_changes": c}
                 for i, s, t, c in zip(self.job_image, self.sources, self.targets, self.mask_changes or [[]] * len(self.targets))

@@ -31,7 +31,7 @@ def masked_denoise(
     uncond: torch.Tensor | None = None,
     guidance_scale: float = 7.5,
     job_image: list[int] | None = None,
-    callback: Callable[[int, torch.Tensor], None] | None = None,
+    callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """Decode from the top inverted level to level 0, blending the background at every level.
 
@@ -51,8 +51,10 @@ def masked_denoise(
         out = guided_unet_output(unet, x, int(grid.timesteps[k]), cond, uncond, guidance_scale)
         x = ddim_step(out, x, float(grid.alphas[k]), float(grid.alphas[k - 1]), grid.prediction_type)
         x = m * x + (1 - m) * inverted[k - 1][index]  # same level: x and the background are both at k-1
-        if callback is not None:
-            callback(k - 1, x)
+        if callback is not None:  # it may return replacement latents (diffusers' callback_on_step_end)
+            replaced = callback(k - 1, x)
+            if replaced is not None:
+                x = replaced
     return x
 
 

@@ -151,7 +151,7 @@ def sdedit(
     if not len(targets) == len(negatives) == len(images):
         raise ValueError(f"got {len(images)} images, {len(targets)} targets, {len(negatives)} sources")
     w, h = images[0].size
-    latents = editor.encode_images(pad_to_multiple(pil_to_tensor(images), editor.vae_scale_factor))  # (B, C, h, w)
+    latents = editor.components.encode_images(pad_to_multiple(pil_to_tensor(images), editor.vae_scale_factor))  # (B, C, h, w)
 
     # 2. Noise to the top level N of the grid: x_N = sqrt(alpha_N) x_0 + sqrt(1 - alpha_N) eps
     grid = ddim_grid(editor.scheduler, num_inference_steps, strength)
@@ -164,10 +164,10 @@ def sdedit(
 
     # 3. Plain DDIM decoding with guidance: masked_denoise with a mask of ones
     ones = torch.ones(len(images), *latents.shape[-2:], device=latents.device)
-    cond = editor.encode_prompts(targets)
-    uncond = editor.encode_prompts(negatives) if guidance_scale != 1.0 else None
+    cond = editor.components.encode_prompts(targets)
+    uncond = editor.components.encode_prompts(negatives) if guidance_scale != 1.0 else None
     edited = masked_denoise(editor.unet, levels, ones, cond, grid, uncond=uncond, guidance_scale=guidance_scale)
-    return tensor_to_pil(editor.decode_latents(edited)[:, :, :h, :w])
+    return tensor_to_pil(editor.components.decode_latents(edited)[:, :, :h, :w])
 
 
 # ------------------------------------------------------------------ ground-truth mask

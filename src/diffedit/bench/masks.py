@@ -21,6 +21,7 @@ from diffedit.masks import dilate, finish_mask, upsample_mask
 from diffedit.metrics import mask_iou
 from diffedit.results import EditOptions
 from diffedit.shapeworld.world import edit_cases
+from diffedit.stages import NoiseDifferenceMask, NoiseStreams, mask_changes, prepare_batch
 
 __all__ = ["DEFAULT_GRID", "run_mask_sweep", "run_composite_sweep"]
 
@@ -40,7 +41,7 @@ def run_mask_sweep(
     """Mean mask IoU (overall and by edit kind) of every setting of `grid` on `edit_cases(cases, seed)`."""
     grid = grid or DEFAULT_GRID
     editor = load_bench_editor(model, device=torch.device("cpu"), dtype="fp32")
-    editor.progress = False
+    editor.set_progress_bar_config(disable=True)
     todo = edit_cases(cases, seed)
     gts = [c.mask for c in todo]
     kinds = np.array([c.kind for c in todo])
@@ -51,10 +52,12 @@ def run_mask_sweep(
             maps = []
             for start in range(0, cases, batch_size):
                 chunk = todo[start : start + batch_size]
-                batch = editor.prepare_batch([c.source_image for c in chunk], [c.source for c in chunk],
-                                             [c.target for c in chunk], options)
-                latents = editor.encode_images(batch.pixels)
-                maps.append(editor.noise_maps(batch, latents, options, seed + start))
+                parts = editor.components
+                batch = prepare_batch([c.source_image for c in chunk], [c.source for c in chunk], [c.target for c in chunk],
+                                      vae_scale_factor=parts.vae_scale_factor, max_pixels=options.max_pixels)
+                latents = parts.encode_images(batch.pixels)
+                streams = NoiseStreams(tuple(seed + start + b for b in range(len(chunk))))
+                maps.append(NoiseDifferenceMask.noise_maps(parts, batch, latents, options, streams, mask_changes(batch, options)))
                 bar.update(len(chunk))
             raw[reference] = torch.cat(maps)
     rows = []
@@ -126,7 +129,7 @@ def run_composite_sweep(
     from diffedit.shapeworld.scoring import score_edit, summarize
 
     editor = load_bench_editor(model, device=torch.device("cpu"), dtype="fp32")
-    editor.progress = False
+    editor.set_progress_bar_config(disable=True)
     todo = edit_cases(cases, seed)
     options = EditOptions(num_inference_steps=steps, composite=False)
     rows: dict[str, list[dict]] = {}

@@ -119,7 +119,7 @@ def run_quality(
     editor = model if isinstance(model, DiffEditor) else load_bench_editor(
         None if model is None else str(model), device=device, dtype=dtype
     )
-    editor.progress = False
+    editor.set_progress_bar_config(disable=True)
     case_list = edit_cases(cases, seed)
 
     # 2. Edit and score, method by method

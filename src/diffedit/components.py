@@ -1,0 +1,118 @@
+"""The loaded models and what every stage asks of them: device, dtype, VAE and text encoding, UNet calls,
+progress bars and timings. Stages receive a `Components`, never the editor."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import torch
+from tqdm.auto import tqdm
+
+from .prompts import encode_prompts
+
+__all__ = ["Components", "Prompt", "parse_dtype", "DTYPES"]
+
+Prompt = Union[str, torch.Tensor]  # a prompt's text, or its embeddings (L, D) / (1, L, D)
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """A torch.dtype from itself, "fp32" / "fp16" / "bf16", or a torch attribute name ("float16"); None stays None."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    value = DTYPES.get(dtype) or getattr(torch, str(dtype), None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)} (or a torch.dtype), got {dtype!r}")
+    return value
+
+
+@dataclass
+class Components:
+    """The parts of an SD-shaped latent diffusion model that an edit uses, and the calls stages make on them."""
+
+    vae: Any
+    unet: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any
+    name: str = "custom"
+    denoiser: Any = None  # what every UNet call goes through: the UNet, or an accelerated wrapper (accel.py)
+    progress: dict = field(default_factory=dict)  # tqdm keyword arguments; {"disable": True} silences the bars
+
+    def __post_init__(self) -> None:
+        if self.denoiser is None:
+            self.denoiser = self.unet
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+        """Move in place; an fp16 VAE that asks for upcasting (SD VAEs overflow in fp16) stays fp32."""
+
+        def move(module, to_dtype):  # no-op casts skipped: diffusers warns on every .to(dtype)
+            module.to(device=device, **({"dtype": to_dtype} if to_dtype not in (None, module.dtype) else {}))
+
+        move(self.unet, dtype)
+        move(self.text_encoder, dtype)
+        force_upcast = dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False)
+        move(self.vae, torch.float32 if force_upcast else dtype)
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, C, h, w) scaled latents (posterior mean: deterministic)."""
+        z = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist.mean
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        return ((z - shift) * self.vae.config.scaling_factor).to(self.dtype)
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) scaled latents -> (B, 3, H, W) float32 images in [-1, 1]."""
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        z = latents.to(self.vae.dtype) / self.vae.config.scaling_factor + shift
+        return self.vae.decode(z).sample.float().clamp(-1, 1)
+
+    def encode_prompts(self, prompts: Sequence[Prompt]) -> torch.Tensor:
+        """(P,) prompts or embeddings -> (P, L, D) text embeddings in the model's dtype and device."""
+        texts = [p for p in prompts if isinstance(p, str)]
+        encoded = encode_prompts(self.tokenizer, self.text_encoder, texts, device=self.device, dtype=self.dtype) if texts else None
+        out, i = [], 0
+        for p in prompts:
+            if isinstance(p, str):
+                out.append(encoded[i])
+                i += 1
+            else:
+                out.append(p.reshape(p.shape[-2:]).to(self.device, self.dtype))
+        shapes = {tuple(e.shape) for e in out}
+        if len(shapes) > 1:
+            raise ValueError(f"prompt embeddings must all have one shape (L, D), got {sorted(shapes)}")
+        return torch.stack(out)
+
+    def bar(self, total: int, desc: str):
+        """A progress bar for one phase, configured by `progress` (DiffEditor.set_progress_bar_config)."""
+        return tqdm(total=total, desc=desc, **{"leave": False, "dynamic_ncols": True, **self.progress})
+
+    @contextmanager
+    def timed(self, timings: dict[str, float], name: str):
+        """Add the seconds of the enclosed block to timings[name] (CUDA work synchronised at both ends)."""
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        yield
+        if cuda:
+            torch.cuda.synchronize(self.device)
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start

@@ -1,0 +1,21 @@
+"""The stages an edit is composed of, one protocol per kind, registered by name (registry.py).
+
+Floors, bottom up: registry, noise, batch -> masking, inverting, decoding -> candidates, finishing.
+Importing this package registers every built-in stage.
+"""
+
+from .batch import Batch, prepare_batch
+from .candidates import Candidate, ModelScoreSelector, plan_candidates
+from .decoding import MaskedDDIMDecoder, noised_start
+from .finishing import CompositeFinisher, mask_images, snap_to_edit, to_uint8
+from .inverting import DDIMInverter
+from .masking import JobMasks, NoiseDifferenceMask, PrecomputedMask, UserMask, mask_changes
+from .noise import STREAMS, NoiseStreams, resolve_seeds
+from .registry import KINDS, METHODS, Method, method, register, stage
+
+__all__ = [
+    "Batch", "prepare_batch", "Candidate", "ModelScoreSelector", "plan_candidates", "MaskedDDIMDecoder", "noised_start",
+    "CompositeFinisher", "mask_images", "snap_to_edit", "to_uint8", "DDIMInverter", "JobMasks", "NoiseDifferenceMask",
+    "PrecomputedMask", "UserMask", "mask_changes", "STREAMS", "NoiseStreams", "resolve_seeds", "KINDS", "METHODS",
+    "Method", "method", "register", "stage",
+]

@@ -1,0 +1,90 @@
+"""Candidates: which decodings to try for every job, and the selector that keeps one per job.
+
+No single encoding ratio suits every edit, so the editor decodes a few candidates with the same mask and
+keeps, per job, the one the model itself scores as most like the target (rerank.py). Selector protocol:
+`selector(parts, batch, images, latent_mask, options, noise) -> (chosen index per job, scores per job)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..components import Components
+from ..images import pad_to_multiple
+from ..masks import dilate
+from ..rerank import denoising_errors, rerank_scores
+from .batch import Batch
+from .noise import NoiseStreams
+from .registry import register
+
+__all__ = ["Candidate", "plan_candidates", "ModelScoreSelector"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One decoding to try for every job."""
+
+    strength: float  # encoding ratio r the decoding starts from
+    caption: bool = False  # inverted with the source prompt (the paper's caption encoding) instead of unconditionally
+    noise: float = 0.0  # share of the top level's variance replaced by fresh noise inside the mask
+
+    @property
+    def label(self) -> str:
+        return f"r={self.strength:g}" + (" caption" if self.caption else "") + (f" noise {self.noise:g}" if self.noise else "")
+
+
+def plan_candidates(options, sources: list) -> list[Candidate]:
+    """The paper's decoding first, then the extra ratios, noise candidates (from the top unconditional level)
+    and the caption candidate (only when every source prompt says something and no inversion prompt is set)."""
+    out = [Candidate(options.strength)]
+    out += [c for c in dict.fromkeys(Candidate(r) for r in options.extra_strengths) if c not in out]
+    top = max(c.strength for c in out)
+    out += [c for c in dict.fromkeys(Candidate(top, noise=s) for s in options.noise_candidates) if c not in out]
+    spoken = all(not isinstance(s, str) or s.strip() for s in sources)
+    if options.caption_candidate and spoken and not options.inversion_prompt:
+        out.append(Candidate(options.strength, caption=True))
+    return out
+
+
+@register("selector", "model_score")
+class ModelScoreSelector:
+    """Keep the candidate whose composite the target prompt explains best against the source (a diffusion
+    classifier, Li et al. 2023): source error minus target error inside the latent mask grown by one cell,
+    plus `rerank_unconditional` times the empty prompt's error minus the target's."""
+
+    @torch.no_grad()
+    def __call__(
+        self, parts: Components, batch: Batch, images: list[torch.Tensor], latent_mask: torch.Tensor, options,
+        noise: NoiseStreams,
+    ) -> tuple[list[int], list[list[float]]]:
+        k, j = len(images), len(batch.job_image)
+        if k == 1:
+            return [0] * j, []
+        # 1. Encode every candidate's composite (uint8 (J, 3, H, W) each) again
+        pixels = torch.cat(images).float() / 127.5 - 1.0  # (K * J, 3, H, W), candidate-major
+        latents = parts.encode_images(pad_to_multiple(pixels, parts.vae_scale_factor))
+        latents = latents.reshape(k, j, *latents.shape[1:])
+        region = dilate(latent_mask.float(), 1) > 0.5  # (J, h, w)
+        # 2. Noise levels and prompts: source, target (and the empty prompt with a weight on it)
+        train_steps = parts.scheduler.config.num_train_timesteps
+        timesteps = [min(train_steps - 1, int(round(level * train_steps))) for level in options.rerank_levels]
+        sources = parts.encode_prompts(batch.job_sources)
+        targets = parts.encode_prompts(batch.job_target)
+        weight = options.rerank_unconditional
+        empty = parts.encode_prompts([""]) if weight else None
+        shape = (len(timesteps), options.rerank_noises, *latents.shape[2:])
+        # 3. Per job: errors of every candidate under each prompt, with noises the job's candidates share
+        scores = []
+        with parts.bar(j, "rerank") as bar:
+            for i, b in enumerate(batch.job_image):
+                eps = noise.randn("rerank", b, shape).to(parts.device, parts.dtype)
+                errors = denoising_errors(
+                    parts.denoiser, latents[:, i], torch.stack([sources[i], targets[i], *([empty[0]] if weight else [])]),
+                    region[i].expand(k, -1, -1), parts.scheduler.alphas_cumprod, timesteps, eps,
+                    prediction_type=parts.scheduler.config.prediction_type, max_batch=options.mask_batch_size or 256,
+                )
+                scores.append([float(v) for v in rerank_scores(errors, unconditional=2 if weight else None, weight=weight)])
+                bar.update()
+        return [int(torch.tensor(row).argmax()) for row in scores], scores
