@@ -183,6 +183,8 @@ class DiffEditor:
         or one per image; generator: one, or one per image (the seeds drawn from them are recorded).
         callback_on_step_end(editor, step, timestep, {"latents", "candidate"}) may return {"latents": ...}.
         Options: an EditOptions and/or its fields as keywords (num_inference_steps=..., strength=...).
+
+        Long because it narrates the whole edit, one numbered step per stage, as a diffusers pipeline's __call__ does.
         """
         timings: dict[str, float] = {}
         parts = self.components

@@ -36,6 +36,27 @@ def _from_folder(path: str, **kwargs) -> Components:
     )
 
 
+def _from_single_file(path: Path, config: str | None, **kwargs) -> Components:
+    """An original SD 1.x/2.x checkpoint through diffusers' `from_single_file` (configs from `config`, see below)."""
+    if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+        raise ValueError(f"single-file checkpoints must be .safetensors or .ckpt, got {path.name}")
+    from diffusers import StableDiffusionPipeline
+
+    extra = {"config": config} if config else {}
+    try:
+        pipe = StableDiffusionPipeline.from_single_file(str(path), **kwargs, **extra)
+    except OSError as e:  # a hub look-up of the configs with no network (LocalEntryNotFoundError), a bad file
+        hint = "" if config and Path(config).is_dir() else (
+            " If the diffusers configs could not be fetched (this machine may have no internet), pass config= "
+            "a local diffusers folder of the same architecture (CLI: --config)."
+        )
+        raise FileNotFoundError(
+            f"could not load the single-file checkpoint {path.name} (configs: "
+            f"{config or 'the hub model diffusers infers from its keys'}): {e}.{hint}"
+        ) from e
+    return Components(pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.scheduler, str(path))
+
+
 def load_components(
     model: str | os.PathLike | None = None, *, dtype: torch.dtype | None = None, config: str | None = None
 ) -> Components:
@@ -69,23 +90,7 @@ def load_components(
         return components
     path = Path(model)
     if path.is_file():
-        if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
-            raise ValueError(f"single-file checkpoints must be .safetensors or .ckpt, got {path.name}")
-        from diffusers import StableDiffusionPipeline
-
-        extra = {"config": config} if config else {}
-        try:
-            pipe = StableDiffusionPipeline.from_single_file(str(path), **kwargs, **extra)
-        except OSError as e:  # a hub look-up of the configs with no network (LocalEntryNotFoundError), a bad file
-            hint = "" if config and Path(config).is_dir() else (
-                " If the diffusers configs could not be fetched (this machine may have no internet), pass config= "
-                "a local diffusers folder of the same architecture (CLI: --config)."
-            )
-            raise FileNotFoundError(
-                f"could not load the single-file checkpoint {path.name} (configs: "
-                f"{config or 'the hub model diffusers infers from its keys'}): {e}.{hint}"
-            ) from e
-        return Components(pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.scheduler, str(path))
+        return _from_single_file(path, config, **kwargs)
     if path.is_dir():
         if not (path / "model_index.json").is_file() and not (path / "unet").is_dir():
             raise ValueError(f"{path} is not a diffusers model folder (no model_index.json or unet/)")
