@@ -112,6 +112,7 @@ class DiffEditPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         self.vae.disable_tiling()
 
     # ------------------------------------------------------------------ building blocks
+    @torch.no_grad()
     def encode_prompt(
         self, prompt, device=None, num_images_per_prompt: int = 1, do_classifier_free_guidance: bool = False,
         negative_prompt=None, prompt_embeds: torch.Tensor | None = None, negative_prompt_embeds: torch.Tensor | None = None,
@@ -136,7 +137,7 @@ class DiffEditPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
 
     def _embed(self, prompt, prompt_embeds, batch: int, device, clip_skip: int | None, name: str) -> torch.Tensor:
         """(batch, L, D) embeddings of a prompt (str or list) or the given embeddings, in the UNet's dtype."""
-        dtype = self.text_encoder.dtype if self.text_encoder is not None else self.unet.dtype
+        dtype = self.unet.dtype
         if prompt_embeds is not None:
             if prompt_embeds.shape[0] not in (1, batch):
                 raise ValueError(f"`{name}_embeds` has a batch of {prompt_embeds.shape[0]}; the call has {batch}")
@@ -144,8 +145,8 @@ class DiffEditPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         prompts = self.maybe_convert_prompt(prompt_list(prompt, batch, name), self.tokenizer)  # textual inversion tokens
         if clip_skip is None:
             return encode_prompts(self.tokenizer, self.text_encoder, prompts, device=device, dtype=dtype)
-        if not isinstance(clip_skip, int) or not 0 <= clip_skip < self.text_encoder.config.num_hidden_layers:
-            raise ValueError(f"clip_skip must be an int in [0, {self.text_encoder.config.num_hidden_layers}), got {clip_skip}")
+        if not isinstance(clip_skip, int) or not 0 <= clip_skip <= self.text_encoder.config.num_hidden_layers:
+            raise ValueError(f"clip_skip must be an int in [0, {self.text_encoder.config.num_hidden_layers}], got {clip_skip}")
         ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
                              return_tensors="pt").input_ids
         hidden = self.text_encoder(ids.to(device), output_hidden_states=True).hidden_states[-(clip_skip + 1)]
@@ -296,7 +297,7 @@ class DiffEditPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
             on_level = step_callback(bar, callback, callback_steps, lambda k: int(grid.timesteps[k]), lambda k: k - 1)
             levels = ddim_invert(self._unet(cross_attention_kwargs), latents, cond, grid, uncond=uncond if do_guidance else None,
                                  guidance_scale=guidance_scale, callback=on_level)  # (N + 1, B, C, h, w), clean first
-        latents = levels.flip(0).transpose(0, 1)  # (B, N + 1, C, h, w): noisiest first, clean last
+        latents = levels.flip(0).transpose(0, 1).contiguous()  # (B, N + 1, C, h, w): noisiest first, clean last
 
         # 5. Decode every level if asked
         images = self.decode(latents.flatten(0, 1), output_type)[0] if decode_latents and output_type != "latent" else None

@@ -187,7 +187,7 @@ def to_levels(image_latents, batch_size: int, num_steps: int) -> tuple[torch.Ten
             f"pass {num_steps + 1} levels (DiffEditPipeline.invert) or {num_steps} (diffusers' invert) with the same "
             "num_inference_steps and inpaint_strength as the inversion"
         )
-    return image_latents.detach().transpose(0, 1).flip(0), length == num_steps + 1
+    return image_latents.detach().transpose(0, 1).flip(0).contiguous(), length == num_steps + 1
 
 
 @torch.no_grad()
