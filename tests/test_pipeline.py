@@ -262,6 +262,22 @@ def test_output_types(pipe, raw_image):
     assert len(images) == 1 and nsfw is None
 
 
+def test_batch_of_two_edits(pipe):
+    images = [Image.fromarray(scene(seed=s)) for s in (0, 1)]
+    targets = [TARGET, "a dog"]
+    masks = pipe.generate_mask(image=images, target_prompt=targets, source_prompt=SOURCE, num_inference_steps=STEPS,
+                               generator=[_gen(0), _gen(1)])
+    inv = pipe.invert(prompt=[SOURCE, SOURCE], image=images, num_inference_steps=STEPS).latents
+    out = pipe(prompt=targets, mask_image=masks, image_latents=inv, num_inference_steps=STEPS, output_type="np").images
+    assert masks.shape == (2, 16, 16) and inv.shape == (2, 9, 4, 16, 16) and out.shape == (2, 32, 32, 3)
+    # diffusers' other input forms: a list of masks, latents flattened to (B * levels, C, h, w)
+    same = pipe(prompt=targets, mask_image=list(masks), image_latents=inv.flatten(0, 1), num_inference_steps=STEPS,
+                output_type="np").images
+    assert np.array_equal(out, same)
+    alone = pipe(prompt="a dog", mask_image=masks[1], image_latents=inv[1:], num_inference_steps=STEPS, output_type="np").images
+    assert np.allclose(alone[0], out[1], atol=1e-4)
+
+
 def test_callbacks_match_diffusers(pipe, theirs, raw_image):
     calls = {}
     for name, p in (("ours", pipe), ("theirs", theirs)):
