@@ -26,7 +26,7 @@ from tiny import tiny_components
 import diffedit.pipeline as pipeline_module
 from diffedit.loading import embedded_model_path
 from diffedit.masks import finish_mask
-from diffedit.pipeline import DiffEditPipeline
+from diffedit import DiffEditPipeline  # the import a user changes
 from diffedit.shapeworld.world import sample_edit
 
 SOURCE, TARGET = "a red square", "a blue circle"
