@@ -46,6 +46,74 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
     torch._foreach_lerp_(ema_params, params, 1.0 - decay)
 
 
+class _UnetSteps:
+    """The UNet + text encoder in training, their optimizer and EMA copies, the latents on the device,
+    and one optimisation step on a batch drawn from them."""
+
+    def __init__(
+        self,
+        components: dict,
+        ema: dict,
+        latents: torch.Tensor,
+        ids: torch.Tensor,
+        config: ModelConfig,
+        *,
+        device: torch.device,
+        seed: int,
+        optimizer_state: dict | None,
+    ):
+        self.unet, self.text_encoder, self.ema, self.config = components["unet"], components["text_encoder"], ema, config
+        self.unet.to(device).train()
+        self.text_encoder.to(device).train()
+        self.params = list(self.unet.parameters()) + list(self.text_encoder.parameters())
+        self.opt = torch.optim.AdamW(self.params, lr=config.unet_lr, weight_decay=0.01)
+        if optimizer_state is not None:
+            self.opt.load_state_dict(optimizer_state)
+        self.alphas_cumprod = components["scheduler"].alphas_cumprod.to(device)
+        self.empty = tokenize(components["tokenizer"], [""])[0].to(device)  # (T,)
+        self.latents, self.ids, self.device = latents.to(device), ids.to(device), device
+        self.gen = torch.Generator().manual_seed(seed)
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+        self.sample_components = dict(components, unet=ema["unet"], text_encoder=ema["text_encoder"])
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+
+    def draw_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents (B, 4, h, w) and token ids (B, T), a `caption_dropout` share of them the empty caption."""
+        config = self.config
+        idx = torch.randint(0, self.latents.shape[0], (config.unet_batch,), generator=self.gen).to(self.device)
+        z0, c = self.latents[idx].float(), self.ids[idx]  # (B, 4, h, w), (B, T)
+        drop = (torch.rand(config.unet_batch, generator=self.gen) < config.caption_dropout).to(self.device)
+        return z0, torch.where(drop[:, None], self.empty[None], c)
+
+    def step(self, global_step: int) -> torch.Tensor:
+        """One optimizer step on a fresh batch, then the EMA update; returns the loss."""
+        z0, c = self.draw_batch()
+        with self.autocast:
+            loss = diffusion_loss(self.unet, self.text_encoder, z0, c, self.alphas_cumprod, SNR_GAMMA)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+        decay = min(self.config.ema_decay, (1 + global_step) / (10 + global_step))
+        ema_update(self.ema["unet"], self.unet, decay)
+        ema_update(self.ema["text_encoder"], self.text_encoder, decay)
+        return loss
+
+    def save_samples(self, path: Path) -> None:
+        """A sample grid from the EMA weights; the trained modules go back to training mode."""
+        config = self.config
+        sample_grid(self.sample_components, path, n=16, steps=config.sample_steps, guidance=config.guidance_scale, seed=0)
+        self.unet.train()
+        self.text_encoder.train()
+
+    def finish(self) -> None:
+        self.unet.eval()
+        self.text_encoder.eval()
+
+
 def train_unet(
     components: dict,
     ema: dict,
@@ -73,20 +141,7 @@ def train_unet(
     or with `anneal` follows a cosine down to 10 % over this run's steps or seconds (a final run).
     """
     log = log or Logger(quiet)
-    unet, text_encoder, tokenizer = components["unet"], components["text_encoder"], components["tokenizer"]
-    unet.to(device).train()
-    text_encoder.to(device).train()
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=config.unet_lr, weight_decay=0.01)
-    if optimizer_state is not None:
-        opt.load_state_dict(optimizer_state)
-    alphas_cumprod = components["scheduler"].alphas_cumprod.to(device)
-    empty = tokenize(tokenizer, [""])[0].to(device)  # (T,)
-    latents, ids = latents.to(device), ids.to(device)
-    gen = torch.Generator().manual_seed(seed)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    sample_components = dict(components, unet=ema["unet"], text_encoder=ema["text_encoder"])
-
+    run = _UnetSteps(components, ema, latents, ids, config, device=device, seed=seed, optimizer_state=optimizer_state)
     start, step, ema_loss = time.time(), 0, None
     bar = progress_bar(steps, "unet", quiet)
     while True:
@@ -95,45 +150,17 @@ def train_unet(
             break  # a time budget always buys one step: a run whose earlier stages ate the budget still trains
         global_step = start_step + step
         progress = step / steps if steps is not None else elapsed / seconds if seconds else 0.0
-        for group in opt.param_groups:
-            group["lr"] = config.unet_lr * lr_factor(global_step - warmup_from, progress, cosine=anneal)
-        idx = torch.randint(0, latents.shape[0], (config.unet_batch,), generator=gen).to(device)
-        z0, c = latents[idx].float(), ids[idx]  # (B, 4, h, w), (B, T)
-        drop = (torch.rand(config.unet_batch, generator=gen) < config.caption_dropout).to(device)
-        c = torch.where(drop[:, None], empty[None], c)
-        with autocast:
-            loss = diffusion_loss(unet, text_encoder, z0, c, alphas_cumprod, SNR_GAMMA)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        decay = min(config.ema_decay, (1 + global_step) / (10 + global_step))
-        ema_update(ema["unet"], unet, decay)
-        ema_update(ema["text_encoder"], text_encoder, decay)
+        run.set_lr(config.unet_lr * lr_factor(global_step - warmup_from, progress, cosine=anneal))
+        loss = run.step(global_step)
         step += 1
         ema_loss = loss.item() if ema_loss is None else 0.99 * ema_loss + 0.01 * loss.item()
         bar.update(1)
         bar.set_postfix(loss=f"{ema_loss:.4f}")
-        log(
-            f"unet step {global_step + 1} loss {ema_loss:.4f} {(time.time() - start) / step:.3f} s/step "
-            f"elapsed {(time.time() - start) / 60:.1f} min"
-            + (f" of {seconds / 60:.1f}" if seconds else ""),
-            force=False,
-        )
+        _log_step(log, global_step + 1, ema_loss, start, step, seconds)
         if samples_every and samples_dir is not None and (global_step + 1) % samples_every == 0:
-            sample_grid(
-                sample_components,
-                samples_dir / f"step_{global_step + 1:06d}.png",
-                n=16,
-                steps=config.sample_steps,
-                guidance=config.guidance_scale,
-                seed=0,
-            )
-            unet.train()
-            text_encoder.train()
+            run.save_samples(samples_dir / f"step_{global_step + 1:06d}.png")
     bar.close()
-    unet.eval()
-    text_encoder.eval()
+    run.finish()
     seconds_used = time.time() - start
     log(f"unet done: {step} steps ({start_step + step} total) in {seconds_used / 60:.1f} min, loss {ema_loss}")
     return {
@@ -142,6 +169,16 @@ def train_unet(
         "seconds": round(seconds_used, 1),
         "final_loss": ema_loss,
         "anneal": anneal,
-        "final_lr": opt.param_groups[0]["lr"],
-        "optimizer": opt.state_dict(),
+        "final_lr": run.opt.param_groups[0]["lr"],
+        "optimizer": run.opt.state_dict(),
     }
+
+
+def _log_step(log: Logger, done: int, ema_loss: float, start: float, step: int, seconds: float | None) -> None:
+    """A progress line at most every minute: `done` steps in all, `step` of them in this run since `start`."""
+    log(
+        f"unet step {done} loss {ema_loss:.4f} {(time.time() - start) / step:.3f} s/step "
+        f"elapsed {(time.time() - start) / 60:.1f} min"
+        + (f" of {seconds / 60:.1f}" if seconds else ""),
+        force=False,
+    )
