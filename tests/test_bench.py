@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from diffedit.bench.baselines import diffusers_edit, diffusers_pipeline, sdedit
-from diffedit.bench.cli import bench_app
+from diffedit.cli.bench import bench_app
 from diffedit.bench.quality import METHODS, run_quality
 from diffedit.bench.speed import _PeakMemory, run_speed
 from diffedit.results import EditOptions

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from diffedit.cli.common import fail, quiet_libraries, set_threads
+
 bench_app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
@@ -18,23 +20,7 @@ bench_app = typer.Typer(
 @bench_app.callback()
 def _setup() -> None:
     """Benchmarks print figures: keep diffusers/transformers loading advice out of them."""
-    from diffedit.cli import quiet_libraries
-
     quiet_libraries()
-
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
-
-
-def _threads(threads: int | None) -> None:
-    if threads is not None:
-        import torch
-
-        if threads < 1:
-            _fail(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
 
 
 @bench_app.command()
@@ -60,15 +46,15 @@ def quality(
     """ShapeEdit quality of ours, its ablations and the baselines on the same cases and weights."""
     from diffedit.bench.quality import run_quality
 
-    _threads(threads)
+    set_threads(threads)
     if dtype not in ("fp32", "fp16", "bf16"):
-        _fail(f"--dtype must be fp32, fp16 or bf16, got {dtype!r}")
+        fail(f"--dtype must be fp32, fp16 or bf16, got {dtype!r}")
     names = None if methods.strip() == "all" else [m.strip() for m in methods.split(",") if m.strip()]
     try:
         run_quality(model, cases=cases, seed=seed, methods=names, batch_size=batch, steps=steps, device=device, dtype=dtype,
                     json_path=json_path, plot_path=plot, markdown_path=markdown, progress=not quiet)
     except (ValueError, FileNotFoundError) as e:
-        _fail(str(e))
+        fail(str(e))
     if not quiet:
         for path in (json_path, plot, markdown):
             if path is not None:
@@ -97,17 +83,17 @@ def speed(
 
     from diffedit.bench.speed import run_speed
 
-    _threads(threads)
+    set_threads(threads)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or ("fp16" if device.startswith("cuda") else "fp32")
     if dtype not in ("fp32", "fp16", "bf16"):
-        _fail(f"--dtype must be fp32, fp16 or bf16, got {dtype!r}")
+        fail(f"--dtype must be fp32, fp16 or bf16, got {dtype!r}")
     try:
         run_speed(model, device=device, dtype=dtype, size=size, steps=steps, strength=strength,
                   mask_noises=mask_noises, batch=batch, repeats=repeats, compile=compile, accel=accel,
                   candidates=candidates, json_path=json_path)
     except (ValueError, FileNotFoundError) as e:
-        _fail(str(e))
+        fail(str(e))
     if json_path is not None:
         typer.echo(f"wrote {json_path}")
 
@@ -127,12 +113,12 @@ def masks(
     """Sweep the mask's post-processing (reference, clamp, smoothing, threshold, dilation) for mask IoU."""
     from diffedit.bench.masks import format_mask_sweep, run_mask_sweep
 
-    _threads(threads)
+    set_threads(threads)
     try:
         report = run_mask_sweep(model, cases=cases, seed=seed, batch_size=batch, steps=steps, json_path=json_path,
                                 progress=not quiet)
     except (ValueError, FileNotFoundError) as e:
-        _fail(str(e))
+        fail(str(e))
     typer.echo(format_mask_sweep(report, top))
 
 
@@ -150,10 +136,10 @@ def composite_sweep(
     """Sweep the pixel composite (mask dilation x feather width): background PSNR against edit success."""
     from diffedit.bench.masks import format_composite_sweep, run_composite_sweep
 
-    _threads(threads)
+    set_threads(threads)
     try:
         report = run_composite_sweep(model, cases=cases, seed=seed, batch_size=batch, steps=steps,
                                      json_path=json_path, progress=not quiet)
     except (ValueError, FileNotFoundError) as e:
-        _fail(str(e))
+        fail(str(e))
     typer.echo(format_composite_sweep(report))

@@ -1,96 +1,15 @@
-"""Command line: `diffedit edit`, `diffedit mask`, `diffedit demo`, `diffedit shapeworld ...`, `diffedit bench ...`."""
+"""`diffedit edit`, `diffedit mask` and `diffedit demo`: the commands a user edits with."""
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    help="Text-driven semantic image editing with latent diffusion (DiffEdit).",
-    pretty_exceptions_enable=False,
-)
-shapeworld_app = typer.Typer(no_args_is_help=True, help="The embedded model's synthetic world: train and evaluate.")
-app.add_typer(shapeworld_app, name="shapeworld")
-
-from diffedit.bench.cli import bench_app  # noqa: E402
-
-app.add_typer(bench_app, name="bench")
-
-DTYPES = ("auto", "fp32", "fp16", "bf16")
+from diffedit.cli.common import default_output, fail, indexed, load_editor, set_threads
 
 
-def fail(message: str, code: int = 2) -> None:
-    """Print a one-line error (no traceback) and exit."""
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
-
-
-def resolve_device(device: str | None) -> str:
-    import torch
-
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        fail(f"--device {device} asked for, but no CUDA device is available (use --device cpu)")
-    return device
-
-
-def resolve_dtype(dtype: str, device: str) -> str:
-    if dtype not in DTYPES:
-        fail(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if dtype == "auto":
-        return "fp16" if device.startswith("cuda") else "fp32"
-    return dtype
-
-
-def quiet_libraries() -> None:
-    """Keep diffusers/transformers advice and weight-loading bars out of the tool's output (errors still show)."""
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
-def set_threads(threads: int | None) -> None:
-    if threads is not None:
-        if threads < 1:
-            fail(f"--threads must be >= 1, got {threads}")
-        import torch
-
-        torch.set_num_threads(threads)
-
-
-def load_editor(model: str | None, device: str | None, dtype: str, config: str | None, quiet: bool):
-    from diffedit import DiffEditor
-
-    quiet_libraries()
-
-    device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
-    try:
-        return DiffEditor.from_pretrained(model, device=device, dtype=dtype, config=config, progress=not quiet)
-    except (FileNotFoundError, ValueError, OSError) as e:
-        fail(str(e))
-
-
-def _default_output(image: Path, suffix: str) -> Path:
-    return image.with_name(f"{image.stem}_{suffix}.png")
-
-
-def _indexed(path: Path, i: int, n: int) -> Path:
-    return path if n == 1 else path.with_name(f"{path.stem}_{i + 1}{path.suffix}")
-
-
-@app.command()
 def edit(
     image: Path = typer.Argument(..., help="Input image (any format PIL reads)."),
     source: str = typer.Option(..., "--source", "-s", help="What the image shows now ('' for nothing)."),
@@ -152,19 +71,19 @@ def edit(
         result = editor.edit(image, source, list(target), mask=mask, seed=seed, options=options)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
-    output = output or _default_output(image, "edited")
+    output = output or default_output(image, "edited")
     n = len(result.images)
     written = []
     input_image = load_image(image, max_pixels=max_pixels)
     for i, (out_image, mask_image) in enumerate(zip(result.images, result.mask_images)):
-        written.append(save_image(out_image, _indexed(output, i, n)))
+        written.append(save_image(out_image, indexed(output, i, n)))
         if mask_output:
-            written.append(save_image(mask_image, _indexed(mask_output, i, n)))
+            written.append(save_image(mask_image, indexed(mask_output, i, n)))
     if panel:
         rows = [[input_image, mask_overlay(input_image, m), im] for im, m in zip(result.images, result.mask_images)]
         written.append(save_image(make_panel(rows), panel))
     sidecar = output.with_suffix(".json")
-    record = {"input": str(image), "outputs": [str(_indexed(output, i, n)) for i in range(n)], **result.to_dict()}
+    record = {"input": str(image), "outputs": [str(indexed(output, i, n)) for i in range(n)], **result.to_dict()}
     if mask is not None:
         record["user_mask"] = str(mask)
     written.append(save_json(record, sidecar))
@@ -176,7 +95,6 @@ def edit(
             typer.echo(f"kept candidate {', '.join(result.candidates[c] for c in result.chosen)} of {', '.join(result.candidates)}")
 
 
-@app.command("mask")
 def mask_command(
     image: Path = typer.Argument(..., help="Input image."),
     source: str = typer.Option(..., "--source", "-s"),
@@ -216,7 +134,7 @@ def mask_command(
         result = editor.mask(image, source, target, seed=seed, options=options)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
-    output = output or _default_output(image, "mask")
+    output = output or default_output(image, "mask")
     save_image(result.mask_image, output)
     if soft_output:
         save_image(result.soft_images[0], soft_output)
@@ -229,7 +147,6 @@ def mask_command(
         typer.echo(f"wrote {output} (seed {result.seed}, mask covers {result.mask.float().mean():.1%})")
 
 
-@app.command()
 def demo(
     output_dir: Path = typer.Option(Path("diffedit-demo"), "--output-dir", "-o", help="Where to write the files."),
     seed: int = typer.Option(0, "--seed", help="Seed of the scene and of the mask noises."),
@@ -277,86 +194,3 @@ def demo(
     )
     if len(result.candidates) > 1:
         typer.echo(f"kept candidate {result.candidates[result.chosen[0]]} of {', '.join(result.candidates)} (scored by the model)")
-
-
-@shapeworld_app.command("train")
-def shapeworld_train(
-    output: Path = typer.Option(..., "--output", "-o", help="Folder for the model, sample grids and logs."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-clock budget, split between the stages."),
-    config: str = typer.Option("small", "--config", help="tiny | small | full (full: ~15 min on one H100)."),
-    stage: str = typer.Option("all", "--stage", help="vae | unet | all: run one stage (GPU calls of <= 10 min)."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Folder of an earlier stage to continue from."),
-    vae_steps: Optional[int] = typer.Option(None, "--vae-steps"),
-    unet_steps: Optional[int] = typer.Option(None, "--unet-steps"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    samples_every: Optional[int] = typer.Option(None, "--samples-every", help="UNet steps between sample grids."),
-    seed: int = typer.Option(0, "--seed"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
-    anneal: bool = typer.Option(False, "--anneal", help="Cosine-decay the UNet learning rate to 10 % over this call (a last run)."),
-    two_object_share: Optional[float] = typer.Option(None, "--two-object-share", help="Share of two-object scenes in fresh training latents [default: 0.5, the world's own]."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
-) -> None:
-    """Train the embedded ShapeWorld model (VAE, then UNet + text encoder on precomputed latents)."""
-    from diffedit.shapeworld.train import train
-
-    device = resolve_device(device)
-    try:
-        figures = train(output, config=config, device=device, minutes=minutes, vae_steps=vae_steps,
-                        unet_steps=unet_steps, batch_size=batch_size, seed=seed, quiet=quiet,
-                        samples_every=samples_every, stage=stage, resume=resume, threads=threads,
-                        anneal=anneal, two_object_share=two_object_share)
-    except (ValueError, FileNotFoundError) as e:
-        fail(str(e))
-    typer.echo(json.dumps(figures, indent=2, default=str))
-
-
-@shapeworld_app.command("evaluate")
-def shapeworld_evaluate(
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model folder [default: the embedded model]."),
-    captions: int = typer.Option(200, "--captions", help="Captions sampled for generation accuracy."),
-    steps: int = typer.Option(50, "--steps", help="DDIM steps of generation and inversion."),
-    guidance: float = typer.Option(7.5, "--guidance", help="Guidance of generation."),
-    scenes: int = typer.Option(64, "--scenes", help="Held-out scenes for the VAE and inversion PSNR."),
-    seed: int = typer.Option(0, "--seed"),
-    device: Optional[str] = typer.Option(None, "--device"),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the figures here."),
-) -> None:
-    """The embedded model's figures: generation accuracy, VAE PSNR, inversion-reconstruction PSNR (r = 1)."""
-    import time
-
-    import torch
-
-    from diffedit.images import save_json
-    from diffedit.loading import embedded_model_path
-    from diffedit.shapeworld.evaluate import generation_accuracy, inversion_psnr, vae_psnr
-    from diffedit.shapeworld.model import load_model
-
-    path = model or embedded_model_path()
-    if not (Path(path) / "model_index.json").is_file():
-        fail(f"no model folder at {path} (model_index.json missing)")
-    quiet_libraries()
-    device = resolve_device(device)
-    components = load_model(path, device=device, dtype=torch.float32)
-    start = time.perf_counter()
-    figures = {"model": str(path), "device": device}
-    figures["generation_accuracy"] = generation_accuracy(components, captions, steps, guidance, seed)
-    figures["vae_psnr_db"] = vae_psnr(components["vae"], scenes, seed + 12345)
-    figures["inversion_psnr_db"] = inversion_psnr(components, scenes, seed + 4242, steps=steps, strength=1.0)
-    figures["seconds"] = round(time.perf_counter() - start, 1)
-    acc = figures["generation_accuracy"]
-    typer.echo(f"generation accuracy {acc['overall']:.1%} (one object {acc['one_object']:.1%}, "
-               f"two objects {acc['two_object']:.1%}; {captions} captions, {steps} steps, guidance {guidance})")
-    typer.echo(f"VAE reconstruction PSNR {figures['vae_psnr_db']:.2f} dB ({scenes} held-out scenes)")
-    typer.echo(f"DDIM inversion-reconstruction PSNR at r = 1.0: {figures['inversion_psnr_db']:.2f} dB")
-    if json_path:
-        save_json(figures, json_path)
-        typer.echo(f"wrote {json_path}")
-
-
-def main() -> None:  # pragma: no cover - console entry
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
