@@ -48,23 +48,75 @@ def test_edit_end_to_end(tmp_path, tiny_model_dir):
     assert np.array_equal(first, np.asarray(Image.open(out)))
 
 
-def test_edit_candidate_flags(tmp_path, tiny_model_dir):
+def test_edit_candidate_options(tmp_path, tiny_model_dir):
     src = _write_input(tmp_path)
     base = ["edit", str(src), "-s", "a red square", "-t", "a blue circle", "-m", str(tiny_model_dir), "--steps", "4", "-q"]
     for flags, expected in [
         (["--one-candidate"], ["r=0.8"]),
-        (["--noise-candidate", "0.5"], ["r=0.8", "r=1", "r=1 noise 0.5", "r=0.8 caption"]),
-        (["--no-caption-candidate", "--extra-strength", "0.9", "--extra-strength", "1.0"], ["r=0.8", "r=0.9", "r=1"]),
+        (["--set", "noise_candidates=0.5"], ["r=0.8", "r=1", "r=1 noise 0.5", "r=0.8 caption"]),
+        (["--set", "caption_candidate=false", "--set", "extra_strengths=[0.9, 1.0]"], ["r=0.8", "r=0.9", "r=1"]),
     ]:
         res = runner.invoke(app, base + flags)
         assert res.exit_code == 0, res.output
         sidecar = json.loads((tmp_path / "photo_edited.json").read_text())
         assert sidecar["candidates"] == expected
     assert sidecar["options"]["extra_strengths"] == [0.9, 1.0] and sidecar["options"]["caption_candidate"] is False
-    res = runner.invoke(app, base + ["--extra-strength", "1.5"])
+    res = runner.invoke(app, base + ["--set", "extra_strengths=[1.5]"])
     assert res.exit_code == 2 and "extra_strengths" in res.output
-    res = runner.invoke(app, base + ["--noise-candidate", "0"])
+    res = runner.invoke(app, base + ["--set", "noise_candidates=0"])
     assert res.exit_code == 2 and "noise_candidates" in res.output
+
+
+def test_edit_defaults_are_the_librarys_and_set_reaches_every_field(tmp_path, tiny_model_dir):
+    from diffedit import EditOptions
+
+    src = _write_input(tmp_path)
+    base = ["edit", str(src), "-s", "a red square", "-t", "a blue circle", "-m", str(tiny_model_dir), "--steps", "2",
+            "--one-candidate", "-q"]
+    res = runner.invoke(app, base)
+    assert res.exit_code == 0, res.output
+    recorded = json.loads((tmp_path / "photo_edited.json").read_text())["options"]
+    expected = EditOptions(num_inference_steps=2, extra_strengths=(), noise_candidates=(), caption_candidate=False)
+    assert recorded == json.loads(json.dumps(expected.to_dict()))
+    # the ablation switches that were flags of their own: --snap-edges, --no-edit-snap, --edit-trim, --whole-prompt-mask
+    res = runner.invoke(app, base + ["--set", "mask_snap=true", "--set", "edit-snap=false", "--set", "edit_trim=0.2",
+                                     "--set", "mask_per_change=false", "--set", "mask_reference=", "--set", "mask_clamp=mean_ratio"])
+    assert res.exit_code == 0, res.output
+    recorded = json.loads((tmp_path / "photo_edited.json").read_text())["options"]
+    assert recorded["mask_snap"] is True and recorded["edit_snap"] is False and recorded["edit_trim"] == 0.2
+    assert recorded["mask_per_change"] is False and recorded["mask_reference"] == "" and recorded["mask_clamp"] == "mean_ratio"
+    # --set comes after the command's own options
+    res = runner.invoke(app, base + ["--strength", "0.6", "--set", "strength=0.7", "--set", "decode_threshold=null"])
+    assert res.exit_code == 0, res.output
+    recorded = json.loads((tmp_path / "photo_edited.json").read_text())["options"]
+    assert recorded["strength"] == 0.7 and recorded["decode_threshold"] is None
+
+
+def test_set_errors_are_one_line(tmp_path):
+    src = _write_input(tmp_path)
+    base = ["edit", str(src), "-s", "a", "-t", "b"]
+    for args, message in [
+        (["--set", "magic=1"], "unknown edit option(s) ['magic']; known:"),
+        (["--set", "strength"], "--set takes NAME=VALUE"),
+        (["--set", "edit_snap=yes"], "edit_snap takes bool"),
+        (["--set", "mask_noises=2.5"], "mask_noises takes int"),
+        (["--set", "extra_strengths=[\"a\"]"], "extra_strengths takes tuple[float, ...]"),
+    ]:
+        for command in (base, ["mask", *base[1:]]):
+            res = runner.invoke(app, command + args)
+            assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, (args, res.output)
+
+
+def test_help_lists_the_everyday_options_and_set():
+    text = runner.invoke(app, ["edit", "--help"], terminal_width=200).output
+    for flag in ("--steps", "--strength", "--guidance", "--negative-prompt", "--threshold", "--decode-threshold",
+                 "--mask-noises", "--smooth", "--dilate", "--feather", "--no-composite", "--one-candidate", "--mask ",
+                 "--seed", "--model", "--config", "--device", "--dtype", "--threads", "--max-pixels", "--quiet", "--set"):
+        assert flag in text, flag
+    for flag in ("--noise-candidate", "--snap-edges", "--no-edit-snap", "--edit-trim", "--whole-prompt-mask",
+                 "--extra-strength", "--no-caption-candidate"):
+        assert flag not in text, flag
+    assert "docs/options.md" in text
 
 
 def test_edit_several_targets_and_user_mask(tmp_path, tiny_model_dir):
@@ -93,6 +145,10 @@ def test_mask_command(tmp_path, tiny_model_dir):
     m = np.asarray(Image.open(tmp_path / "m.png"))
     assert m.shape == (45, 37) and set(np.unique(m)) <= {0, 255}
     assert json.loads((tmp_path / "m.json").read_text())["seed"] == 1
+    res = runner.invoke(app, ["mask", str(src), "-s", "a red square", "-t", "a blue circle", "-m", str(tiny_model_dir),
+                              "-o", str(tmp_path / "m.png"), "--seed", "1", "--set", "mask_snap=true", "-q"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "m.json").read_text())["options"]["mask_snap"] is True
 
 
 def test_cli_errors_are_one_line_without_traceback(tmp_path, tiny_model_dir):
@@ -110,6 +166,19 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, tiny_model_dir):
         res = runner.invoke(app, args)
         assert res.exit_code == 2, (args, res.output)
         assert message in res.output and "Traceback" not in res.output, (args, res.output)
+
+
+def test_imports_stay_light_and_one_way():
+    """The CLI imports no optional extra (scipy, matplotlib) nor diffusers' pipelines; the benchmark library never
+    imports the CLI."""
+    code = (
+        "import sys; import diffedit.bench.quality, diffedit.bench.speed, diffedit.bench.masks, diffedit.bench.models; "
+        "assert not [m for m in sys.modules if m.startswith('diffedit.cli')]; import diffedit.cli; "
+        "print(sorted({m.split('.')[0] for m in sys.modules if m.startswith(('scipy', 'matplotlib'))} "
+        "| {m for m in sys.modules if m.startswith('diffusers.pipelines.stable_diffusion_diffedit')}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def test_console_script_is_installed():

@@ -13,10 +13,10 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from diffusers import DDIMInverseScheduler, DDIMScheduler, StableDiffusionDiffEditPipeline
 from PIL import Image
 
 from diffedit.editor import DiffEditor
@@ -24,6 +24,9 @@ from diffedit.images import ImageInput, load_image, pad_to_multiple, pil_to_tens
 from diffedit.results import EditOptions, EditResult
 from diffedit.sampling import masked_denoise
 from diffedit.schedule import ddim_grid
+
+if TYPE_CHECKING:  # importing diffusers' pipelines costs seconds: only when one is built
+    from diffusers import StableDiffusionDiffEditPipeline
 
 __all__ = [
     "OURS_VARIANTS",
@@ -66,8 +69,10 @@ def timer(timings: dict[str, float], name: str, device: torch.device | str = "cp
 
 
 # ------------------------------------------------------------------ diffusers' pipeline
-def diffusers_pipeline(editor: DiffEditor) -> StableDiffusionDiffEditPipeline:
+def diffusers_pipeline(editor: DiffEditor) -> "StableDiffusionDiffEditPipeline":
     """diffusers' DiffEdit pipeline sharing the editor's modules (no copy of the weights), progress bars off."""
+    from diffusers import DDIMInverseScheduler, DDIMScheduler, StableDiffusionDiffEditPipeline
+
     if editor.vae.dtype != editor.unet.dtype:
         raise ValueError(
             f"diffusers' DiffEdit pipeline feeds VAE latents to the UNet as they are: the VAE ({editor.vae.dtype}) "
@@ -84,7 +89,7 @@ def diffusers_pipeline(editor: DiffEditor) -> StableDiffusionDiffEditPipeline:
 
 
 def diffusers_edit(
-    pipe: StableDiffusionDiffEditPipeline,
+    pipe: "StableDiffusionDiffEditPipeline",
     image: ImageInput,
     source: str,
     target: str,

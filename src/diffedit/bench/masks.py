@@ -35,7 +35,7 @@ DEFAULT_GRID = {
 
 def run_mask_sweep(
     model: str | None = "shapeworld", *, cases: int = 96, seed: int = 1000, batch_size: int = 16,
-    steps: int = 50, grid: dict | None = None, json_path: str | Path | None = None, progress: bool = True,
+    steps: int = EditOptions.num_inference_steps, grid: dict | None = None, json_path: str | Path | None = None, progress: bool = True,
 ) -> dict:
     """Mean mask IoU (overall and by edit kind) of every setting of `grid` on `edit_cases(cases, seed)`."""
     grid = grid or DEFAULT_GRID
@@ -113,7 +113,8 @@ def format_mask_sweep(report: dict, top: int = 12) -> str:
 
 
 def run_composite_sweep(
-    model: str | None = "shapeworld", *, cases: int = 48, seed: int = 5000, batch_size: int = 8, steps: int = 50,
+    model: str | None = "shapeworld", *, cases: int = 48, seed: int = 5000, batch_size: int = 8,
+    steps: int = EditOptions.num_inference_steps,
     feathers: tuple[int, ...] = (0, 1, 2, 3, 4), dilations: tuple[int, ...] = (0, 1, 2),
     json_path: str | Path | None = None, progress: bool = True,
 ) -> dict:

@@ -7,28 +7,36 @@ measures the per-step overhead of the code around the networks.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from diffedit.editor import DiffEditor
 from diffedit.loading import Components
+
+if TYPE_CHECKING:  # the model classes are imported where a model is built: `diffedit --help` stays fast
+    from diffusers import DDIMScheduler
+    from transformers import CLIPTokenizer
 
 __all__ = ["BENCH_MODELS", "tiny_components", "sd15_random_components", "load_bench_editor"]
 
 BENCH_MODELS = ("tiny", "shapeworld", "sd15-random")  # or a path / hub id
 
 
-def _sd_scheduler() -> DDIMScheduler:
+def _sd_scheduler() -> "DDIMScheduler":
     """DDIM with Stable Diffusion's noise schedule."""
+    from diffusers import DDIMScheduler
+
     return DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
         set_alpha_to_one=False, steps_offset=1,
     )
 
 
-def _char_tokenizer(max_length: int, words: tuple[str, ...] = ()) -> CLIPTokenizer:
+def _char_tokenizer(max_length: int, words: tuple[str, ...] = ()) -> "CLIPTokenizer":
     """A CLIP tokenizer built in memory: letters are tokens, each of `words` becomes one token."""
+    from transformers import CLIPTokenizer
+
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for c in "abcdefghijklmnopqrstuvwxyz":
         vocab.setdefault(c, len(vocab))
@@ -46,6 +54,9 @@ def _char_tokenizer(max_length: int, words: tuple[str, ...] = ()) -> CLIPTokeniz
 
 def tiny_components(seed: int = 0) -> Components:
     """The test suite's tiny random components (VAE factor 2, UNet 32/64, 2-layer text encoder of width 32)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
     torch.manual_seed(seed)
     words = ("a", "cat", "dog", "red", "blue", "circle", "square", "on", "photo", "of", "the", "bowl")
     tokenizer = _char_tokenizer(16, words)
@@ -75,6 +86,9 @@ def sd15_random_components(seed: int = 0) -> Components:
     UNet weights are halved (as /work/shared/tools/diffusers_diffedit_gpu_anchor.py does) so that fp16
     activations of a random network stay finite.
     """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,

@@ -92,7 +92,7 @@ def run_quality(
     seed: int = 0,
     methods: Sequence[str] | None = None,
     batch_size: int = 8,
-    steps: int = 50,
+    steps: int = EditOptions.num_inference_steps,
     options: EditOptions | None = None,
     device: str = "cpu",
     dtype: str = "fp32",

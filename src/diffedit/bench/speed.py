@@ -132,9 +132,9 @@ def run_speed(
     device: str = "cpu",
     dtype: str = "fp32",
     size: int = 512,
-    steps: int = 50,
-    strength: float = 0.8,
-    mask_noises: int = 10,
+    steps: int = EditOptions.num_inference_steps,  # the edit's defaults (dataclass fields' defaults)
+    strength: float = EditOptions.strength,
+    mask_noises: int = EditOptions.mask_noises,
     batch: int = 1,
     repeats: int = 3,
     compile: bool = False,

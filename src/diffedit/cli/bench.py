@@ -1,13 +1,22 @@
-"""`diffedit bench quality` (ShapeEdit) and `diffedit bench speed` (ours against diffusers' pipeline)."""
+"""`diffedit bench quality` (ShapeEdit), `speed` (ours against diffusers' pipeline), `masks` and `composite` (sweeps).
+
+Every default is the library function's own (read from its signature), so the CLI and `run_quality(...)` & co.
+cannot drift apart. The benchmark modules import light (diffusers' pipelines, scipy and matplotlib only when used).
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from diffedit.cli.common import fail, quiet_libraries, set_threads
+from diffedit.bench import masks as masks_lib
+from diffedit.bench import quality as quality_lib
+from diffedit.bench import speed as speed_lib
+from diffedit.cli.common import fail, quiet_libraries, resolve_device, resolve_dtype, set_threads
 
 bench_app = typer.Typer(
     no_args_is_help=True,
@@ -15,6 +24,17 @@ bench_app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Benchmarks that print figures: quality (ShapeEdit) and speed (ours vs diffusers' DiffEdit pipeline).",
 )
+
+
+def _defaults(function) -> dict:
+    """A library function's keyword defaults."""
+    return {name: p.default for name, p in inspect.signature(function).parameters.items() if p.default is not p.empty}
+
+
+QUALITY = _defaults(quality_lib.run_quality)
+SPEED = _defaults(speed_lib.run_speed)
+MASKS = _defaults(masks_lib.run_mask_sweep)
+COMPOSITE = _defaults(masks_lib.run_composite_sweep)
 
 
 @bench_app.callback()
@@ -26,32 +46,31 @@ def _setup() -> None:
 @bench_app.command()
 def quality(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder or hub id (default: the embedded ShapeWorld model)."),
-    cases: int = typer.Option(300, "--cases", "-n", help="Number of ShapeEdit cases."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the cases; case i is edited with seed + i."),
+    cases: int = typer.Option(QUALITY["cases"], "--cases", "-n", help="Number of ShapeEdit cases."),
+    seed: int = typer.Option(QUALITY["seed"], "--seed", help="Seed of the cases; case i is edited with seed + i."),
     methods: str = typer.Option(
         "all", "--methods",
         help="Comma-separated methods to run, or 'all' (every method of diffedit.bench.quality.METHODS: ours, "
         "diffusers, sdedit, gt_mask and our ablations).",
     ),
-    steps: int = typer.Option(50, "--steps", help="DDIM steps over the full noise range."),
-    batch: int = typer.Option(8, "--batch", "-b", help="Cases per call for ours, its ablations, gt_mask and SDEdit."),
+    steps: int = typer.Option(QUALITY["steps"], "--steps", help="DDIM steps over the full noise range."),
+    batch: int = typer.Option(QUALITY["batch_size"], "--batch", "-b", help="Cases per call for ours, its ablations, gt_mask and SDEdit."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report (summaries and per-edit rows)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of background PSNR vs edit success."),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Write the overall table as Markdown."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32 | fp16 | bf16 (diffusers' pipeline needs the VAE in the UNet's dtype)."),
+    device: str = typer.Option(QUALITY["device"], "--device", help="cpu or cuda."),
+    dtype: str = typer.Option(QUALITY["dtype"], "--dtype", help="fp32 | fp16 | bf16 (diffusers' pipeline needs the VAE in the UNet's dtype)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars and no table (use --json)."),
 ) -> None:
     """ShapeEdit quality of ours, its ablations and the baselines on the same cases and weights."""
-    from diffedit.bench.quality import run_quality
-
     set_threads(threads)
-    if dtype not in ("fp32", "fp16", "bf16"):
-        fail(f"--dtype must be fp32, fp16 or bf16, got {dtype!r}")
+    dtype = resolve_dtype(dtype, device)
+    if plot is not None and importlib.util.find_spec("matplotlib") is None:
+        fail("--plot needs matplotlib: pip install 'diffedit[bench]'")
     names = None if methods.strip() == "all" else [m.strip() for m in methods.split(",") if m.strip()]
     try:
-        run_quality(model, cases=cases, seed=seed, methods=names, batch_size=batch, steps=steps, device=device, dtype=dtype,
+        quality_lib.run_quality(model, cases=cases, seed=seed, methods=names, batch_size=batch, steps=steps, device=device, dtype=dtype,
                     json_path=json_path, plot_path=plot, markdown_path=markdown, progress=not quiet)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
@@ -63,15 +82,15 @@ def quality(
 
 @bench_app.command()
 def speed(
-    model: str = typer.Option("shapeworld", "--model", "-m", help="tiny | shapeworld | sd15-random | a model path."),
+    model: str = typer.Option(SPEED["model"], "--model", "-m", help="tiny | shapeworld | sd15-random | a model path."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | fp16 | bf16 (default: fp16 on cuda, fp32 on cpu)."),
-    size: int = typer.Option(512, "--size", help="Image side in pixels (random images)."),
-    steps: int = typer.Option(50, "--steps", help="DDIM steps over the full noise range."),
-    strength: float = typer.Option(0.8, "--strength", "-r", help="Encoding ratio r."),
-    mask_noises: int = typer.Option(10, "--mask-noises", help="Noises of the mask pass (both methods)."),
-    batch: int = typer.Option(1, "--batch", "-b", help="Images per edit: ours in one call, diffusers in a loop."),
-    repeats: int = typer.Option(3, "--repeats", help="Timed runs per method (median); a warm-up run is excluded."),
+    size: int = typer.Option(SPEED["size"], "--size", help="Image side in pixels (random images)."),
+    steps: int = typer.Option(SPEED["steps"], "--steps", help="DDIM steps over the full noise range."),
+    strength: float = typer.Option(SPEED["strength"], "--strength", "-r", help="Encoding ratio r."),
+    mask_noises: int = typer.Option(SPEED["mask_noises"], "--mask-noises", help="Noises of the mask pass (both methods)."),
+    batch: int = typer.Option(SPEED["batch"], "--batch", "-b", help="Images per edit: ours in one call, diffusers in a loop."),
+    repeats: int = typer.Option(SPEED["repeats"], "--repeats", help="Timed runs per method (median); a warm-up run is excluded."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the UNet (CUDA only)."),
     accel: Optional[str] = typer.Option(None, "--accel", help="Our fast path: 'trace' (TorchScript per shape)."),
     candidates: bool = typer.Option(False, "--candidates", help="Time ours with its defaults (extra encoding ratio, caption inversion, scoring; per-change maps) instead of one decoding and one map, the work diffusers' pipeline does."),
@@ -79,17 +98,11 @@ def speed(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the figures as JSON."),
 ) -> None:
     """Time our edit against diffusers' DiffEdit pipeline on one model: phases, total, ratio, memory."""
-    import torch
-
-    from diffedit.bench.speed import run_speed
-
     set_threads(threads)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = dtype or ("fp16" if device.startswith("cuda") else "fp32")
-    if dtype not in ("fp32", "fp16", "bf16"):
-        fail(f"--dtype must be fp32, fp16 or bf16, got {dtype!r}")
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype or "auto", device)
     try:
-        run_speed(model, device=device, dtype=dtype, size=size, steps=steps, strength=strength,
+        speed_lib.run_speed(model, device=device, dtype=dtype, size=size, steps=steps, strength=strength,
                   mask_noises=mask_noises, batch=batch, repeats=repeats, compile=compile, accel=accel,
                   candidates=candidates, json_path=json_path)
     except (ValueError, FileNotFoundError) as e:
@@ -100,46 +113,42 @@ def speed(
 
 @bench_app.command("masks")
 def masks(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="[default: the embedded model]"),
-    cases: int = typer.Option(96, "--cases", help="Edit cases to tune on."),
-    seed: int = typer.Option(1000, "--seed", help="Seed of the tuning cases (report on another)."),
-    steps: int = typer.Option(50, "--steps"),
-    batch: int = typer.Option(16, "--batch"),
-    top: int = typer.Option(12, "--top", help="Rows to print."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Default: the embedded model."),
+    cases: int = typer.Option(MASKS["cases"], "--cases", help="Edit cases to tune on."),
+    seed: int = typer.Option(MASKS["seed"], "--seed", help="Seed of the tuning cases (report on another)."),
+    steps: int = typer.Option(MASKS["steps"], "--steps", help="DDIM steps over the full noise range."),
+    batch: int = typer.Option(MASKS["batch_size"], "--batch", help="Cases per call."),
+    top: int = typer.Option(_defaults(masks_lib.format_mask_sweep)["top"], "--top", help="Rows to print."),
     json_path: Optional[Path] = typer.Option(None, "--json"),
     threads: Optional[int] = typer.Option(None, "--threads"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Sweep the mask's post-processing (reference, clamp, smoothing, threshold, dilation) for mask IoU."""
-    from diffedit.bench.masks import format_mask_sweep, run_mask_sweep
-
     set_threads(threads)
     try:
-        report = run_mask_sweep(model, cases=cases, seed=seed, batch_size=batch, steps=steps, json_path=json_path,
+        report = masks_lib.run_mask_sweep(model, cases=cases, seed=seed, batch_size=batch, steps=steps, json_path=json_path,
                                 progress=not quiet)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
-    typer.echo(format_mask_sweep(report, top))
+    typer.echo(masks_lib.format_mask_sweep(report, top))
 
 
 @bench_app.command("composite")
 def composite_sweep(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="[default: the embedded model]"),
-    cases: int = typer.Option(48, "--cases", help="Edit cases to tune on."),
-    seed: int = typer.Option(5000, "--seed", help="Seed of the tuning cases (report on another)."),
-    steps: int = typer.Option(50, "--steps"),
-    batch: int = typer.Option(8, "--batch"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Default: the embedded model."),
+    cases: int = typer.Option(COMPOSITE["cases"], "--cases", help="Edit cases to tune on."),
+    seed: int = typer.Option(COMPOSITE["seed"], "--seed", help="Seed of the tuning cases (report on another)."),
+    steps: int = typer.Option(COMPOSITE["steps"], "--steps", help="DDIM steps over the full noise range."),
+    batch: int = typer.Option(COMPOSITE["batch_size"], "--batch", help="Cases per call."),
     json_path: Optional[Path] = typer.Option(None, "--json"),
     threads: Optional[int] = typer.Option(None, "--threads"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Sweep the pixel composite (mask dilation x feather width): background PSNR against edit success."""
-    from diffedit.bench.masks import format_composite_sweep, run_composite_sweep
-
     set_threads(threads)
     try:
-        report = run_composite_sweep(model, cases=cases, seed=seed, batch_size=batch, steps=steps,
+        report = masks_lib.run_composite_sweep(model, cases=cases, seed=seed, batch_size=batch, steps=steps,
                                      json_path=json_path, progress=not quiet)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
-    typer.echo(format_composite_sweep(report))
+    typer.echo(masks_lib.format_composite_sweep(report))

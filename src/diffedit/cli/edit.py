@@ -7,62 +7,62 @@ from typing import Optional
 
 import typer
 
-from diffedit.cli.common import default_output, fail, indexed, load_editor, set_threads
+from diffedit import EditOptions
+from diffedit.cli.common import SET_HELP, default_output, edit_options, fail, indexed, load_editor, set_threads
+
+
+EDIT, MASK, OUTPUT, MODEL, ADVANCED = "Edit", "Mask", "Output", "Model and device", "Advanced"
+DEFAULTS = EditOptions()  # every default below is the library's: one place for them
 
 
 def edit(
     image: Path = typer.Argument(..., help="Input image (any format PIL reads)."),
     source: str = typer.Option(..., "--source", "-s", help="What the image shows now ('' for nothing)."),
     target: list[str] = typer.Option(..., "--target", "-t", help="What it should show; repeat for several edits."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Edited image [default: <stem>_edited.png]."),
-    mask_output: Optional[Path] = typer.Option(None, "--mask-output", help="Also write the binary mask PNG."),
-    panel: Optional[Path] = typer.Option(None, "--panel", help="Also write a panel: input | mask overlay | output."),
-    mask: Optional[Path] = typer.Option(None, "--mask", help="Use this mask (white = edit) instead of computing one."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Hub id, diffusers folder or .safetensors/.ckpt [default: embedded ShapeWorld model]."),
-    config: Optional[str] = typer.Option(None, "--config", help="Diffusers config folder or hub id for a single-file checkpoint."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the mask noises [default: random, saved in the sidecar]."),
-    steps: int = typer.Option(50, "--steps", help="DDIM steps over the full noise range."),
-    strength: float = typer.Option(0.8, "--strength", "-r", help="Encoding ratio r in (0, 1]."),
-    guidance: float = typer.Option(7.5, "--guidance", "-g", help="Classifier-free guidance scale."),
-    extra_strength: list[float] = typer.Option([1.0], "--extra-strength", help="Also decode from this encoding ratio (repeat for several); the model keeps, per edit, the candidate its target prompt explains best."),
-    noise_candidate: list[float] = typer.Option([], "--noise-candidate", help="Also decode from the top inverted level with this share of fresh noise inside the mask (repeatable; off by default)."),
-    no_caption_candidate: bool = typer.Option(False, "--no-caption-candidate", help="Do not add the candidate inverted with the source prompt."),
-    one_candidate: bool = typer.Option(False, "--one-candidate", help="The paper's single decoding at --strength: no extra candidates, no scoring (about 3x faster)."),
-    threshold: float = typer.Option(0.5, "--threshold", help="Mask threshold in [0, 1]: the composite's pixel mask; caps --decode-threshold."),
-    decode_threshold: float = typer.Option(0.3, "--decode-threshold", help="Threshold of the latent mask decoding paints in; below --threshold it leaves room for new shapes (equal to it: the paper's single threshold)."),
-    negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="[default: the source prompt]"),
-    mask_noises: int = typer.Option(10, "--mask-noises", help="Noises averaged for the mask."),
-    whole_prompt_mask: bool = typer.Option(False, "--whole-prompt-mask", help="Map a target that changes several words as one change (the paper), not each change on its own."),
-    smooth: float = typer.Option(1.0, "--smooth", help="Gaussian sigma of mask smoothing, latent cells (0: off)."),
-    dilate: int = typer.Option(0, "--dilate", help="Grow the mask by this many latent cells."),
-    no_composite: bool = typer.Option(False, "--no-composite", help="Keep the decoder's pixels outside the mask."),
-    feather: int = typer.Option(2, "--feather", help="Width in pixels of the composite's opacity ramp inside the mask edge."),
-    snap_edges: bool = typer.Option(False, "--snap-edges", help="Snap the pixel mask to the input's colour edges only (guided filter); implies --no-edit-snap."),
-    edit_trim: float = typer.Option(0.12, "--edit-trim", help="With the edit snap: drop mask pixels whose input and edit colours match the background just around the region within this distance (RGB in [0, 1]; 0: off)."),
-    no_edit_snap: bool = typer.Option(False, "--no-edit-snap", help="Composite inside the soft-trimmed latent cells instead of the mask snapped to the edges of input and edit."),
-    max_pixels: int = typer.Option(2048 * 2048, "--max-pixels", help="Refuse larger images."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... [default: cuda if available]."),
-    dtype: str = typer.Option("auto", "--dtype", help="fp32 | fp16 | bf16 [default: fp16 on cuda, fp32 on cpu]."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch [default: torch's]."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the mask noises (default: random, saved in the sidecar)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Edited image (default: <stem>_edited.png).", rich_help_panel=OUTPUT),
+    mask_output: Optional[Path] = typer.Option(None, "--mask-output", help="Also write the binary mask PNG.", rich_help_panel=OUTPUT),
+    panel: Optional[Path] = typer.Option(None, "--panel", help="Also write a panel: input | mask overlay | output.", rich_help_panel=OUTPUT),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars.", rich_help_panel=OUTPUT),
+    steps: int = typer.Option(DEFAULTS.num_inference_steps, "--steps", help="DDIM steps over the full noise range.", rich_help_panel=EDIT),
+    strength: float = typer.Option(DEFAULTS.strength, "--strength", "-r", help="Encoding ratio r in (0, 1]: how far the image is inverted.", rich_help_panel=EDIT),
+    guidance: float = typer.Option(DEFAULTS.guidance_scale, "--guidance", "-g", help="Classifier-free guidance scale of the decoding.", rich_help_panel=EDIT),
+    negative_prompt: Optional[str] = typer.Option(DEFAULTS.negative_prompt, "--negative-prompt", help="What the decoding steers away from (default: the source prompt).", rich_help_panel=EDIT),
+    one_candidate: bool = typer.Option(False, "--one-candidate", help="The paper's single decoding at --strength: no extra candidates, no scoring (about 3x faster).", rich_help_panel=EDIT),
+    mask: Optional[Path] = typer.Option(None, "--mask", help="Use this mask (white = edit) instead of computing one.", rich_help_panel=MASK),
+    threshold: float = typer.Option(DEFAULTS.mask_threshold, "--threshold", help="Mask threshold in [0, 1]: the composite's pixel mask; caps --decode-threshold.", rich_help_panel=MASK),
+    decode_threshold: float = typer.Option(DEFAULTS.decode_threshold, "--decode-threshold", help="Threshold of the latent mask decoding paints in; below --threshold it leaves room for new shapes (equal to it: the paper's single threshold).", rich_help_panel=MASK),
+    mask_noises: int = typer.Option(DEFAULTS.mask_noises, "--mask-noises", help="Noises averaged for the mask.", rich_help_panel=MASK),
+    smooth: float = typer.Option(DEFAULTS.mask_smooth, "--smooth", help="Gaussian sigma of mask smoothing, latent cells (0: off).", rich_help_panel=MASK),
+    dilate: int = typer.Option(DEFAULTS.mask_dilate, "--dilate", help="Grow the mask by this many latent cells.", rich_help_panel=MASK),
+    no_composite: bool = typer.Option(not DEFAULTS.composite, "--no-composite", help="Keep the decoder's pixels outside the mask.", rich_help_panel=MASK),
+    feather: int = typer.Option(DEFAULTS.feather, "--feather", help="Width in pixels of the composite's opacity ramp inside the mask edge.", rich_help_panel=MASK),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Hub id, diffusers folder or .safetensors/.ckpt (default: embedded ShapeWorld model).", rich_help_panel=MODEL),
+    config: Optional[str] = typer.Option(None, "--config", help="Diffusers config folder or hub id for a single-file checkpoint.", rich_help_panel=MODEL),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available).", rich_help_panel=MODEL),
+    dtype: str = typer.Option("auto", "--dtype", help="fp32 | fp16 | bf16 (default: fp16 on cuda, fp32 on cpu).", rich_help_panel=MODEL),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's).", rich_help_panel=MODEL),
+    max_pixels: int = typer.Option(DEFAULTS.max_pixels, "--max-pixels", help="Refuse larger images.", rich_help_panel=MODEL),
+    settings: Optional[list[str]] = typer.Option(None, "--set", metavar="NAME=VALUE", help=SET_HELP, rich_help_panel=ADVANCED),
+    whole_prompt_mask: bool = typer.Option(False, "--whole-prompt-mask", hidden=True, help="Deprecated: --set mask_per_change=false."),
 ) -> None:
     """Edit IMAGE from --source to --target; writes the image, a JSON sidecar, and optionally mask and panel."""
-    from diffedit import EditOptions
     from diffedit.images import load_image, make_panel, mask_overlay, save_image, save_json
 
     if not image.exists():
         fail(f"image file not found: {image}")
+    flags = dict(
+        num_inference_steps=steps, strength=strength, guidance_scale=guidance, negative_prompt=negative_prompt,
+        mask_threshold=threshold, decode_threshold=decode_threshold, mask_noises=mask_noises, mask_smooth=smooth,
+        mask_dilate=dilate, composite=not no_composite, feather=feather, max_pixels=max_pixels,
+    )
+    if one_candidate:
+        flags.update(extra_strengths=(), noise_candidates=(), caption_candidate=False)
+    if whole_prompt_mask:
+        flags.update(mask_per_change=False)
+    options = edit_options(flags, settings)
     try:
-        options = EditOptions(
-            num_inference_steps=steps, strength=strength, guidance_scale=guidance, mask_threshold=threshold,
-            decode_threshold=decode_threshold, negative_prompt=negative_prompt, mask_noises=mask_noises, mask_smooth=smooth, mask_dilate=dilate,
-            mask_per_change=not whole_prompt_mask, composite=not no_composite, feather=feather, mask_snap=snap_edges, max_pixels=max_pixels,
-            edit_snap=not (no_edit_snap or snap_edges), edit_trim=edit_trim,
-            extra_strengths=() if one_candidate else tuple(extra_strength),
-            noise_candidates=() if one_candidate else tuple(noise_candidate),
-            caption_candidate=not (one_candidate or no_caption_candidate),
-        )
-        load_image(image, max_pixels=max_pixels)  # fail on a bad image before loading the model
+        load_image(image, max_pixels=options.max_pixels)  # fail on a bad image before loading the model
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     set_threads(threads)
@@ -74,7 +74,7 @@ def edit(
     output = output or default_output(image, "edited")
     n = len(result.images)
     written = []
-    input_image = load_image(image, max_pixels=max_pixels)
+    input_image = load_image(image, max_pixels=options.max_pixels)
     for i, (out_image, mask_image) in enumerate(zip(result.images, result.mask_images)):
         written.append(save_image(out_image, indexed(output, i, n)))
         if mask_output:
@@ -97,35 +97,35 @@ def edit(
 
 def mask_command(
     image: Path = typer.Argument(..., help="Input image."),
-    source: str = typer.Option(..., "--source", "-s"),
-    target: str = typer.Option(..., "--target", "-t"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Binary mask PNG [default: <stem>_mask.png]."),
-    soft_output: Optional[Path] = typer.Option(None, "--soft-output", help="Also write the soft map PNG."),
-    model: Optional[str] = typer.Option(None, "--model", "-m"),
-    config: Optional[str] = typer.Option(None, "--config"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    threshold: float = typer.Option(0.5, "--threshold"),
-    mask_noises: int = typer.Option(10, "--mask-noises"),
-    whole_prompt_mask: bool = typer.Option(False, "--whole-prompt-mask", help="Map a several-word change as one (the paper's map)."),
-    smooth: float = typer.Option(1.0, "--smooth"),
-    dilate: int = typer.Option(0, "--dilate"),
-    snap_edges: bool = typer.Option(False, "--snap-edges", help="Snap the mask to the input's colour edges."),
-    device: Optional[str] = typer.Option(None, "--device"),
-    dtype: str = typer.Option("auto", "--dtype"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch [default: torch's]."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    source: str = typer.Option(..., "--source", "-s", help="What the image shows now."),
+    target: str = typer.Option(..., "--target", "-t", help="What it should show."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the mask noises (default: random, saved in the sidecar)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Binary mask PNG (default: <stem>_mask.png).", rich_help_panel=OUTPUT),
+    soft_output: Optional[Path] = typer.Option(None, "--soft-output", help="Also write the soft map PNG.", rich_help_panel=OUTPUT),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars.", rich_help_panel=OUTPUT),
+    threshold: float = typer.Option(DEFAULTS.mask_threshold, "--threshold", help="Mask threshold in [0, 1].", rich_help_panel=MASK),
+    mask_noises: int = typer.Option(DEFAULTS.mask_noises, "--mask-noises", help="Noises averaged for the mask.", rich_help_panel=MASK),
+    smooth: float = typer.Option(DEFAULTS.mask_smooth, "--smooth", help="Gaussian sigma of mask smoothing, latent cells (0: off).", rich_help_panel=MASK),
+    dilate: int = typer.Option(DEFAULTS.mask_dilate, "--dilate", help="Grow the mask by this many latent cells.", rich_help_panel=MASK),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Hub id, diffusers folder or .safetensors/.ckpt (default: embedded ShapeWorld model).", rich_help_panel=MODEL),
+    config: Optional[str] = typer.Option(None, "--config", help="Diffusers config folder or hub id for a single-file checkpoint.", rich_help_panel=MODEL),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available).", rich_help_panel=MODEL),
+    dtype: str = typer.Option("auto", "--dtype", help="fp32 | fp16 | bf16 (default: fp16 on cuda, fp32 on cpu).", rich_help_panel=MODEL),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's).", rich_help_panel=MODEL),
+    settings: Optional[list[str]] = typer.Option(None, "--set", metavar="NAME=VALUE", help=SET_HELP, rich_help_panel=ADVANCED),
+    whole_prompt_mask: bool = typer.Option(False, "--whole-prompt-mask", hidden=True, help="Deprecated: --set mask_per_change=false."),
 ) -> None:
     """Compute the DiffEdit mask of IMAGE for --source -> --target and write it as a PNG."""
-    from diffedit import EditOptions
     from diffedit.images import load_image, save_image, save_json
 
     if not image.exists():
         fail(f"image file not found: {image}")
+    flags = dict(mask_threshold=threshold, mask_noises=mask_noises, mask_smooth=smooth, mask_dilate=dilate)
+    if whole_prompt_mask:
+        flags.update(mask_per_change=False)
+    options = edit_options(flags, settings)
     try:
-        options = EditOptions(mask_threshold=threshold, mask_noises=mask_noises, mask_smooth=smooth, mask_dilate=dilate,
-                              mask_per_change=not whole_prompt_mask,
-                              mask_snap=snap_edges)
-        load_image(image)
+        load_image(image, max_pixels=options.max_pixels)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     set_threads(threads)
@@ -150,9 +150,9 @@ def mask_command(
 def demo(
     output_dir: Path = typer.Option(Path("diffedit-demo"), "--output-dir", "-o", help="Where to write the files."),
     seed: int = typer.Option(0, "--seed", help="Seed of the scene and of the mask noises."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="[default: the embedded ShapeWorld model]"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Default: the embedded ShapeWorld model."),
     device: Optional[str] = typer.Option(None, "--device"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch [default: torch's]."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Draw a ShapeWorld scene, recolor one object with DiffEdit, write input, mask, output and a panel."""

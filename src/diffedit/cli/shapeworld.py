@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Optional
@@ -28,7 +29,7 @@ def shapeworld_train(
     seed: int = typer.Option(0, "--seed"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
     anneal: bool = typer.Option(False, "--anneal", help="Cosine-decay the UNet learning rate to 10 % over this call (a last run)."),
-    two_object_share: Optional[float] = typer.Option(None, "--two-object-share", help="Share of two-object scenes in fresh training latents [default: 0.5, the world's own]."),
+    two_object_share: Optional[float] = typer.Option(None, "--two-object-share", help="Share of two-object scenes in fresh training latents (default: 0.5, the world's own)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Train the embedded ShapeWorld model (VAE, then UNet + text encoder on precomputed latents)."""
@@ -47,7 +48,7 @@ def shapeworld_train(
 
 @shapeworld_app.command("evaluate")
 def shapeworld_evaluate(
-    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model folder [default: the embedded model]."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model folder (default: the embedded model)."),
     captions: int = typer.Option(200, "--captions", help="Captions sampled for generation accuracy."),
     steps: int = typer.Option(50, "--steps", help="DDIM steps of generation and inversion."),
     guidance: float = typer.Option(7.5, "--guidance", help="Guidance of generation."),
@@ -66,6 +67,8 @@ def shapeworld_evaluate(
     from diffedit.shapeworld.evaluate import generation_accuracy, inversion_psnr, vae_psnr
     from diffedit.shapeworld.model import load_model
 
+    if importlib.util.find_spec("scipy") is None:
+        fail("shapeworld evaluate reads generated images back with a checker that needs scipy: pip install 'diffedit[train]'")
     path = model or embedded_model_path()
     if not (Path(path) / "model_index.json").is_file():
         fail(f"no model folder at {path} (model_index.json missing)")
