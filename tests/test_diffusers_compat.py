@@ -17,6 +17,7 @@ import torch
 from diffusers import DDIMInverseScheduler, StableDiffusionDiffEditPipeline
 from PIL import Image
 
+from diffedit.images import from_uint8
 from diffedit.masks import noise_difference_maps, normalize_maps, threshold_maps
 from diffedit.schedule import ddim_grid
 
@@ -37,7 +38,7 @@ def pipe():
 
 def _our_mask_like_diffusers(pipe, image, source, target, seed, steps=10, n=10):
     """Reproduce diffusers' random draws (posterior sample, then noise), then run our mask functions."""
-    pixels = torch.from_numpy(np.asarray(image, np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    pixels = from_uint8(np.asarray(image)).permute(2, 0, 1)[None]
     g = torch.Generator().manual_seed(seed)
     posterior = pipe.vae.encode(pixels.repeat(n, 1, 1, 1)).latent_dist
     latents = posterior.sample(g) * pipe.vae.config.scaling_factor  # (n, C, h, w)
@@ -110,11 +111,11 @@ def test_diffusers_blends_one_level_too_noisy_and_we_do_not(pipe, image, editor)
                   num_inference_steps=10, inpaint_strength=0.8, output_type="latent").images
     assert torch.allclose(theirs, inv[:, -1])  # ends on level 1 (noisy), not level 0
     clean = pipe.vae.config.scaling_factor * pipe.vae.encode(
-        torch.from_numpy(image.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None]).latent_dist.mean
+        from_uint8(image).permute(2, 0, 1)[None]).latent_dist.mean
     assert not torch.allclose(theirs, clean, atol=1e-2)
 
     res = editor.edit(image, "a red square", "a blue circle", mask=np.zeros((32, 32), np.uint8), seed=0,
                       num_inference_steps=10, composite=False)
-    ours_latent = editor.encode_images(torch.from_numpy(np.asarray(res.image, np.float32) / 127.5 - 1).permute(2, 0, 1)[None])
+    ours_latent = editor.encode_images(from_uint8(np.asarray(res.image)).permute(2, 0, 1)[None])
     # decoded-then-re-encoded background: close to the clean latent, far from diffusers' noisy one
     assert (ours_latent - clean).abs().mean() < (theirs - clean).abs().mean()

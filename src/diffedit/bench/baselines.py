@@ -10,9 +10,7 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,6 +22,7 @@ from diffedit.images import ImageInput, load_image, pad_to_multiple, pil_to_tens
 from diffedit.results import EditOptions, EditResult
 from diffedit.sampling import masked_denoise
 from diffedit.schedule import ddim_grid
+from diffedit.timing import timed
 
 if TYPE_CHECKING:  # importing diffusers' pipelines costs seconds: only when one is built
     from diffusers import StableDiffusionDiffEditPipeline
@@ -34,7 +33,6 @@ __all__ = [
     "diffusers_edit",
     "sdedit",
     "gt_mask_edit",
-    "timer",
 ]
 
 # Our method and its ablations: option overrides on top of the benchmark's EditOptions.
@@ -53,19 +51,6 @@ OURS_VARIANTS: dict[str, dict] = {
     #   a fourth candidate (half fresh noise in the mask at r = 1), scored also against the empty prompt: not default
     "ours_one_candidate": {"extra_strengths": (), "noise_candidates": (), "caption_candidate": False},  # the paper's single decoding at r
 }
-
-
-@contextmanager
-def timer(timings: dict[str, float], name: str, device: torch.device | str = "cpu"):
-    """Add the wall time of the block to timings[name]; CUDA work is synchronised on both ends."""
-    cuda = torch.device(device).type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    yield
-    if cuda:
-        torch.cuda.synchronize(device)
-    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
 
 
 # ------------------------------------------------------------------ diffusers' pipeline
@@ -110,17 +95,17 @@ def diffusers_edit(
     image = load_image(image)
     device = pipe.unet.device
     generator = lambda: torch.Generator().manual_seed(seed)  # noqa: E731 - one fresh stream per stage
-    with timer(timings, "generate_mask", device):
+    with timed(timings, "generate_mask", device):
         mask = pipe.generate_mask(
             image=image, source_prompt=source, target_prompt=target, generator=generator(),
             num_inference_steps=num_inference_steps, num_maps_per_mask=mask_noises,
         )  # (1, h, w) int
-    with timer(timings, "invert", device):
+    with timed(timings, "invert", device):
         inverted = pipe.invert(
             prompt=source, image=image, inpaint_strength=strength, generator=generator(),
             num_inference_steps=num_inference_steps,
         ).latents
-    with timer(timings, "call", device):
+    with timed(timings, "call", device):
         edited = pipe(
             prompt=target, mask_image=mask, image_latents=inverted, negative_prompt=source,
             inpaint_strength=strength, generator=generator(), num_inference_steps=num_inference_steps,

@@ -11,26 +11,17 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from diffedit.devices import parse_dtype
 from diffedit.editor import DiffEditor
 from diffedit.loading import Components
+from diffedit.schedule import sd_scheduler
 
 if TYPE_CHECKING:  # the model classes are imported where a model is built: `diffedit --help` stays fast
-    from diffusers import DDIMScheduler
     from transformers import CLIPTokenizer
 
 __all__ = ["BENCH_MODELS", "tiny_components", "sd15_random_components", "load_bench_editor"]
 
 BENCH_MODELS = ("tiny", "shapeworld", "sd15-random")  # or a path / hub id
-
-
-def _sd_scheduler() -> "DDIMScheduler":
-    """DDIM with Stable Diffusion's noise schedule."""
-    from diffusers import DDIMScheduler
-
-    return DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-        set_alpha_to_one=False, steps_offset=1,
-    )
 
 
 def _char_tokenizer(max_length: int, words: tuple[str, ...] = ()) -> "CLIPTokenizer":
@@ -77,7 +68,7 @@ def tiny_components(seed: int = 0) -> Components:
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=32,
         sample_size=32, force_upcast=False,
     )
-    return Components(vae, unet, text_encoder, tokenizer, _sd_scheduler(), name="tiny")
+    return Components(vae, unet, text_encoder, tokenizer, sd_scheduler(), name="tiny")
 
 
 def sd15_random_components(seed: int = 0) -> Components:
@@ -113,7 +104,7 @@ def sd15_random_components(seed: int = 0) -> Components:
             bos_token_id=0, eos_token_id=1, pad_token_id=1,
         )
     )
-    return Components(vae, unet, text_encoder, _char_tokenizer(77), _sd_scheduler(), name="sd15-random")
+    return Components(vae, unet, text_encoder, _char_tokenizer(77), sd_scheduler(), name="sd15-random")
 
 
 def load_bench_editor(
@@ -128,8 +119,7 @@ def load_bench_editor(
         editor = DiffEditor.from_pretrained(None if model in (None, "shapeworld") else model, progress=progress)
     if editor.device != torch.device(device):
         editor.to(device)
-    if isinstance(dtype, str):
-        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(dtype, dtype)
+    dtype = parse_dtype(dtype)
     # cast only when needed (diffusers warns on every .to(dtype)); transformers 5 loads a checkpoint's own
     # dtype, so an fp16-saved text encoder may come back fp16 beside an fp32 UNet
     if any(m.dtype != dtype for m in (editor.unet, editor.text_encoder, editor.vae)):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from diffedit.metrics import upsample_nearest
 from diffedit.results import EditOptions
 from diffedit.shapeworld.scoring import PSNR_CAP, score_edit, summarize
 from diffedit.shapeworld.world import EditCase, edit_cases
+from diffedit.timing import timed
 
 __all__ = ["METHODS", "run_quality", "format_quality", "format_quality_markdown", "plot_quality"]
 
@@ -130,9 +130,10 @@ def run_quality(
     }
     for method in methods:
         with tqdm(total=cases, desc=method, disable=not progress, leave=False, dynamic_ncols=True) as bar:
-            start = time.perf_counter()
-            edits = _edit_method(method, editor, case_list, seed=seed, options=options, batch_size=batch_size, bar=bar)
-            seconds = time.perf_counter() - start
+            timings: dict[str, float] = {}
+            with timed(timings, method, editor.device):
+                edits = _edit_method(method, editor, case_list, seed=seed, options=options, batch_size=batch_size, bar=bar)
+            seconds = timings[method]
         rows = []
         for i, (case, (edited, mask)) in enumerate(zip(case_list, edits)):
             row = score_edit(edited, case, mask)

@@ -18,10 +18,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diffedit.bench.baselines import diffusers_edit, diffusers_pipeline, timer
+from diffedit.bench.baselines import diffusers_edit, diffusers_pipeline
 from diffedit.bench.models import load_bench_editor
+from diffedit.devices import resolve_device
 from diffedit.images import save_json
 from diffedit.results import EditOptions
+from diffedit.timing import timed
 
 __all__ = ["run_speed", "format_speed"]
 
@@ -156,9 +158,7 @@ def run_speed(
         raise ValueError("repeats, batch and steps must be >= 1")
     if size % 8 or size < 16:
         raise ValueError(f"size must be a multiple of 8 and >= 16, got {size}")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda asked for, but no CUDA device is available (use --device cpu)")
+    dev = torch.device(resolve_device(device))
     if compile and dev.type != "cuda":
         raise ValueError("--compile is CUDA only: on CPU, compiling the UNet takes minutes for a few % per step")
     if compile and accel not in (None, "compile"):
@@ -185,7 +185,7 @@ def run_speed(
 
     def ours() -> dict[str, float]:
         t: dict[str, float] = {}
-        with timer(t, "total", dev):
+        with timed(t, "total", dev):
             result = editor.edit(
                 images if batch > 1 else images[0], [source] * batch if batch > 1 else source, target,
                 seed=0, options=options,
@@ -196,7 +196,7 @@ def run_speed(
 
     def theirs() -> dict[str, float]:
         t: dict[str, float] = {}
-        with timer(t, "total", dev):
+        with timed(t, "total", dev):
             for i, image in enumerate(images):  # diffusers' pipeline takes one image at a time
                 diffusers_edit(pipe, image, source, target, seed=i, num_inference_steps=steps,
                                strength=strength, mask_noises=mask_noises, timings=t)

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-DTYPES = ("auto", "fp32", "fp16", "bf16")
+DTYPES = ("auto", "fp32", "fp16", "bf16")  # diffedit.devices.DTYPES and "auto"
 SET_HELP = (
     "Advanced: any EditOptions field (see docs/options.md), as NAME=VALUE; repeatable, applied after the options "
     "above. VALUE is read as JSON when it parses (0.5, true, null, [0.9, 1.0]), else as a string."
@@ -22,21 +22,22 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def resolve_device(device: str | None) -> str:
-    import torch
+    """--device: None or "auto" is cuda when available, else cpu; a missing CUDA device is a one-line error."""
+    from diffedit import devices
 
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        fail(f"--device {device} asked for, but no CUDA device is available (use --device cpu)")
-    return device
+    try:
+        return devices.resolve_device(device)
+    except ValueError as e:
+        fail(f"--{e}")
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
+    """--dtype: "auto" is fp16 on CUDA and fp32 elsewhere."""
+    from diffedit import devices
+
     if dtype not in DTYPES:
         fail(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if dtype == "auto":
-        return "fp16" if device.startswith("cuda") else "fp32"
-    return dtype
+    return devices.auto_dtype(device) if dtype == "auto" else dtype
 
 
 def quiet_libraries() -> None:

@@ -14,16 +14,27 @@ from diffedit.cli.common import SET_HELP, default_output, edit_options, fail, in
 EDIT, MASK, OUTPUT, MODEL, ADVANCED = "Edit", "Mask", "Output", "Model and device", "Advanced"
 DEFAULTS = EditOptions()  # every default below is the library's: one place for them
 
+# options edit and mask share (typer reads an Option's settings, it does not change them)
+MODEL_OPTION = typer.Option(None, "--model", "-m", help="Hub id, diffusers folder or .safetensors/.ckpt (default: embedded ShapeWorld model).", rich_help_panel=MODEL)
+CONFIG_OPTION = typer.Option(None, "--config", help="Diffusers config folder or hub id for a single-file checkpoint.", rich_help_panel=MODEL)
+DEVICE_OPTION = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available).", rich_help_panel=MODEL)
+DTYPE_OPTION = typer.Option("auto", "--dtype", help="fp32 | fp16 | bf16 (default: fp16 on cuda, fp32 on cpu).", rich_help_panel=MODEL)
+THREADS_OPTION = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's).", rich_help_panel=MODEL)
+SET_OPTION = typer.Option(None, "--set", metavar="NAME=VALUE", help=SET_HELP, rich_help_panel=ADVANCED)
+WHOLE_PROMPT_MASK_OPTION = typer.Option(False, "--whole-prompt-mask", hidden=True, help="Deprecated: --set mask_per_change=false.")
+SEED_OPTION = typer.Option(None, "--seed", help="Seed of the mask noises (default: random, saved in the sidecar).")
+QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress bars.", rich_help_panel=OUTPUT)
+
 
 def edit(
     image: Path = typer.Argument(..., help="Input image (any format PIL reads)."),
     source: str = typer.Option(..., "--source", "-s", help="What the image shows now ('' for nothing)."),
     target: list[str] = typer.Option(..., "--target", "-t", help="What it should show; repeat for several edits."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the mask noises (default: random, saved in the sidecar)."),
+    seed: Optional[int] = SEED_OPTION,
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Edited image (default: <stem>_edited.png).", rich_help_panel=OUTPUT),
     mask_output: Optional[Path] = typer.Option(None, "--mask-output", help="Also write the binary mask PNG.", rich_help_panel=OUTPUT),
     panel: Optional[Path] = typer.Option(None, "--panel", help="Also write a panel: input | mask overlay | output.", rich_help_panel=OUTPUT),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars.", rich_help_panel=OUTPUT),
+    quiet: bool = QUIET_OPTION,
     steps: int = typer.Option(DEFAULTS.num_inference_steps, "--steps", help="DDIM steps over the full noise range.", rich_help_panel=EDIT),
     strength: float = typer.Option(DEFAULTS.strength, "--strength", "-r", help="Encoding ratio r in (0, 1]: how far the image is inverted.", rich_help_panel=EDIT),
     guidance: float = typer.Option(DEFAULTS.guidance_scale, "--guidance", "-g", help="Classifier-free guidance scale of the decoding.", rich_help_panel=EDIT),
@@ -37,14 +48,14 @@ def edit(
     dilate: int = typer.Option(DEFAULTS.mask_dilate, "--dilate", help="Grow the mask by this many latent cells.", rich_help_panel=MASK),
     no_composite: bool = typer.Option(not DEFAULTS.composite, "--no-composite", help="Keep the decoder's pixels outside the mask.", rich_help_panel=MASK),
     feather: int = typer.Option(DEFAULTS.feather, "--feather", help="Width in pixels of the composite's opacity ramp inside the mask edge.", rich_help_panel=MASK),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Hub id, diffusers folder or .safetensors/.ckpt (default: embedded ShapeWorld model).", rich_help_panel=MODEL),
-    config: Optional[str] = typer.Option(None, "--config", help="Diffusers config folder or hub id for a single-file checkpoint.", rich_help_panel=MODEL),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available).", rich_help_panel=MODEL),
-    dtype: str = typer.Option("auto", "--dtype", help="fp32 | fp16 | bf16 (default: fp16 on cuda, fp32 on cpu).", rich_help_panel=MODEL),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's).", rich_help_panel=MODEL),
+    model: Optional[str] = MODEL_OPTION,
+    config: Optional[str] = CONFIG_OPTION,
+    device: Optional[str] = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
+    threads: Optional[int] = THREADS_OPTION,
     max_pixels: int = typer.Option(DEFAULTS.max_pixels, "--max-pixels", help="Refuse larger images.", rich_help_panel=MODEL),
-    settings: Optional[list[str]] = typer.Option(None, "--set", metavar="NAME=VALUE", help=SET_HELP, rich_help_panel=ADVANCED),
-    whole_prompt_mask: bool = typer.Option(False, "--whole-prompt-mask", hidden=True, help="Deprecated: --set mask_per_change=false."),
+    settings: Optional[list[str]] = SET_OPTION,
+    whole_prompt_mask: bool = WHOLE_PROMPT_MASK_OPTION,
 ) -> None:
     """Edit IMAGE from --source to --target; writes the image, a JSON sidecar, and optionally mask and panel."""
     from diffedit.images import load_image, make_panel, mask_overlay, save_image, save_json
@@ -99,21 +110,21 @@ def mask_command(
     image: Path = typer.Argument(..., help="Input image."),
     source: str = typer.Option(..., "--source", "-s", help="What the image shows now."),
     target: str = typer.Option(..., "--target", "-t", help="What it should show."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the mask noises (default: random, saved in the sidecar)."),
+    seed: Optional[int] = SEED_OPTION,
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Binary mask PNG (default: <stem>_mask.png).", rich_help_panel=OUTPUT),
     soft_output: Optional[Path] = typer.Option(None, "--soft-output", help="Also write the soft map PNG.", rich_help_panel=OUTPUT),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars.", rich_help_panel=OUTPUT),
+    quiet: bool = QUIET_OPTION,
     threshold: float = typer.Option(DEFAULTS.mask_threshold, "--threshold", help="Mask threshold in [0, 1].", rich_help_panel=MASK),
     mask_noises: int = typer.Option(DEFAULTS.mask_noises, "--mask-noises", help="Noises averaged for the mask.", rich_help_panel=MASK),
     smooth: float = typer.Option(DEFAULTS.mask_smooth, "--smooth", help="Gaussian sigma of mask smoothing, latent cells (0: off).", rich_help_panel=MASK),
     dilate: int = typer.Option(DEFAULTS.mask_dilate, "--dilate", help="Grow the mask by this many latent cells.", rich_help_panel=MASK),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Hub id, diffusers folder or .safetensors/.ckpt (default: embedded ShapeWorld model).", rich_help_panel=MODEL),
-    config: Optional[str] = typer.Option(None, "--config", help="Diffusers config folder or hub id for a single-file checkpoint.", rich_help_panel=MODEL),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available).", rich_help_panel=MODEL),
-    dtype: str = typer.Option("auto", "--dtype", help="fp32 | fp16 | bf16 (default: fp16 on cuda, fp32 on cpu).", rich_help_panel=MODEL),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's).", rich_help_panel=MODEL),
-    settings: Optional[list[str]] = typer.Option(None, "--set", metavar="NAME=VALUE", help=SET_HELP, rich_help_panel=ADVANCED),
-    whole_prompt_mask: bool = typer.Option(False, "--whole-prompt-mask", hidden=True, help="Deprecated: --set mask_per_change=false."),
+    model: Optional[str] = MODEL_OPTION,
+    config: Optional[str] = CONFIG_OPTION,
+    device: Optional[str] = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
+    threads: Optional[int] = THREADS_OPTION,
+    settings: Optional[list[str]] = SET_OPTION,
+    whole_prompt_mask: bool = WHOLE_PROMPT_MASK_OPTION,
 ) -> None:
     """Compute the DiffEdit mask of IMAGE for --source -> --target and write it as a PNG."""
     from diffedit.images import load_image, save_image, save_json
