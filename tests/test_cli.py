@@ -1,8 +1,10 @@
 """The command line end to end on a tiny local model folder."""
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -79,8 +81,9 @@ def test_edit_defaults_are_the_librarys_and_set_reaches_every_field(tmp_path, ti
     expected = EditOptions(num_inference_steps=2, extra_strengths=(), noise_candidates=(), caption_candidate=False)
     assert recorded == json.loads(json.dumps(expected.to_dict()))
     # the ablation switches that were flags of their own: --snap-edges, --no-edit-snap, --edit-trim, --whole-prompt-mask
-    res = runner.invoke(app, base + ["--set", "mask_snap=true", "--set", "edit-snap=false", "--set", "edit_trim=0.2",
-                                     "--set", "mask_per_change=false", "--set", "mask_reference=", "--set", "mask_clamp=mean_ratio"])
+    sets = ["mask_snap=true", "edit-snap=false", "edit_trim=0.2", "mask_per_change=false", "mask_reference=",
+            "mask_clamp=mean_ratio"]
+    res = runner.invoke(app, base + [arg for item in sets for arg in ("--set", item)])
     assert res.exit_code == 0, res.output
     recorded = json.loads((tmp_path / "photo_edited.json").read_text())["options"]
     assert recorded["mask_snap"] is True and recorded["edit_snap"] is False and recorded["edit_trim"] == 0.2
@@ -182,5 +185,9 @@ def test_imports_stay_light_and_one_way():
 
 
 def test_console_script_is_installed():
-    out = subprocess.run([sys.executable, "-m", "diffedit.cli", "--help"], capture_output=True, text=True)
-    assert out.returncode == 0 and "edit" in out.stdout and "demo" in out.stdout
+    """The `diffedit` script that installing the package writes beside this Python (not `python -m`)."""
+    script = shutil.which("diffedit", path=str(Path(sys.executable).parent))
+    assert script, f"no diffedit console script in {Path(sys.executable).parent}: pip install -e '.[test]'"
+    out = subprocess.run([script, "--help"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert all(command in out.stdout for command in ("edit", "mask", "demo", "shapeworld", "bench")), out.stdout

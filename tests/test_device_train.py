@@ -30,6 +30,7 @@ def _call(tmp_path: Path, name: str, *args: str) -> Path:
     return out
 
 
+@pytest.mark.slow  # two training calls of the tiny config and their evaluation: ~30 s
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("split") is None, reason="needs bash and split")
 def test_two_calls_through_the_file_limits(tmp_path):
     first = _call(tmp_path, "first", "0.05", "--", "--quiet")

@@ -93,11 +93,16 @@ def test_diffusers_guided_mask_pass_is_a_scaled_copy_of_the_unguided_one(pipe, i
 
 
 def test_default_mask_differs_from_diffusers_only_by_design(pipe, image, editor):
-    """Our defaults use the posterior mean (no VAE sampling noise) and a quantile clamp + smoothing:
-    still a mask over the same structure, but not bit-equal; both must be non-trivial."""
-    ours = editor.mask(image, "a red square", "a blue circle", seed=0, num_inference_steps=10)
-    assert ours.mask.shape == (1, 16, 16)
-    assert 0 < ours.mask.sum() < 256
+    """Our defaults use the posterior mean (no VAE sampling noise) and a quantile clamp + smoothing: on the same
+    weights, seed and grid both give a real mask of the same latent shape, but not the same one (configured like
+    diffusers, ours is bit-equal: test_mask_equals_diffusers_generate_mask)."""
+    source, target = "a red square", "a blue circle"
+    theirs = pipe.generate_mask(image=Image.fromarray(image), source_prompt=source, target_prompt=target,
+                                generator=torch.Generator().manual_seed(0), num_inference_steps=10)
+    ours = editor.mask(image, source, target, seed=0, num_inference_steps=10).mask.numpy().astype(np.int64)
+    assert ours.shape == theirs.shape == (1, 16, 16)
+    assert 0 < ours.sum() < 256 and 0 < theirs.sum() < 256
+    assert not np.array_equal(ours, theirs)
 
 
 def test_diffusers_blends_one_level_too_noisy_and_we_do_not(pipe, image, editor):

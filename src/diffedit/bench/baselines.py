@@ -49,7 +49,8 @@ OURS_VARIANTS: dict[str, dict] = {
     "ours_whole_prompt_mask": {"mask_per_change": False},  # a several-word change mapped as one (the paper's map)
     "ours_noise_candidate": {"noise_candidates": (0.5,), "rerank_levels": (0.6, 0.7, 0.8, 0.9), "rerank_unconditional": 2.0},
     #   a fourth candidate (half fresh noise in the mask at r = 1), scored also against the empty prompt: not default
-    "ours_one_candidate": {"extra_strengths": (), "noise_candidates": (), "caption_candidate": False},  # the paper's single decoding at r
+    # the paper's single decoding at r
+    "ours_one_candidate": {"extra_strengths": (), "noise_candidates": (), "caption_candidate": False},
 }
 
 

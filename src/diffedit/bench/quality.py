@@ -32,8 +32,9 @@ from diffedit.timing import timed
 __all__ = ["METHODS", "run_quality", "format_quality", "format_quality_markdown", "plot_quality"]
 
 METHODS = (
-    "ours", "diffusers", "sdedit", "gt_mask", "ours_no_smooth", "ours_no_composite", "ours_batch_norm", "ours_no_edit_snap", "ours_no_refine", "ours_snap_input",
-    "ours_one_threshold", "ours_no_trim", "ours_whole_prompt_mask", "ours_one_candidate", "ours_noise_candidate",
+    "ours", "diffusers", "sdedit", "gt_mask", "ours_no_smooth", "ours_no_composite", "ours_batch_norm", "ours_no_edit_snap",
+    "ours_no_refine", "ours_snap_input", "ours_one_threshold", "ours_no_trim", "ours_whole_prompt_mask", "ours_one_candidate",
+    "ours_noise_candidate",
 )
 
 
@@ -70,9 +71,11 @@ def _edit_method(
             out += [(np.asarray(im), None) for im in edited]
         else:
             if method == "gt_mask":
-                result = gt_mask_edit(editor, images, sources, targets, [c.mask for c in batch], seed=seed + start, options=options)
+                masks = [c.mask for c in batch]
+                result = gt_mask_edit(editor, images, sources, targets, masks, seed=seed + start, options=options)
             else:
-                result = editor.edit(images, sources, targets, seed=seed + start, options=options.replace(**OURS_VARIANTS[method]))
+                variant = options.replace(**OURS_VARIANTS[method])
+                result = editor.edit(images, sources, targets, seed=seed + start, options=variant)
             out += [(np.asarray(im), np.asarray(m) > 127) for im, m in zip(result.images, result.mask_images)]
         bar.update(len(batch))
     return out

@@ -45,7 +45,9 @@ def _setup() -> None:
 
 @bench_app.command()
 def quality(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder or hub id (default: the embedded ShapeWorld model)."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="Model folder or hub id (default: the embedded ShapeWorld model).",
+    ),
     cases: int = typer.Option(QUALITY["cases"], "--cases", "-n", help="Number of ShapeEdit cases."),
     seed: int = typer.Option(QUALITY["seed"], "--seed", help="Seed of the cases; case i is edited with seed + i."),
     methods: str = typer.Option(
@@ -54,12 +56,16 @@ def quality(
         "diffusers, sdedit, gt_mask and our ablations).",
     ),
     steps: int = typer.Option(QUALITY["steps"], "--steps", help="DDIM steps over the full noise range."),
-    batch: int = typer.Option(QUALITY["batch_size"], "--batch", "-b", help="Cases per call for ours, its ablations, gt_mask and SDEdit."),
+    batch: int = typer.Option(
+        QUALITY["batch_size"], "--batch", "-b", help="Cases per call for ours, its ablations, gt_mask and SDEdit.",
+    ),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report (summaries and per-edit rows)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of background PSNR vs edit success."),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Write the overall table as Markdown."),
     device: str = typer.Option(QUALITY["device"], "--device", help="cpu or cuda."),
-    dtype: str = typer.Option(QUALITY["dtype"], "--dtype", help="fp32 | fp16 | bf16 (diffusers' pipeline needs the VAE in the UNet's dtype)."),
+    dtype: str = typer.Option(
+        QUALITY["dtype"], "--dtype", help="fp32 | fp16 | bf16 (diffusers' pipeline needs the VAE in the UNet's dtype).",
+    ),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars and no table (use --json)."),
 ) -> None:
@@ -70,8 +76,8 @@ def quality(
         fail("--plot needs matplotlib: pip install 'diffedit[bench]'")
     names = None if methods.strip() == "all" else [m.strip() for m in methods.split(",") if m.strip()]
     try:
-        quality_lib.run_quality(model, cases=cases, seed=seed, methods=names, batch_size=batch, steps=steps, device=device, dtype=dtype,
-                    json_path=json_path, plot_path=plot, markdown_path=markdown, progress=not quiet)
+        quality_lib.run_quality(model, cases=cases, seed=seed, methods=names, batch_size=batch, steps=steps, device=device,
+                                dtype=dtype, json_path=json_path, plot_path=plot, markdown_path=markdown, progress=not quiet)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     if not quiet:
@@ -93,7 +99,11 @@ def speed(
     repeats: int = typer.Option(SPEED["repeats"], "--repeats", help="Timed runs per method (median); a warm-up run is excluded."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the UNet (CUDA only)."),
     accel: Optional[str] = typer.Option(None, "--accel", help="Our fast path: 'trace' (TorchScript per shape)."),
-    candidates: bool = typer.Option(False, "--candidates", help="Time ours with its defaults (extra encoding ratio, caption inversion, scoring; per-change maps) instead of one decoding and one map, the work diffusers' pipeline does."),
+    candidates: bool = typer.Option(
+        False, "--candidates",
+        help="Time ours with its defaults (extra encoding ratio, caption inversion, scoring; per-change maps) instead of "
+        "one decoding and one map, the work diffusers' pipeline does.",
+    ),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the figures as JSON."),
 ) -> None:

@@ -15,13 +15,22 @@ EDIT, MASK, OUTPUT, MODEL, ADVANCED = "Edit", "Mask", "Output", "Model and devic
 DEFAULTS = EditOptions()  # every default below is the library's: one place for them
 
 # options edit and mask share (typer reads an Option's settings, it does not change them)
-MODEL_OPTION = typer.Option(None, "--model", "-m", help="Hub id, diffusers folder or .safetensors/.ckpt (default: embedded ShapeWorld model).", rich_help_panel=MODEL)
-CONFIG_OPTION = typer.Option(None, "--config", help="Diffusers config folder or hub id for a single-file checkpoint.", rich_help_panel=MODEL)
+MODEL_OPTION = typer.Option(
+    None, "--model", "-m", help="Hub id, diffusers folder or .safetensors/.ckpt (default: embedded ShapeWorld model).",
+    rich_help_panel=MODEL,
+)
+CONFIG_OPTION = typer.Option(
+    None, "--config", help="Diffusers config folder or hub id for a single-file checkpoint.", rich_help_panel=MODEL,
+)
 DEVICE_OPTION = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available).", rich_help_panel=MODEL)
-DTYPE_OPTION = typer.Option("auto", "--dtype", help="fp32 | fp16 | bf16 (default: fp16 on cuda, fp32 on cpu).", rich_help_panel=MODEL)
+DTYPE_OPTION = typer.Option(
+    "auto", "--dtype", help="fp32 | fp16 | bf16 (default: fp16 on cuda, fp32 on cpu).", rich_help_panel=MODEL,
+)
 THREADS_OPTION = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's).", rich_help_panel=MODEL)
 SET_OPTION = typer.Option(None, "--set", metavar="NAME=VALUE", help=SET_HELP, rich_help_panel=ADVANCED)
-WHOLE_PROMPT_MASK_OPTION = typer.Option(False, "--whole-prompt-mask", hidden=True, help="Deprecated: --set mask_per_change=false.")
+WHOLE_PROMPT_MASK_OPTION = typer.Option(
+    False, "--whole-prompt-mask", hidden=True, help="Deprecated: --set mask_per_change=false.",
+)
 SEED_OPTION = typer.Option(None, "--seed", help="Seed of the mask noises (default: random, saved in the sidecar).")
 QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress bars.", rich_help_panel=OUTPUT)
 
@@ -31,23 +40,64 @@ def edit(
     source: str = typer.Option(..., "--source", "-s", help="What the image shows now ('' for nothing)."),
     target: list[str] = typer.Option(..., "--target", "-t", help="What it should show; repeat for several edits."),
     seed: Optional[int] = SEED_OPTION,
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Edited image (default: <stem>_edited.png).", rich_help_panel=OUTPUT),
-    mask_output: Optional[Path] = typer.Option(None, "--mask-output", help="Also write the binary mask PNG.", rich_help_panel=OUTPUT),
-    panel: Optional[Path] = typer.Option(None, "--panel", help="Also write a panel: input | mask overlay | output.", rich_help_panel=OUTPUT),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="Edited image (default: <stem>_edited.png).", rich_help_panel=OUTPUT,
+    ),
+    mask_output: Optional[Path] = typer.Option(
+        None, "--mask-output", help="Also write the binary mask PNG.", rich_help_panel=OUTPUT,
+    ),
+    panel: Optional[Path] = typer.Option(
+        None, "--panel", help="Also write a panel: input | mask overlay | output.", rich_help_panel=OUTPUT,
+    ),
     quiet: bool = QUIET_OPTION,
-    steps: int = typer.Option(DEFAULTS.num_inference_steps, "--steps", help="DDIM steps over the full noise range.", rich_help_panel=EDIT),
-    strength: float = typer.Option(DEFAULTS.strength, "--strength", "-r", help="Encoding ratio r in (0, 1]: how far the image is inverted.", rich_help_panel=EDIT),
-    guidance: float = typer.Option(DEFAULTS.guidance_scale, "--guidance", "-g", help="Classifier-free guidance scale of the decoding.", rich_help_panel=EDIT),
-    negative_prompt: Optional[str] = typer.Option(DEFAULTS.negative_prompt, "--negative-prompt", help="What the decoding steers away from (default: the source prompt).", rich_help_panel=EDIT),
-    one_candidate: bool = typer.Option(False, "--one-candidate", help="The paper's single decoding at --strength: no extra candidates, no scoring (about 3x faster).", rich_help_panel=EDIT),
-    mask: Optional[Path] = typer.Option(None, "--mask", help="Use this mask (white = edit) instead of computing one.", rich_help_panel=MASK),
-    threshold: float = typer.Option(DEFAULTS.mask_threshold, "--threshold", help="Mask threshold in [0, 1]: the composite's pixel mask; caps --decode-threshold.", rich_help_panel=MASK),
-    decode_threshold: float = typer.Option(DEFAULTS.decode_threshold, "--decode-threshold", help="Threshold of the latent mask decoding paints in; below --threshold it leaves room for new shapes (equal to it: the paper's single threshold).", rich_help_panel=MASK),
-    mask_noises: int = typer.Option(DEFAULTS.mask_noises, "--mask-noises", help="Noises averaged for the mask.", rich_help_panel=MASK),
-    smooth: float = typer.Option(DEFAULTS.mask_smooth, "--smooth", help="Gaussian sigma of mask smoothing, latent cells (0: off).", rich_help_panel=MASK),
-    dilate: int = typer.Option(DEFAULTS.mask_dilate, "--dilate", help="Grow the mask by this many latent cells.", rich_help_panel=MASK),
-    no_composite: bool = typer.Option(not DEFAULTS.composite, "--no-composite", help="Keep the decoder's pixels outside the mask.", rich_help_panel=MASK),
-    feather: int = typer.Option(DEFAULTS.feather, "--feather", help="Width in pixels of the composite's opacity ramp inside the mask edge.", rich_help_panel=MASK),
+    steps: int = typer.Option(
+        DEFAULTS.num_inference_steps, "--steps", help="DDIM steps over the full noise range.", rich_help_panel=EDIT,
+    ),
+    strength: float = typer.Option(
+        DEFAULTS.strength, "--strength", "-r", help="Encoding ratio r in (0, 1]: how far the image is inverted.",
+        rich_help_panel=EDIT,
+    ),
+    guidance: float = typer.Option(
+        DEFAULTS.guidance_scale, "--guidance", "-g", help="Classifier-free guidance scale of the decoding.", rich_help_panel=EDIT,
+    ),
+    negative_prompt: Optional[str] = typer.Option(
+        DEFAULTS.negative_prompt, "--negative-prompt", help="What the decoding steers away from (default: the source prompt).",
+        rich_help_panel=EDIT,
+    ),
+    one_candidate: bool = typer.Option(
+        False, "--one-candidate",
+        help="The paper's single decoding at --strength: no extra candidates, no scoring (about 3x faster).",
+        rich_help_panel=EDIT,
+    ),
+    mask: Optional[Path] = typer.Option(
+        None, "--mask", help="Use this mask (white = edit) instead of computing one.", rich_help_panel=MASK,
+    ),
+    threshold: float = typer.Option(
+        DEFAULTS.mask_threshold, "--threshold",
+        help="Mask threshold in [0, 1]: the composite's pixel mask; caps --decode-threshold.", rich_help_panel=MASK,
+    ),
+    decode_threshold: float = typer.Option(
+        DEFAULTS.decode_threshold, "--decode-threshold",
+        help="Threshold of the latent mask decoding paints in; below --threshold it leaves room for new shapes "
+        "(equal to it: the paper's single threshold).",
+        rich_help_panel=MASK,
+    ),
+    mask_noises: int = typer.Option(
+        DEFAULTS.mask_noises, "--mask-noises", help="Noises averaged for the mask.", rich_help_panel=MASK,
+    ),
+    smooth: float = typer.Option(
+        DEFAULTS.mask_smooth, "--smooth", help="Gaussian sigma of mask smoothing, latent cells (0: off).", rich_help_panel=MASK,
+    ),
+    dilate: int = typer.Option(
+        DEFAULTS.mask_dilate, "--dilate", help="Grow the mask by this many latent cells.", rich_help_panel=MASK,
+    ),
+    no_composite: bool = typer.Option(
+        not DEFAULTS.composite, "--no-composite", help="Keep the decoder's pixels outside the mask.", rich_help_panel=MASK,
+    ),
+    feather: int = typer.Option(
+        DEFAULTS.feather, "--feather", help="Width in pixels of the composite's opacity ramp inside the mask edge.",
+        rich_help_panel=MASK,
+    ),
     model: Optional[str] = MODEL_OPTION,
     config: Optional[str] = CONFIG_OPTION,
     device: Optional[str] = DEVICE_OPTION,
@@ -103,7 +153,8 @@ def edit(
             typer.echo(f"wrote {path}")
         typer.echo(f"seed {result.seed}; mask covers {', '.join(f'{m.float().mean():.1%}' for m in result.mask)}")
         if len(result.candidates) > 1:
-            typer.echo(f"kept candidate {', '.join(result.candidates[c] for c in result.chosen)} of {', '.join(result.candidates)}")
+            kept = ", ".join(result.candidates[c] for c in result.chosen)
+            typer.echo(f"kept candidate {kept} of {', '.join(result.candidates)}")
 
 
 def mask_command(
@@ -111,13 +162,25 @@ def mask_command(
     source: str = typer.Option(..., "--source", "-s", help="What the image shows now."),
     target: str = typer.Option(..., "--target", "-t", help="What it should show."),
     seed: Optional[int] = SEED_OPTION,
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Binary mask PNG (default: <stem>_mask.png).", rich_help_panel=OUTPUT),
-    soft_output: Optional[Path] = typer.Option(None, "--soft-output", help="Also write the soft map PNG.", rich_help_panel=OUTPUT),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="Binary mask PNG (default: <stem>_mask.png).", rich_help_panel=OUTPUT,
+    ),
+    soft_output: Optional[Path] = typer.Option(
+        None, "--soft-output", help="Also write the soft map PNG.", rich_help_panel=OUTPUT,
+    ),
     quiet: bool = QUIET_OPTION,
-    threshold: float = typer.Option(DEFAULTS.mask_threshold, "--threshold", help="Mask threshold in [0, 1].", rich_help_panel=MASK),
-    mask_noises: int = typer.Option(DEFAULTS.mask_noises, "--mask-noises", help="Noises averaged for the mask.", rich_help_panel=MASK),
-    smooth: float = typer.Option(DEFAULTS.mask_smooth, "--smooth", help="Gaussian sigma of mask smoothing, latent cells (0: off).", rich_help_panel=MASK),
-    dilate: int = typer.Option(DEFAULTS.mask_dilate, "--dilate", help="Grow the mask by this many latent cells.", rich_help_panel=MASK),
+    threshold: float = typer.Option(
+        DEFAULTS.mask_threshold, "--threshold", help="Mask threshold in [0, 1].", rich_help_panel=MASK,
+    ),
+    mask_noises: int = typer.Option(
+        DEFAULTS.mask_noises, "--mask-noises", help="Noises averaged for the mask.", rich_help_panel=MASK,
+    ),
+    smooth: float = typer.Option(
+        DEFAULTS.mask_smooth, "--smooth", help="Gaussian sigma of mask smoothing, latent cells (0: off).", rich_help_panel=MASK,
+    ),
+    dilate: int = typer.Option(
+        DEFAULTS.mask_dilate, "--dilate", help="Grow the mask by this many latent cells.", rich_help_panel=MASK,
+    ),
     model: Optional[str] = MODEL_OPTION,
     config: Optional[str] = CONFIG_OPTION,
     device: Optional[str] = DEVICE_OPTION,
@@ -204,4 +267,5 @@ def demo(
         f"target PSNR {scores['target_psnr']:.1f} dB, edit success {scores['success']}"
     )
     if len(result.candidates) > 1:
-        typer.echo(f"kept candidate {result.candidates[result.chosen[0]]} of {', '.join(result.candidates)} (scored by the model)")
+        kept = result.candidates[result.chosen[0]]
+        typer.echo(f"kept candidate {kept} of {', '.join(result.candidates)} (scored by the model)")

@@ -28,8 +28,12 @@ def shapeworld_train(
     samples_every: Optional[int] = typer.Option(None, "--samples-every", help="UNet steps between sample grids."),
     seed: int = typer.Option(0, "--seed"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
-    anneal: bool = typer.Option(False, "--anneal", help="Cosine-decay the UNet learning rate to 10 % over this call (a last run)."),
-    two_object_share: Optional[float] = typer.Option(None, "--two-object-share", help="Share of two-object scenes in fresh training latents (default: 0.5, the world's own)."),
+    anneal: bool = typer.Option(
+        False, "--anneal", help="Cosine-decay the UNet learning rate to 10 % over this call (a last run).",
+    ),
+    two_object_share: Optional[float] = typer.Option(
+        None, "--two-object-share", help="Share of two-object scenes in fresh training latents (default: 0.5, the world's own).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Train the embedded ShapeWorld model (VAE, then UNet + text encoder on precomputed latents)."""

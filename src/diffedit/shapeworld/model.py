@@ -344,7 +344,8 @@ def save_model(
         module = copy.deepcopy(components[name]).to("cpu", dtype)
         module.save_pretrained(path / name, safe_serialization=True, max_shard_size=max_shard_size)
         config = path / name / "config.json"  # where a resumed component was loaded from: a local path
-        config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "_name_or_path"}, indent=2) + "\n")
+        settings = {k: v for k, v in json.loads(config.read_text()).items() if k != "_name_or_path"}
+        config.write_text(json.dumps(settings, indent=2) + "\n")
     components["tokenizer"].save_pretrained(path / "tokenizer")
     components["scheduler"].save_pretrained(path / "scheduler")
     index = dict(MODEL_INDEX, _diffusers_version=diffusers.__version__)

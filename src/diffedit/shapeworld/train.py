@@ -494,6 +494,12 @@ def train(
     vae.requires_grad_(False)
 
     if stage in ("unet", "all"):
+        state_path = source / "unet_state.pt"
+        state = torch.load(state_path, weights_only=False) if stage == "unet" and state_path.exists() else None
+        if state is None and stage == "unet" and model_dir is not None:
+            state = _state_from_model_dir(model_dir, components)
+            log(f"continuing from the fp16 model in {model_dir} (step {state['step']}, fresh optimizer)")
+
         # 3. Stage (b): latents of a fixed dataset, encoded once and cached
         vae.to(dev)
         cache = source / "latents.pt"
@@ -509,12 +515,8 @@ def train(
         torch.save({"latents": latents, "captions": captions}, ckpt / "latents.pt")
         ids = tokenize(components["tokenizer"], captions)
 
-        # 4. Stage (c): UNet + text encoder, continued from the checkpoint when there is one
-        state_path = source / "unet_state.pt"
-        state = torch.load(state_path, weights_only=False) if stage == "unet" and state_path.exists() else None
-        if state is None and stage == "unet" and model_dir is not None:
-            state = _state_from_model_dir(model_dir, components)
-            log(f"continuing from the fp16 model in {model_dir} (step {state['step']}, fresh optimizer)")
+        # 4. Stage (c): UNet + text encoder, continued from the checkpoint (read before the latents: a model
+        #    of another config is refused at once; neither step draws from torch's generator between them)
         if state is not None:
             components["unet"].load_state_dict(state["unet"])
             components["text_encoder"].load_state_dict(state["text_encoder"])
