@@ -1,6 +1,7 @@
 """The command line end to end on a tiny local model folder."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import numpy as np
 from PIL import Image
 from typer.testing import CliRunner
 
+import diffedit
 from diffedit.cli import app
 
 from conftest import scene
@@ -182,6 +184,37 @@ def test_imports_stay_light_and_one_way():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+CORE_INSTALL = """
+import sys
+sys.modules.update(scipy=None, matplotlib=None)  # as after `pip install diffedit` without the extras
+import numpy as np
+from typer.testing import CliRunner
+from diffedit.cli import app
+from diffedit.shapeworld.scoring import score_edit
+from diffedit.shapeworld.world import sample_edit
+image, model, out = sys.argv[1:]
+case = sample_edit(np.random.default_rng(0), kind="color", num_objects=1)
+assert score_edit(case.target_image, case, case.mask)["success"]  # what `diffedit demo` reports
+runner = CliRunner()
+res = runner.invoke(app, ["edit", image, "-s", "a red square", "-t", "a blue circle", "-m", model, "--steps", "2",
+                          "--one-candidate", "-o", out, "-q"])
+assert res.exit_code == 0, res.output
+res = runner.invoke(app, ["bench", "quality", "--cases", "1", "--plot", "q.png", "-q"])
+assert res.exit_code == 2 and "pip install 'diffedit[bench]'" in res.output, res.output
+res = runner.invoke(app, ["shapeworld", "evaluate"])
+assert res.exit_code == 2 and "pip install 'diffedit[train]'" in res.output, res.output
+"""
+
+
+def test_core_install_without_extras_edits_and_names_the_extra_it_lacks(tmp_path, tiny_model_dir):
+    src = _write_input(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(Path(diffedit.__file__).resolve().parents[1])}  # this checkout, from any cwd
+    out = subprocess.run([sys.executable, "-c", CORE_INSTALL, str(src), str(tiny_model_dir), str(tmp_path / "out.png")],
+                         capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert (tmp_path / "out.png").is_file()
 
 
 def test_console_script_is_installed():

@@ -118,6 +118,8 @@ def run_quality(
         raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
     if cases < 1 or batch_size < 1:
         raise ValueError("cases and batch_size must be >= 1")
+    if plot_path is not None:
+        _matplotlib()  # before the edits, not after them
     options = (options or EditOptions()).replace(num_inference_steps=steps)
     editor = model if isinstance(model, DiffEditor) else load_bench_editor(
         None if model is None else str(model), device=device, dtype=dtype
@@ -205,12 +207,21 @@ def format_quality_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_quality(report: dict, path: str | Path) -> Path:
-    """Scatter of background PSNR (x) against edit success (y), one labelled point per method."""
-    import matplotlib
-
+def _matplotlib():
+    """matplotlib.pyplot on the Agg backend; it is the `bench` extra (pip install 'diffedit[bench]')."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError("plotting the ShapeEdit report needs matplotlib: pip install 'diffedit[bench]'") from e
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_quality(report: dict, path: str | Path) -> Path:
+    """Scatter of background PSNR (x) against edit success (y), one labelled point per method."""
+    plt = _matplotlib()
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     markers = "os^DvP*XhH<>"

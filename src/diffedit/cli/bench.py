@@ -6,7 +6,6 @@ cannot drift apart. The benchmark modules import light (diffusers' pipelines, sc
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 from pathlib import Path
 from typing import Optional
@@ -16,7 +15,7 @@ import typer
 from diffedit.bench import masks as masks_lib
 from diffedit.bench import quality as quality_lib
 from diffedit.bench import speed as speed_lib
-from diffedit.cli.common import fail, quiet_libraries, resolve_device, resolve_dtype, set_threads
+from diffedit.cli.common import fail, quiet_libraries, require, resolve_device, resolve_dtype, set_threads
 
 bench_app = typer.Typer(
     no_args_is_help=True,
@@ -72,8 +71,8 @@ def quality(
     """ShapeEdit quality of ours, its ablations and the baselines on the same cases and weights."""
     set_threads(threads)
     dtype = resolve_dtype(dtype, device)
-    if plot is not None and importlib.util.find_spec("matplotlib") is None:
-        fail("--plot needs matplotlib: pip install 'diffedit[bench]'")
+    if plot is not None:
+        require("matplotlib", "bench", "--plot")
     names = None if methods.strip() == "all" else [m.strip() for m in methods.split(",") if m.strip()]
     try:
         quality_lib.run_quality(model, cases=cases, seed=seed, methods=names, batch_size=batch, steps=steps, device=device,

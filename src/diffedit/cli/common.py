@@ -40,6 +40,16 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return devices.auto_dtype(device) if dtype == "auto" else dtype
 
 
+def require(module: str, extra: str, what: str) -> None:
+    """Fail with a one-line install hint, before any work, when an optional dependency is missing."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        fail(f"{what} needs {module}, which the core install leaves out: pip install 'diffedit[{extra}]'")
+
+
 def quiet_libraries() -> None:
     """Keep diffusers/transformers advice and weight-loading bars out of the tool's output (errors still show)."""
     import diffusers

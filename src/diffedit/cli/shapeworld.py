@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from diffedit.cli.common import fail, quiet_libraries, resolve_device
+from diffedit.cli.common import fail, quiet_libraries, require, resolve_device
 
 shapeworld_app = typer.Typer(no_args_is_help=True, help="The embedded model's synthetic world: train and evaluate.")
 
@@ -71,8 +70,7 @@ def shapeworld_evaluate(
     from diffedit.shapeworld.evaluate import generation_accuracy, inversion_psnr, vae_psnr
     from diffedit.shapeworld.model import load_model
 
-    if importlib.util.find_spec("scipy") is None:
-        fail("shapeworld evaluate reads generated images back with a checker that needs scipy: pip install 'diffedit[train]'")
+    require("scipy", "train", "shapeworld evaluate (its caption checker)")
     path = model or embedded_model_path()
     if not (Path(path) / "model_index.json").is_file():
         fail(f"no model folder at {path} (model_index.json missing)")
