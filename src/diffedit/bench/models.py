@@ -1,8 +1,9 @@
 """Models the benchmarks run on: random-weight builds (no download) and loading by name or path.
 
 Timing does not depend on weight values, so `sd15-random` (Stable Diffusion 1.5's architecture with
-random weights) measures what the real SD 1.5 would cost, and `tiny` (the test suite's components)
-measures the per-step overhead of the code around the networks.
+random weights) measures what the real SD 1.5 would cost, and `tiny` measures the per-step overhead of
+the code around the networks. `tiny_components` and `char_tokenizer` build them offline, in memory; the
+test suite builds its models with them too (tests/tiny.py), so one builder serves both.
 """
 
 from __future__ import annotations
@@ -19,13 +20,17 @@ from diffedit.schedule import sd_scheduler
 if TYPE_CHECKING:  # the model classes are imported where a model is built: `diffedit --help` stays fast
     from transformers import CLIPTokenizer
 
-__all__ = ["BENCH_MODELS", "tiny_components", "sd15_random_components", "load_bench_editor"]
+__all__ = ["BENCH_MODELS", "TINY_WORDS", "char_tokenizer", "tiny_components", "sd15_random_components", "load_bench_editor"]
 
 BENCH_MODELS = ("tiny", "shapeworld", "sd15-random")  # or a path / hub id
+TINY_WORDS = ("a", "cat", "dog", "red", "blue", "circle", "square", "on", "photo", "of", "the", "bowl")  # one token each
 
 
-def _char_tokenizer(max_length: int, words: tuple[str, ...] = ()) -> "CLIPTokenizer":
-    """A CLIP tokenizer built in memory: letters are tokens, each of `words` becomes one token."""
+def char_tokenizer(max_length: int, words: tuple[str, ...] = ()) -> "CLIPTokenizer":
+    """A CLIP tokenizer built in memory, with no files: each letter a-z is a token (with and without the
+    word-final `</w>`), and each of `words` is merged into one token; prompts are padded or cut to `max_length`.
+
+    The random-weight models' tokenizer (`sd15-random` with no words, `tiny` with TINY_WORDS)."""
     from transformers import CLIPTokenizer
 
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
@@ -44,13 +49,13 @@ def _char_tokenizer(max_length: int, words: tuple[str, ...] = ()) -> "CLIPTokeni
 
 
 def tiny_components(seed: int = 0) -> Components:
-    """The test suite's tiny random components (VAE factor 2, UNet 32/64, 2-layer text encoder of width 32)."""
+    """The `tiny` model: random components seeded `seed` (VAE factor 2, UNet 32/64, 2-layer text encoder of width 32,
+    `char_tokenizer(16, TINY_WORDS)`, SD's DDIM schedule); a step costs milliseconds on CPU."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
-    words = ("a", "cat", "dog", "red", "blue", "circle", "square", "on", "photo", "of", "the", "bowl")
-    tokenizer = _char_tokenizer(16, words)
+    tokenizer = char_tokenizer(16, TINY_WORDS)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
@@ -104,7 +109,7 @@ def sd15_random_components(seed: int = 0) -> Components:
             bos_token_id=0, eos_token_id=1, pad_token_id=1,
         )
     )
-    return Components(vae, unet, text_encoder, _char_tokenizer(77), sd_scheduler(), name="sd15-random")
+    return Components(vae, unet, text_encoder, char_tokenizer(77), sd_scheduler(), name="sd15-random")
 
 
 def load_bench_editor(
