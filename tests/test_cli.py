@@ -224,3 +224,19 @@ def test_console_script_is_installed():
     out = subprocess.run([script, "--help"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert all(command in out.stdout for command in ("edit", "mask", "demo", "shapeworld", "bench")), out.stdout
+
+
+def test_options_doc_lists_every_field_with_its_default():
+    from dataclasses import asdict, fields
+
+    from diffedit import EditOptions
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "options.md").read_text()
+    rows = {}
+    for line in doc.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[0].startswith("`") and cells[2].startswith("`"):
+            rows[cells[0].strip("`")] = json.loads(cells[2].strip("`"))
+    defaults = json.loads(json.dumps(asdict(EditOptions())))
+    assert list(rows) == [f.name for f in fields(EditOptions)]
+    assert rows == defaults

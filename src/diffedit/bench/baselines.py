@@ -43,7 +43,7 @@ OURS_VARIANTS: dict[str, dict] = {
     "ours_batch_norm": {"mask_per_image": False},  # normalise the maps over the batch, as diffusers does
     "ours_no_edit_snap": {"edit_snap": False},  # composite mask: latent cells trimmed by the soft map (mask_refine)
     "ours_no_refine": {"mask_refine": False, "edit_snap": False},  # blocky composite mask: the latent cells
-    "ours_snap_input": {"mask_snap": True, "edit_snap": False},  # mask snapped to the input's edges alone (--snap-edges)
+    "ours_snap_input": {"mask_snap": True, "edit_snap": False},  # mask snapped to the input's edges alone
     "ours_one_threshold": {"decode_threshold": None},  # decoding paints in the latent mask at mask_threshold (paper)
     "ours_no_trim": {"edit_trim": 0.0},  # the edit snap keeps the guided filter's halo of background
     "ours_whole_prompt_mask": {"mask_per_change": False},  # a several-word change mapped as one (the paper's map)
