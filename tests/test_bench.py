@@ -189,3 +189,25 @@ def test_cli_quality_default_methods_are_all_of_them(monkeypatch):
         res = CliRunner().invoke(bench_app, ["quality", "--quiet", *args])
         assert res.exit_code == 0, res.output
         assert seen["methods"] == expected  # None: run_quality's METHODS, the one list of them
+
+
+def test_cli_defaults_are_the_library_functions():
+    import inspect
+
+    import typer.main
+
+    from diffedit.bench import masks, quality, speed
+
+    library = {"quality": quality.run_quality, "speed": speed.run_speed, "masks": masks.run_mask_sweep,
+               "composite": masks.run_composite_sweep}
+    renamed = {"batch": "batch_size"}
+    group = typer.main.get_command(bench_app)
+    for name, function in library.items():
+        signature = inspect.signature(function).parameters
+        checked = 0
+        for param in group.commands[name].params:
+            key = renamed.get(param.name, param.name)
+            if key in signature and key not in ("model", "device", "dtype", "methods"):  # the CLI resolves these itself
+                assert param.default == signature[key].default, (name, param.name)
+                checked += 1
+        assert checked >= 3, name

@@ -112,31 +112,38 @@ def speed(
     dtype = resolve_dtype(dtype or "auto", device)
     try:
         speed_lib.run_speed(model, device=device, dtype=dtype, size=size, steps=steps, strength=strength,
-                  mask_noises=mask_noises, batch=batch, repeats=repeats, compile=compile, accel=accel,
-                  candidates=candidates, json_path=json_path)
+                            mask_noises=mask_noises, batch=batch, repeats=repeats, compile=compile, accel=accel,
+                            candidates=candidates, json_path=json_path)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     if json_path is not None:
         typer.echo(f"wrote {json_path}")
 
 
+# options the two sweeps share (typer reads an Option's settings, it does not change them)
+SWEEP_MODEL = typer.Option(None, "--model", "-m", help="Default: the embedded model.")
+SWEEP_JSON = typer.Option(None, "--json", help="Write the full report as JSON.")
+SWEEP_THREADS = typer.Option(None, "--threads", help="torch CPU threads (default: torch's).")
+SWEEP_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+
+
 @bench_app.command("masks")
 def masks(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Default: the embedded model."),
+    model: Optional[str] = SWEEP_MODEL,
     cases: int = typer.Option(MASKS["cases"], "--cases", help="Edit cases to tune on."),
     seed: int = typer.Option(MASKS["seed"], "--seed", help="Seed of the tuning cases (report on another)."),
     steps: int = typer.Option(MASKS["steps"], "--steps", help="DDIM steps over the full noise range."),
     batch: int = typer.Option(MASKS["batch_size"], "--batch", help="Cases per call."),
     top: int = typer.Option(_defaults(masks_lib.format_mask_sweep)["top"], "--top", help="Rows to print."),
-    json_path: Optional[Path] = typer.Option(None, "--json"),
-    threads: Optional[int] = typer.Option(None, "--threads"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    json_path: Optional[Path] = SWEEP_JSON,
+    threads: Optional[int] = SWEEP_THREADS,
+    quiet: bool = SWEEP_QUIET,
 ) -> None:
     """Sweep the mask's post-processing (reference, clamp, smoothing, threshold, dilation) for mask IoU."""
     set_threads(threads)
     try:
-        report = masks_lib.run_mask_sweep(model, cases=cases, seed=seed, batch_size=batch, steps=steps, json_path=json_path,
-                                progress=not quiet)
+        report = masks_lib.run_mask_sweep(model, cases=cases, seed=seed, batch_size=batch, steps=steps,
+                                          json_path=json_path, progress=not quiet)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     typer.echo(masks_lib.format_mask_sweep(report, top))
@@ -144,20 +151,20 @@ def masks(
 
 @bench_app.command("composite")
 def composite_sweep(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Default: the embedded model."),
+    model: Optional[str] = SWEEP_MODEL,
     cases: int = typer.Option(COMPOSITE["cases"], "--cases", help="Edit cases to tune on."),
     seed: int = typer.Option(COMPOSITE["seed"], "--seed", help="Seed of the tuning cases (report on another)."),
     steps: int = typer.Option(COMPOSITE["steps"], "--steps", help="DDIM steps over the full noise range."),
     batch: int = typer.Option(COMPOSITE["batch_size"], "--batch", help="Cases per call."),
-    json_path: Optional[Path] = typer.Option(None, "--json"),
-    threads: Optional[int] = typer.Option(None, "--threads"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    json_path: Optional[Path] = SWEEP_JSON,
+    threads: Optional[int] = SWEEP_THREADS,
+    quiet: bool = SWEEP_QUIET,
 ) -> None:
     """Sweep the pixel composite (mask dilation x feather width): background PSNR against edit success."""
     set_threads(threads)
     try:
         report = masks_lib.run_composite_sweep(model, cases=cases, seed=seed, batch_size=batch, steps=steps,
-                                     json_path=json_path, progress=not quiet)
+                                               json_path=json_path, progress=not quiet)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     typer.echo(masks_lib.format_composite_sweep(report))

@@ -33,6 +33,15 @@ WHOLE_PROMPT_MASK_OPTION = typer.Option(
 )
 SEED_OPTION = typer.Option(None, "--seed", help="Seed of the mask noises (default: random, saved in the sidecar).")
 QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress bars.", rich_help_panel=OUTPUT)
+MASK_NOISES_OPTION = typer.Option(
+    DEFAULTS.mask_noises, "--mask-noises", help="Noises averaged for the mask.", rich_help_panel=MASK,
+)
+SMOOTH_OPTION = typer.Option(
+    DEFAULTS.mask_smooth, "--smooth", help="Gaussian sigma of mask smoothing, latent cells (0: off).", rich_help_panel=MASK,
+)
+DILATE_OPTION = typer.Option(
+    DEFAULTS.mask_dilate, "--dilate", help="Grow the mask by this many latent cells.", rich_help_panel=MASK,
+)
 
 
 def edit(
@@ -82,15 +91,9 @@ def edit(
         "(equal to it: the paper's single threshold).",
         rich_help_panel=MASK,
     ),
-    mask_noises: int = typer.Option(
-        DEFAULTS.mask_noises, "--mask-noises", help="Noises averaged for the mask.", rich_help_panel=MASK,
-    ),
-    smooth: float = typer.Option(
-        DEFAULTS.mask_smooth, "--smooth", help="Gaussian sigma of mask smoothing, latent cells (0: off).", rich_help_panel=MASK,
-    ),
-    dilate: int = typer.Option(
-        DEFAULTS.mask_dilate, "--dilate", help="Grow the mask by this many latent cells.", rich_help_panel=MASK,
-    ),
+    mask_noises: int = MASK_NOISES_OPTION,
+    smooth: float = SMOOTH_OPTION,
+    dilate: int = DILATE_OPTION,
     no_composite: bool = typer.Option(
         not DEFAULTS.composite, "--no-composite", help="Keep the decoder's pixels outside the mask.", rich_help_panel=MASK,
     ),
@@ -172,15 +175,9 @@ def mask_command(
     threshold: float = typer.Option(
         DEFAULTS.mask_threshold, "--threshold", help="Mask threshold in [0, 1].", rich_help_panel=MASK,
     ),
-    mask_noises: int = typer.Option(
-        DEFAULTS.mask_noises, "--mask-noises", help="Noises averaged for the mask.", rich_help_panel=MASK,
-    ),
-    smooth: float = typer.Option(
-        DEFAULTS.mask_smooth, "--smooth", help="Gaussian sigma of mask smoothing, latent cells (0: off).", rich_help_panel=MASK,
-    ),
-    dilate: int = typer.Option(
-        DEFAULTS.mask_dilate, "--dilate", help="Grow the mask by this many latent cells.", rich_help_panel=MASK,
-    ),
+    mask_noises: int = MASK_NOISES_OPTION,
+    smooth: float = SMOOTH_OPTION,
+    dilate: int = DILATE_OPTION,
     model: Optional[str] = MODEL_OPTION,
     config: Optional[str] = CONFIG_OPTION,
     device: Optional[str] = DEVICE_OPTION,
