@@ -83,7 +83,8 @@ def unet_to_ldm(state_dict: dict[str, torch.Tensor], layers_per_block: int) -> d
         if new is None and (m := re.fullmatch(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key)):
             b, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
             index = 1 + b * step + j
-            new = f"input_blocks.{index}.0.{_resnet(rest, _UNET_RESNET)}" if kind == "resnets" else f"input_blocks.{index}.1.{rest}"
+            new = (f"input_blocks.{index}.0.{_resnet(rest, _UNET_RESNET)}" if kind == "resnets"
+                   else f"input_blocks.{index}.1.{rest}")
         elif new is None and (m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", key)):
             new = f"input_blocks.{(int(m[1]) + 1) * step}.0.op.{m[2]}"
         elif new is None and (m := re.fullmatch(r"mid_block\.resnets\.(\d+)\.(.+)", key)):
@@ -93,7 +94,8 @@ def unet_to_ldm(state_dict: dict[str, torch.Tensor], layers_per_block: int) -> d
         elif new is None and (m := re.fullmatch(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key)):
             b, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
             index = b * step + j
-            new = f"output_blocks.{index}.0.{_resnet(rest, _UNET_RESNET)}" if kind == "resnets" else f"output_blocks.{index}.1.{rest}"
+            new = (f"output_blocks.{index}.0.{_resnet(rest, _UNET_RESNET)}" if kind == "resnets"
+                   else f"output_blocks.{index}.1.{rest}")
         elif new is None and (m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", key)):
             b = int(m[1])
             new = f"output_blocks.{b * step + layers_per_block}.{2 if b in up_has_attn else 1}.conv.{m[2]}"

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+import diffedit
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "tools" / "device_train.sh"
 
@@ -24,12 +26,14 @@ def _call(tmp_path: Path, name: str, *args: str) -> Path:
     env = dict(
         os.environ, OUT=str(out), CONFIG="tiny", DEVICE="cpu", EVAL_CAPTIONS="2", EVAL_SCENES="2",
         WORK=str(tmp_path / f"work_{name}"), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        PYTHONPATH=str(Path(diffedit.__file__).resolve().parents[1]),  # the checkout under test, from any cwd
     )
     proc = subprocess.run(["bash", str(SCRIPT), *args], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return out
 
 
+@pytest.mark.slow  # two training calls of the tiny config and their evaluation: ~30 s
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("split") is None, reason="needs bash and split")
 def test_two_calls_through_the_file_limits(tmp_path):
     first = _call(tmp_path, "first", "0.05", "--", "--quiet")

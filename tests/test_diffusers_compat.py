@@ -17,6 +17,7 @@ import torch
 from diffusers import DDIMInverseScheduler, StableDiffusionDiffEditPipeline
 from PIL import Image
 
+from diffedit.images import from_uint8
 from diffedit.masks import noise_difference_maps, normalize_maps, threshold_maps
 from diffedit.schedule import ddim_grid
 
@@ -37,7 +38,7 @@ def pipe():
 
 def _our_mask_like_diffusers(pipe, image, source, target, seed, steps=10, n=10):
     """Reproduce diffusers' random draws (posterior sample, then noise), then run our mask functions."""
-    pixels = torch.from_numpy(np.asarray(image, np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    pixels = from_uint8(np.asarray(image)).permute(2, 0, 1)[None]
     g = torch.Generator().manual_seed(seed)
     posterior = pipe.vae.encode(pixels.repeat(n, 1, 1, 1)).latent_dist
     latents = posterior.sample(g) * pipe.vae.config.scaling_factor  # (n, C, h, w)
@@ -92,11 +93,16 @@ def test_diffusers_guided_mask_pass_is_a_scaled_copy_of_the_unguided_one(pipe, i
 
 
 def test_default_mask_differs_from_diffusers_only_by_design(pipe, image, editor):
-    """Our defaults use the posterior mean (no VAE sampling noise) and a quantile clamp + smoothing:
-    still a mask over the same structure, but not bit-equal; both must be non-trivial."""
-    ours = editor.mask(image, "a red square", "a blue circle", seed=0, num_inference_steps=10)
-    assert ours.mask.shape == (1, 16, 16)
-    assert 0 < ours.mask.sum() < 256
+    """Our defaults use the posterior mean (no VAE sampling noise) and a quantile clamp + smoothing: on the same
+    weights, seed and grid both give a real mask of the same latent shape, but not the same one (configured like
+    diffusers, ours is bit-equal: test_mask_equals_diffusers_generate_mask)."""
+    source, target = "a red square", "a blue circle"
+    theirs = pipe.generate_mask(image=Image.fromarray(image), source_prompt=source, target_prompt=target,
+                                generator=torch.Generator().manual_seed(0), num_inference_steps=10)
+    ours = editor.mask(image, source, target, seed=0, num_inference_steps=10).mask.numpy().astype(np.int64)
+    assert ours.shape == theirs.shape == (1, 16, 16)
+    assert 0 < ours.sum() < 256 and 0 < theirs.sum() < 256
+    assert not np.array_equal(ours, theirs)
 
 
 def test_diffusers_blends_one_level_too_noisy_and_we_do_not(pipe, image, editor):
@@ -110,11 +116,11 @@ def test_diffusers_blends_one_level_too_noisy_and_we_do_not(pipe, image, editor)
                   num_inference_steps=10, inpaint_strength=0.8, output_type="latent").images
     assert torch.allclose(theirs, inv[:, -1])  # ends on level 1 (noisy), not level 0
     clean = pipe.vae.config.scaling_factor * pipe.vae.encode(
-        torch.from_numpy(image.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None]).latent_dist.mean
+        from_uint8(image).permute(2, 0, 1)[None]).latent_dist.mean
     assert not torch.allclose(theirs, clean, atol=1e-2)
 
     res = editor.edit(image, "a red square", "a blue circle", mask=np.zeros((32, 32), np.uint8), seed=0,
                       num_inference_steps=10, composite=False)
-    ours_latent = editor.components.encode_images(torch.from_numpy(np.asarray(res.image, np.float32) / 127.5 - 1).permute(2, 0, 1)[None])
+    ours_latent = editor.components.encode_images(from_uint8(np.asarray(res.image)).permute(2, 0, 1)[None])
     # decoded-then-re-encoded background: close to the clean latent, far from diffusers' noisy one
     assert (ours_latent - clean).abs().mean() < (theirs - clean).abs().mean()

@@ -11,6 +11,7 @@ from diffedit.schedule import ddim_grid
 
 from conftest import scene
 
+ONE = dict(extra_strengths=(), noise_candidates=(), caption_candidate=False)  # the paper's single decoding
 KW = dict(num_inference_steps=10)
 
 
@@ -38,7 +39,8 @@ def test_threshold_and_dilation_move_the_mask(editor, image):
     assert bool((high <= low).all()) and low.sum() > high.sum()
     assert bool((high <= grown).all()) and grown.sum() > high.sum()
     # with the default decode_threshold (0.3) the threshold moves the pixel mask, and caps the latent one
-    pix = [np.asarray(editor.mask(image, "a red square", "a blue circle", seed=0, mask_threshold=t, **KW).mask_image) > 0 for t in (0.4, 0.8)]
+    masks = [editor.mask(image, "a red square", "a blue circle", seed=0, mask_threshold=t, **KW) for t in (0.4, 0.8)]
+    pix = [np.asarray(m.mask_image) > 0 for m in masks]
     assert not (pix[1] & ~pix[0]).any() and pix[0].sum() > pix[1].sum()
     capped = editor.mask(image, "a red square", "a blue circle", seed=0, mask_threshold=0.2, **KW).mask
     assert torch.equal(capped, low)
@@ -307,7 +309,9 @@ def test_guided_filter_with_input_and_edit_follows_both_outlines():
     truth = old | new
     soft = gaussian_blur(truth.float(), 2.5)
     soft = soft / soft.max()
-    iou = lambda m: float((m & truth).sum() / (m | truth).sum())
+    def iou(m):
+        return float((m & truth).sum() / (m | truth).sum())
+
     only_in = guided_filter(soft, guide_in, radius=6, eps=1e-2) > 0.5
     both = guided_filter(soft, torch.cat([guide_in, guide_out], 1), radius=6, eps=1e-2) > 0.5
     grown = new & ~old
@@ -382,7 +386,7 @@ def test_compiled_unet_marks_a_cuda_graph_step_per_call(editor, image, monkeypat
         steps = []
         monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: steps.append(1))
         wrapper.compiled, wrapper.cuda_graphs = editor.unet, True  # stand-ins: the plain UNet, as if on CUDA
-        res = editor.edit(image, "a red square", "a blue circle", seed=0, extra_strengths=(), noise_candidates=(), caption_candidate=False, **KW)
+        res = editor.edit(image, "a red square", "a blue circle", seed=0, **ONE, **KW)
         n = ddim_grid(editor.scheduler, res.options.num_inference_steps, res.options.strength).num_steps
         assert len(steps) == 1 + 2 * n  # one mask-pass call, n inversion and n decoding steps
         steps.clear()

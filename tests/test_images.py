@@ -5,7 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from diffedit.images import load_image, load_mask, pad_to_multiple, save_image, save_json
+from diffedit.images import (
+    from_uint8, load_image, load_mask, pad_to_multiple, pil_to_tensor, save_image, save_json, tensor_to_pil, to_uint8,
+)
 
 
 def test_exif_orientation_is_applied(tmp_path):
@@ -78,3 +80,15 @@ def test_atomic_saves_leave_no_partial_files(tmp_path):
     with pytest.raises(ValueError, match="unknown image format"):
         save_image(Image.new("RGB", (16, 16)), tmp_path / "a.unknown")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.png"]
+
+
+def test_uint8_conversions_round_trip_and_clamp():
+    x = torch.tensor([-3.0, -1.0, -0.0039, 0.0, 0.0039, 0.5, 1.0, 2.0])
+    assert to_uint8(x).tolist() == [0, 0, 127, 128, 128, 191, 255, 255]  # (x + 1) * 127.5, nearest, clamped
+    assert to_uint8(x.half()).dtype == torch.uint8
+    u8 = torch.arange(256, dtype=torch.uint8)
+    assert torch.equal(to_uint8(from_uint8(u8)), u8) and from_uint8(u8.numpy()).dtype == torch.float32
+    assert from_uint8(u8).min() == -1.0 and from_uint8(u8).max() == 1.0
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8))
+    pixels = pil_to_tensor([image])
+    assert pixels.shape == (1, 3, 5, 7) and np.array_equal(np.asarray(tensor_to_pil(pixels)[0]), np.asarray(image))

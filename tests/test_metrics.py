@@ -113,6 +113,16 @@ def test_disk_and_dilate():
         dilate(point, -1)
 
 
+def test_dilate_equals_scipy_binary_dilation():
+    """metrics.dilate is numpy only (the core install has no scipy); it must match what it replaced bit for bit."""
+    ndimage = pytest.importorskip("scipy.ndimage")
+    rng = np.random.default_rng(0)
+    for px in (1, 2, 3, 5):
+        for density in (0.002, 0.05, 0.5):
+            mask = rng.random((37, 53)) < density
+            assert np.array_equal(dilate(mask, px), ndimage.binary_dilation(mask, structure=disk(px))), (px, density)
+
+
 # ---------------------------------------------------------------- ShapeEdit scoring
 
 

@@ -84,7 +84,7 @@ def test_noise_maps_of_a_single_change_are_unchanged(editor, image):
     assert rows == whole_rows + 2 * EditOptions().mask_noises  # only the second job's two changes are added
 
 
-def test_cli_whole_prompt_mask_flag(tmp_path, tiny_model_dir):
+def test_cli_sets_the_whole_prompt_mask(tmp_path, tiny_model_dir):
     import json
 
     from typer.testing import CliRunner
@@ -95,14 +95,14 @@ def test_cli_whole_prompt_mask_flag(tmp_path, tiny_model_dir):
     src = _write_input(tmp_path)
     base = ["edit", str(src), "-s", "a red square", "-t", "a blue circle", "-m", str(tiny_model_dir), "--steps", "4", "-q",
             "--seed", "1", "--one-candidate"]
-    for flags in ([], ["--whole-prompt-mask"]):
+    for flags in ([], ["--set", "mask_per_change=false"]):
         res = CliRunner().invoke(app, base + flags)
         assert res.exit_code == 0, res.output
         sidecar = json.loads((tmp_path / "photo_edited.json").read_text())
         assert sidecar["options"]["mask_per_change"] is (not flags)
         assert sidecar["jobs"][0]["mask_changes"] == ([] if flags else ["a blue square", "a red circle"])
     res = CliRunner().invoke(app, ["mask", str(src), "-s", "a red square", "-t", "a blue circle", "-m", str(tiny_model_dir),
-                                   "--whole-prompt-mask", "-q", "-o", str(tmp_path / "m2.png")])
+                                   "--set", "mask_per_change=false", "-q", "-o", str(tmp_path / "m2.png")])
     assert res.exit_code == 0, res.output
 
 
@@ -120,8 +120,8 @@ def test_per_change_masks_do_not_depend_on_the_batch(editor, image):
 
 
 def test_edit_result_names_the_mapped_changes(editor, image):
-    res = editor.edit(image, "a red square", ["a blue circle", "a blue square"], seed=0, num_inference_steps=4, extra_strengths=(),
-                      caption_candidate=False)
+    res = editor.edit(image, "a red square", ["a blue circle", "a blue square"], seed=0, num_inference_steps=4,
+                      extra_strengths=(), caption_candidate=False)
     assert res.mask_changes == [["a blue square", "a red circle"], []]
     user = editor.edit(image, "a red square", "a blue circle", mask=np.full((32, 32), 255, np.uint8), seed=0,
                        num_inference_steps=4, extra_strengths=(), caption_candidate=False)

@@ -66,7 +66,10 @@ def guide_machine(monkeypatch):
     offloaded = []
     if not (torch.cuda.is_available() and importlib.util.find_spec("accelerate")):
         monkeypatch.setattr(DiffusionPipeline, "enable_model_cpu_offload", lambda self, *a, **k: offloaded.append(self))
-    monkeypatch.setattr(StableDiffusionDiffEditPipeline, "enable_vae_slicing", lambda self: self.vae.enable_slicing(), raising=False)
+    def slicing(self):
+        self.vae.enable_slicing()
+
+    monkeypatch.setattr(StableDiffusionDiffEditPipeline, "enable_vae_slicing", slicing, raising=False)
     return offloaded
 
 
@@ -118,7 +121,8 @@ def test_diffusers_guide_runs_unchanged(pipeline_class, tiny_model_dir, raw_imag
 @pytest.mark.parametrize("method", ["generate_mask", "invert", "__call__"])
 def test_signatures_are_diffusers(method):
     """Same parameter names, order and defaults as diffusers' pipeline: positional and keyword calls carry over."""
-    ours, theirs = (inspect.signature(getattr(cls, method)).parameters for cls in (DiffEditPipeline, StableDiffusionDiffEditPipeline))
+    classes = (DiffEditPipeline, StableDiffusionDiffEditPipeline)
+    ours, theirs = (inspect.signature(getattr(cls, method)).parameters for cls in classes)
     assert [(p.name, p.default) for p in ours.values()] == [(p.name, p.default) for p in theirs.values()]
 
 
@@ -291,7 +295,8 @@ def test_callbacks_match_diffusers(pipe, theirs, raw_image):
 
 
 def test_progress_bar_config(pipe, raw_image, capfd):
-    run = lambda: pipe.invert(prompt=SOURCE, image=raw_image, num_inference_steps=STEPS)
+    def run():
+        return pipe.invert(prompt=SOURCE, image=raw_image, num_inference_steps=STEPS)
     run()
     assert "it/s" not in capfd.readouterr().err
     pipe.set_progress_bar_config(disable=False)
@@ -312,7 +317,8 @@ def test_clip_skip_and_cross_attention_kwargs(pipe, theirs, raw_image):
     assert torch.allclose(ours[0], expected[0], atol=1e-6) and torch.allclose(negative[0], expected[1], atol=1e-6)
     assert not torch.allclose(ours, pipe.encode_prompt(TARGET)[0])
     inv = pipe.invert(prompt=SOURCE, image=raw_image, num_inference_steps=STEPS).latents
-    call = {"prompt": TARGET, "mask_image": np.ones((16, 16)), "image_latents": inv, "num_inference_steps": STEPS, "output_type": "latent"}
+    call = {"prompt": TARGET, "mask_image": np.ones((16, 16)), "image_latents": inv, "num_inference_steps": STEPS}
+    call["output_type"] = "latent"
     plain = pipe(**call).images
     assert not torch.allclose(pipe(**call, clip_skip=1).images, plain)
     assert torch.allclose(pipe(**call, cross_attention_kwargs={"scale": 1.0}).images, plain)
@@ -338,7 +344,8 @@ def test_unsupported_parameters_raise(pipe, raw_image, method, kwargs, match):
     inv = torch.zeros(1, 9, 4, 16, 16)
     with pytest.raises(ValueError, match=match):
         if method == "call":
-            pipe(**{"prompt": TARGET, "mask_image": np.ones((16, 16)), "image_latents": inv, "num_inference_steps": STEPS, **kwargs})
+            mask = np.ones((16, 16))
+            pipe(**{"prompt": TARGET, "mask_image": mask, "image_latents": inv, "num_inference_steps": STEPS, **kwargs})
         elif method == "invert":
             pipe.invert(**{"prompt": SOURCE, "image": raw_image, "num_inference_steps": STEPS, **kwargs})
         else:

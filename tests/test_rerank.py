@@ -10,6 +10,7 @@ from diffedit import EditOptions
 from diffedit.stages import NoiseStreams, noised_start
 from diffedit.rerank import denoising_errors, rerank_scores
 
+ONE = dict(extra_strengths=(), noise_candidates=(), caption_candidate=False)  # the paper's single decoding
 KW = dict(num_inference_steps=10, mask_noises=2)
 
 
@@ -40,7 +41,8 @@ def test_denoising_errors_average_inside_the_region():
     prompts[1] = 1.0  # prompt 0 predicts zeros, prompt 1 the true noise
     region = torch.zeros(2, 6, 6, dtype=torch.bool)
     region[0, :3] = True  # candidate 0: top half; candidate 1: empty region = every cell
-    errors = denoising_errors(OracleUNet(clean, alphas), clean, prompts, region, alphas, [100, 500, 900], noises, max_batch=6)  # chunks of 6 rows: 3 candidate pairs
+    # chunks of 6 rows: 3 candidate pairs
+    errors = denoising_errors(OracleUNet(clean, alphas), clean, prompts, region, alphas, [100, 500, 900], noises, max_batch=6)
     assert errors.shape == (2, 2)
     assert torch.allclose(errors[:, 1], torch.zeros(2), atol=1e-5)
     expected_top = noises[..., :3, :].pow(2).mean()
@@ -68,7 +70,7 @@ def test_the_chosen_candidate_is_that_decoding_alone(editor, image):
     assert len(scores) == 3 and chosen == int(np.argmax(scores))
     images = {}
     for label, extra in alone.items():
-        single = editor.edit(image, "a red square", "a blue circle", seed=3, extra_strengths=(), noise_candidates=(), caption_candidate=False, **extra, **KW)
+        single = editor.edit(image, "a red square", "a blue circle", seed=3, **ONE, **extra, **KW)
         assert single.candidates == [label.replace(" caption", "")] and single.candidate_scores == []
         images[label] = (np.asarray(single.image), np.asarray(single.mask_image))
     kept = images[res.candidates[chosen]]
@@ -87,7 +89,7 @@ def test_scores_do_not_depend_on_the_batch(editor):
 
 
 def test_one_candidate_skips_the_scoring(editor, image):
-    res = editor.edit(image, "a red square", "a blue circle", seed=0, extra_strengths=(), noise_candidates=(), caption_candidate=False, **KW)
+    res = editor.edit(image, "a red square", "a blue circle", seed=0, **ONE, **KW)
     assert res.candidates == ["r=0.8"] and res.chosen == [0] and res.candidate_scores == []
     assert "rerank" not in res.timings
     no_caption = editor.edit(image, "", "a blue circle", seed=0, **KW)  # nothing to invert with

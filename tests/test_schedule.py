@@ -22,7 +22,8 @@ def test_grid_matches_diffusers_timesteps():
     assert grid.timesteps[1:4].tolist() == [1, 21, 41]
     assert grid.alphas[0] == pytest.approx(float(sched.alphas_cumprod[0]))  # set_alpha_to_one=False
     # any scheduler's noise schedule is reused (SD 1.5 folders ship PNDM)
-    assert torch.equal(ddim_grid(PNDMScheduler(**{k: v for k, v in SD.items() if k != "clip_sample"}), 50, 0.8).timesteps, grid.timesteps)
+    pndm = PNDMScheduler(**{k: v for k, v in SD.items() if k != "clip_sample"})
+    assert torch.equal(ddim_grid(pndm, 50, 0.8).timesteps, grid.timesteps)
 
 
 def test_grid_rejects_bad_arguments():

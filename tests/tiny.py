@@ -1,4 +1,7 @@
-"""Tiny random SD-shaped components built offline in memory (the project's `get_dummy_components`)."""
+"""Tiny random SD-shaped components built offline in memory (the project's `get_dummy_components`).
+
+The builder is the benchmark's `tiny` model (diffedit.bench.models); what only tests need (a tokenizer of
+another length, the model written as a diffusers folder) is here."""
 
 from __future__ import annotations
 
@@ -7,14 +10,14 @@ from pathlib import Path
 
 from transformers import CLIPTokenizer
 
-from diffedit.bench.models import _char_tokenizer, tiny_components  # one builder for tests and benchmarks
+from diffedit.bench.models import TINY_WORDS, char_tokenizer, tiny_components  # one builder for tests and benchmarks
 
-WORDS = ["a", "cat", "dog", "red", "blue", "circle", "square", "on", "photo", "of", "the", "bowl"]
+__all__ = ["save_tiny_model", "tiny_components", "tiny_tokenizer"]
 
 
 def tiny_tokenizer(max_length: int = 16) -> CLIPTokenizer:
-    """Word-level CLIP tokenizer: each word above is one token; other text falls back to letters."""
-    return _char_tokenizer(max_length, tuple(WORDS))
+    """The tiny model's tokenizer at another length: each of TINY_WORDS is one token, other text falls back to letters."""
+    return char_tokenizer(max_length, TINY_WORDS)
 
 
 def save_tiny_model(path: Path, seed: int = 0) -> Path:

@@ -3,9 +3,7 @@ progress bars and timings. Stages receive a `Components`, never the editor."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -13,23 +11,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .prompts import encode_prompts
+from .timing import timed
 
-__all__ = ["Components", "Prompt", "parse_dtype", "DTYPES"]
+__all__ = ["Components", "Prompt"]
 
 Prompt = Union[str, torch.Tensor]  # a prompt's text, or its embeddings (L, D) / (1, L, D)
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    """A torch.dtype from itself, "fp32" / "fp16" / "bf16", or a torch attribute name ("float16"); None stays None."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    value = DTYPES.get(dtype) or getattr(torch, str(dtype), None)
-    if not isinstance(value, torch.dtype):
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)} (or a torch.dtype), got {dtype!r}")
-    return value
-
 
 @dataclass
 class Components:
@@ -88,7 +74,7 @@ class Components:
     def encode_prompts(self, prompts: Sequence[Prompt]) -> torch.Tensor:
         """(P,) prompts or embeddings -> (P, L, D) text embeddings in the model's dtype and device."""
         texts = [p for p in prompts if isinstance(p, str)]
-        encoded = encode_prompts(self.tokenizer, self.text_encoder, texts, device=self.device, dtype=self.dtype) if texts else None
+        encoded = encode_prompts(self.tokenizer, self.text_encoder, texts, device=self.device, dtype=self.dtype) if texts else []
         out, i = [], 0
         for p in prompts:
             if isinstance(p, str):
@@ -105,14 +91,6 @@ class Components:
         """A progress bar for one phase, configured by `progress` (DiffEditor.set_progress_bar_config)."""
         return tqdm(total=total, desc=desc, **{"leave": False, "dynamic_ncols": True, **self.progress})
 
-    @contextmanager
     def timed(self, timings: dict[str, float], name: str):
-        """Add the seconds of the enclosed block to timings[name] (CUDA work synchronised at both ends)."""
-        cuda = self.device.type == "cuda"
-        if cuda:
-            torch.cuda.synchronize(self.device)
-        start = time.perf_counter()
-        yield
-        if cuda:
-            torch.cuda.synchronize(self.device)
-        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+        """Add the seconds of the enclosed block to timings[name] (timing.timed on this device)."""
+        return timed(timings, name, self.device)

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .components import Components, Prompt, parse_dtype
+from .components import Components, Prompt
+from .devices import parse_dtype
 from .images import ImageInput
 from .loading import load_components
 from .results import OUTPUT_TYPES, EditOptions, EditResult, InversionResult, MaskResult
@@ -183,8 +184,6 @@ class DiffEditor:
         or one per image; generator: one, or one per image (the seeds drawn from them are recorded).
         callback_on_step_end(editor, step, timestep, {"latents", "candidate"}) may return {"latents": ...}.
         Options: an EditOptions and/or its fields as keywords (num_inference_steps=..., strength=...).
-
-        Long because it narrates the whole edit, one numbered step per stage, as a diffusers pipeline's __call__ does.
         """
         timings: dict[str, float] = {}
         parts = self.components
@@ -257,7 +256,8 @@ class DiffEditor:
         """Every walk the candidates need: unconditional up to the highest ratio (lower ratios read its lower
         levels) and, for the caption candidate, one with the source prompts at `strength`."""
         inverter = stage("inverter", method(options.method).inverter)()
-        plan = {"unconditional": (max(c.strength for c in candidates if not c.caption), [options.inversion_prompt] * len(batch.images))}
+        top = max(c.strength for c in candidates if not c.caption)
+        plan = {"unconditional": (top, [options.inversion_prompt] * len(batch.images))}
         if any(c.caption for c in candidates):
             plan["caption"] = (options.strength, list(batch.sources))
         walks, prompts = {}, {}

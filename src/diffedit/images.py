@@ -20,6 +20,8 @@ __all__ = [
     "load_mask",
     "pil_to_tensor",
     "tensor_to_pil",
+    "to_uint8",
+    "from_uint8",
     "pad_to_multiple",
     "save_image",
     "save_json",
@@ -109,16 +111,28 @@ def load_mask(source: ImageInput, size: tuple[int, int]) -> np.ndarray:
     return gray >= 127.5
 
 
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Pixel values in [-1, 1] (any shape, any float dtype) -> uint8 in [0, 255], rounded to nearest, clamped."""
+    return ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+
+
+def from_uint8(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """uint8 pixels (any shape) -> float32 in [-1, 1]; the inverse of `to_uint8` on its outputs."""
+    if not isinstance(x, torch.Tensor):
+        x = np.asarray(x)
+        x = torch.from_numpy(x if x.flags.writeable else x.copy())  # torch warns on read-only arrays (PIL's)
+    return x.float() / 127.5 - 1.0
+
+
 def pil_to_tensor(images: list[Image.Image]) -> torch.Tensor:
     """RGB PIL images of one size -> (B, 3, H, W) float32 in [-1, 1]."""
-    arr = np.stack([np.asarray(im, dtype=np.float32) for im in images])  # (B, H, W, 3)
-    return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
+    arr = np.stack([np.asarray(im, dtype=np.uint8) for im in images])  # (B, H, W, 3)
+    return from_uint8(arr).permute(0, 3, 1, 2)
 
 
 def tensor_to_pil(images: torch.Tensor) -> list[Image.Image]:
     """(B, 3, H, W) in [-1, 1] -> RGB PIL images (rounded to nearest)."""
-    arr = ((images.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
-    return [Image.fromarray(a) for a in arr.permute(0, 2, 3, 1).cpu().numpy()]
+    return [Image.fromarray(a) for a in to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()]
 
 
 def pad_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:

@@ -17,6 +17,10 @@ EMBEDDED_MODEL_NAME = "shapeworld (embedded)"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
 
+def _without_dtype(kwargs: dict) -> dict:
+    return {k: v for k, v in kwargs.items() if k != "torch_dtype"}
+
+
 def embedded_model_path() -> Path:
     """Folder of the embedded ShapeWorld model inside the installed package."""
     return Path(str(resources.files("diffedit.shapeworld").joinpath("weights")))
@@ -30,7 +34,7 @@ def _from_folder(path: str, **kwargs) -> Components:
         vae=AutoencoderKL.from_pretrained(path, subfolder="vae", **kwargs),
         unet=UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kwargs),
         text_encoder=CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **kwargs),
-        tokenizer=CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **{k: v for k, v in kwargs.items() if k != "torch_dtype"}),
+        tokenizer=CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **_without_dtype(kwargs)),
         scheduler=DDIMScheduler.from_pretrained(path, subfolder="scheduler"),
         name=str(path),
     )

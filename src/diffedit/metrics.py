@@ -1,4 +1,4 @@
-"""Generic image and mask metrics (numpy): PSNR, mask IoU, disk dilation, nearest upsampling.
+"""Generic image and mask metrics (numpy only): PSNR, mask IoU, disk dilation, nearest upsampling.
 
 The ShapeEdit benchmark (/work/shared/SHAPEWORLD.md, "Metrics for one edit") is built on these in
 diffedit.shapeworld.scoring.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import ndimage
 
 
 def _as_bool_mask(mask: np.ndarray, name: str = "mask") -> np.ndarray:
@@ -85,4 +84,9 @@ def dilate(mask: np.ndarray, px: int) -> np.ndarray:
         raise ValueError(f"px must be >= 0, got {px}")
     if px == 0 or not arr.any():
         return arr.copy()
-    return ndimage.binary_dilation(arr, structure=disk(px))
+    h, w = arr.shape
+    padded = np.pad(arr, px)  # False outside, as scipy.ndimage.binary_dilation's border_value=0
+    out = np.zeros_like(arr)
+    for dy, dx in np.argwhere(disk(px)):  # the disk is symmetric: OR of the mask shifted by every offset
+        out |= padded[dy : dy + h, dx : dx + w]
+    return out

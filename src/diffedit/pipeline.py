@@ -132,7 +132,8 @@ class DiffEditPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         finally:
             if lora_scale is not None and USE_PEFT_BACKEND:
                 unscale_lora_layers(self.text_encoder, lora_scale)
-        repeat = lambda x: x if x is None else x.repeat_interleave(num_images_per_prompt, dim=0)
+        def repeat(x):
+            return x if x is None else x.repeat_interleave(num_images_per_prompt, dim=0)
         return repeat(embeds), repeat(negative)
 
     def _embed(self, prompt, prompt_embeds, batch: int, device, clip_skip: int | None, name: str) -> torch.Tensor:
@@ -182,7 +183,8 @@ class DiffEditPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
         nsfw = None
         if self.safety_checker is not None:
             features = self.feature_extractor(self.image_processor.postprocess(image, output_type="pil"), return_tensors="pt")
-            image, nsfw = self.safety_checker(images=image, clip_input=features.pixel_values.to(self._execution_device, image.dtype))
+            clip_input = features.pixel_values.to(self._execution_device, image.dtype)
+            image, nsfw = self.safety_checker(images=image, clip_input=clip_input)
         denormalize = [True] * image.shape[0] if nsfw is None else [not flag for flag in nsfw]
         return self.image_processor.postprocess(image, output_type=output_type, do_denormalize=denormalize), nsfw
 
@@ -210,8 +212,11 @@ class DiffEditPipeline(DiffusionPipeline, StableDiffusionMixin, TextualInversion
     ):
         """Latent edit mask (B, h, w) in {0, 1}: |eps(target) - eps(source)| over noises, clamped at ratio x mean, per image."""
         # 1. Check inputs
-        check_prompt_inputs(target_prompt, target_prompt_embeds, target_negative_prompt, target_negative_prompt_embeds, "target_prompt")
-        check_prompt_inputs(source_prompt, source_prompt_embeds, source_negative_prompt, source_negative_prompt_embeds, "source_prompt")
+        for name, prompt, embeds, negative, negative_embeds in (
+            ("target_prompt", target_prompt, target_prompt_embeds, target_negative_prompt, target_negative_prompt_embeds),
+            ("source_prompt", source_prompt, source_prompt_embeds, source_negative_prompt, source_negative_prompt_embeds),
+        ):
+            check_prompt_inputs(prompt, embeds, negative, negative_embeds, name)
         check_mask_inputs(image, num_maps_per_mask, mask_thresholding_ratio, output_type)
         if guidance_scale > 1 and not same_negatives(
             target_negative_prompt, target_negative_prompt_embeds, source_negative_prompt, source_negative_prompt_embeds

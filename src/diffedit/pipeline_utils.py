@@ -31,7 +31,9 @@ __all__ = [
 
 
 class UNetWithKwargs:
-    """A UNet whose every call also gets `cross_attention_kwargs` (the library's loops call `unet(x, t, encoder_hidden_states=)`)."""
+    """A UNet whose every call also gets `cross_attention_kwargs`.
+
+    The library's loops call `unet(x, t, encoder_hidden_states=...)` only."""
 
     def __init__(self, unet, cross_attention_kwargs: dict):
         self.unet, self.kwargs = unet, dict(cross_attention_kwargs)
@@ -55,7 +57,8 @@ def check_prompt_inputs(prompt, prompt_embeds, negative_prompt=None, negative_pr
         raise ValueError(f"pass either `{negative}` or `{negative}_embeds`, not both")
     if prompt_embeds is not None and negative_prompt_embeds is not None and prompt_embeds.shape != negative_prompt_embeds.shape:
         raise ValueError(
-            f"`{name}_embeds` {tuple(prompt_embeds.shape)} and `{negative}_embeds` {tuple(negative_prompt_embeds.shape)} must have one shape"
+            f"`{name}_embeds` {tuple(prompt_embeds.shape)} and `{negative}_embeds` "
+            f"{tuple(negative_prompt_embeds.shape)} must have one shape"
         )
 
 

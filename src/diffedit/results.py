@@ -80,7 +80,9 @@ class EditOptions:
         if any(not 0.0 < r <= 1.0 for r in self.extra_strengths):
             raise ValueError(f"extra_strengths must lie in (0, 1], got {self.extra_strengths}")
         if any(int(self.num_inference_steps * r) < 1 for r in self.extra_strengths):
-            raise ValueError(f"an extra strength in {self.extra_strengths} x {self.num_inference_steps} steps leaves no denoising step")
+            raise ValueError(
+                f"an extra strength in {self.extra_strengths} x {self.num_inference_steps} steps leaves no denoising step"
+            )
         if any(not 0.0 < s <= 1.0 for s in self.noise_candidates):
             raise ValueError(f"noise_candidates are shares of fresh noise in (0, 1], got {self.noise_candidates}")
         if self.rerank_unconditional < 0:

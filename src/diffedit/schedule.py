@@ -27,7 +27,16 @@ from dataclasses import dataclass
 import torch
 from diffusers import DDIMScheduler, SchedulerMixin
 
-__all__ = ["DDIMGrid", "ddim_grid", "ddim_scheduler", "ddim_step", "model_output_to_eps_x0"]
+__all__ = ["DDIMGrid", "ddim_grid", "ddim_scheduler", "ddim_step", "model_output_to_eps_x0", "sd_scheduler"]
+
+
+def sd_scheduler() -> DDIMScheduler:
+    """DDIM with Stable Diffusion's noise schedule (scaled-linear betas 0.00085 to 0.012 over 1000 steps),
+    for models built here: the random-weight benchmark models and the embedded ShapeWorld model."""
+    return DDIMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+        set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
+    )
 
 
 def ddim_scheduler(scheduler: SchedulerMixin) -> DDIMScheduler:

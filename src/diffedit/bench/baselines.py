@@ -10,13 +10,11 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from diffusers import DDIMInverseScheduler, DDIMScheduler, StableDiffusionDiffEditPipeline
 from PIL import Image
 
 from diffedit.editor import DiffEditor
@@ -24,6 +22,10 @@ from diffedit.images import ImageInput, load_image, pad_to_multiple, pil_to_tens
 from diffedit.results import EditOptions, EditResult
 from diffedit.sampling import masked_denoise
 from diffedit.schedule import ddim_grid
+from diffedit.timing import timed
+
+if TYPE_CHECKING:  # importing diffusers' pipelines costs seconds: only when one is built
+    from diffusers import StableDiffusionDiffEditPipeline
 
 __all__ = [
     "OURS_VARIANTS",
@@ -31,7 +33,6 @@ __all__ = [
     "diffusers_edit",
     "sdedit",
     "gt_mask_edit",
-    "timer",
 ]
 
 # Our method and its ablations: option overrides on top of the benchmark's EditOptions.
@@ -42,32 +43,22 @@ OURS_VARIANTS: dict[str, dict] = {
     "ours_batch_norm": {"mask_per_image": False},  # normalise the maps over the batch, as diffusers does
     "ours_no_edit_snap": {"edit_snap": False},  # composite mask: latent cells trimmed by the soft map (mask_refine)
     "ours_no_refine": {"mask_refine": False, "edit_snap": False},  # blocky composite mask: the latent cells
-    "ours_snap_input": {"mask_snap": True, "edit_snap": False},  # mask snapped to the input's edges alone (--snap-edges)
+    "ours_snap_input": {"mask_snap": True, "edit_snap": False},  # mask snapped to the input's edges alone
     "ours_one_threshold": {"decode_threshold": None},  # decoding paints in the latent mask at mask_threshold (paper)
     "ours_no_trim": {"edit_trim": 0.0},  # the edit snap keeps the guided filter's halo of background
     "ours_whole_prompt_mask": {"mask_per_change": False},  # a several-word change mapped as one (the paper's map)
     "ours_noise_candidate": {"noise_candidates": (0.5,), "rerank_levels": (0.6, 0.7, 0.8, 0.9), "rerank_unconditional": 2.0},
     #   a fourth candidate (half fresh noise in the mask at r = 1), scored also against the empty prompt: not default
-    "ours_one_candidate": {"extra_strengths": (), "noise_candidates": (), "caption_candidate": False},  # the paper's single decoding at r
+    # the paper's single decoding at r
+    "ours_one_candidate": {"extra_strengths": (), "noise_candidates": (), "caption_candidate": False},
 }
 
 
-@contextmanager
-def timer(timings: dict[str, float], name: str, device: torch.device | str = "cpu"):
-    """Add the wall time of the block to timings[name]; CUDA work is synchronised on both ends."""
-    cuda = torch.device(device).type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    yield
-    if cuda:
-        torch.cuda.synchronize(device)
-    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
-
-
 # ------------------------------------------------------------------ diffusers' pipeline
-def diffusers_pipeline(editor: DiffEditor) -> StableDiffusionDiffEditPipeline:
+def diffusers_pipeline(editor: DiffEditor) -> "StableDiffusionDiffEditPipeline":
     """diffusers' DiffEdit pipeline sharing the editor's modules (no copy of the weights), progress bars off."""
+    from diffusers import DDIMInverseScheduler, DDIMScheduler, StableDiffusionDiffEditPipeline
+
     if editor.vae.dtype != editor.unet.dtype:
         raise ValueError(
             f"diffusers' DiffEdit pipeline feeds VAE latents to the UNet as they are: the VAE ({editor.vae.dtype}) "
@@ -84,7 +75,7 @@ def diffusers_pipeline(editor: DiffEditor) -> StableDiffusionDiffEditPipeline:
 
 
 def diffusers_edit(
-    pipe: StableDiffusionDiffEditPipeline,
+    pipe: "StableDiffusionDiffEditPipeline",
     image: ImageInput,
     source: str,
     target: str,
@@ -105,17 +96,17 @@ def diffusers_edit(
     image = load_image(image)
     device = pipe.unet.device
     generator = lambda: torch.Generator().manual_seed(seed)  # noqa: E731 - one fresh stream per stage
-    with timer(timings, "generate_mask", device):
+    with timed(timings, "generate_mask", device):
         mask = pipe.generate_mask(
             image=image, source_prompt=source, target_prompt=target, generator=generator(),
             num_inference_steps=num_inference_steps, num_maps_per_mask=mask_noises,
         )  # (1, h, w) int
-    with timer(timings, "invert", device):
+    with timed(timings, "invert", device):
         inverted = pipe.invert(
             prompt=source, image=image, inpaint_strength=strength, generator=generator(),
             num_inference_steps=num_inference_steps,
         ).latents
-    with timer(timings, "call", device):
+    with timed(timings, "call", device):
         edited = pipe(
             prompt=target, mask_image=mask, image_latents=inverted, negative_prompt=source,
             inpaint_strength=strength, generator=generator(), num_inference_steps=num_inference_steps,

@@ -36,7 +36,8 @@ DEFAULT_GRID = {
 
 def run_mask_sweep(
     model: str | None = "shapeworld", *, cases: int = 96, seed: int = 1000, batch_size: int = 16,
-    steps: int = 50, grid: dict | None = None, json_path: str | Path | None = None, progress: bool = True,
+    steps: int = EditOptions.num_inference_steps, grid: dict | None = None, json_path: str | Path | None = None,
+    progress: bool = True,
 ) -> dict:
     """Mean mask IoU (overall and by edit kind) of every setting of `grid` on `edit_cases(cases, seed)`."""
     grid = grid or DEFAULT_GRID
@@ -97,9 +98,12 @@ def cell_upper_bound_iou(masks: list[np.ndarray], factor: int) -> float:
 
 def format_mask_sweep(report: dict, top: int = 12) -> str:
     defaults = EditOptions()
-    is_default = lambda r: (r["mask_reference"] == "source" and r["clamp"] == defaults.mask_clamp
-                            and r["clamp_level"] == defaults.mask_quantile and r["mask_smooth"] == defaults.mask_smooth
-                            and r["mask_threshold"] == defaults.mask_threshold and r["mask_dilate"] == defaults.mask_dilate)
+
+    def is_default(r: dict) -> bool:
+        return (r["mask_reference"] == "source" and r["clamp"] == defaults.mask_clamp
+                and r["clamp_level"] == defaults.mask_quantile and r["mask_smooth"] == defaults.mask_smooth
+                and r["mask_threshold"] == defaults.mask_threshold and r["mask_dilate"] == defaults.mask_dilate)
+
     lines = [f"mask IoU sweep: {report['cases']} cases, seed {report['seed']}, model {report['model']}; "
              f"best cell-aligned mask: IoU {report['cell_upper_bound_iou']:.3f}",
              f"{'rank':>4} {'reference':>9} {'clamp':>10} {'level':>5} {'smooth':>6} {'thresh':>6} {'dilate':>6}"
@@ -115,8 +119,14 @@ def format_mask_sweep(report: dict, top: int = 12) -> str:
     return "\n".join(lines)
 
 
+def _to_chw(image) -> torch.Tensor:
+    """(H, W, 3) uint8 image or array -> (3, H, W) uint8 tensor."""
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)
+
+
 def run_composite_sweep(
-    model: str | None = "shapeworld", *, cases: int = 48, seed: int = 5000, batch_size: int = 8, steps: int = 50,
+    model: str | None = "shapeworld", *, cases: int = 48, seed: int = 5000, batch_size: int = 8,
+    steps: int = EditOptions.num_inference_steps,
     feathers: tuple[int, ...] = (0, 1, 2, 3, 4), dilations: tuple[int, ...] = (0, 1, 2),
     json_path: str | Path | None = None, progress: bool = True,
 ) -> dict:
@@ -137,9 +147,8 @@ def run_composite_sweep(
         chunk = todo[start : start + batch_size]
         result = editor.edit([c.source_image for c in chunk], [c.source for c in chunk], [c.target for c in chunk],
                              seed=seed + start, options=options)
-        to_chw = lambda im: torch.from_numpy(np.array(im)).permute(2, 0, 1)  # (H, W, 3) uint8 -> (3, H, W)
-        decoded = torch.stack([to_chw(im) for im in result.images])
-        original = torch.stack([to_chw(c.source_image) for c in chunk])
+        decoded = torch.stack([_to_chw(im) for im in result.images])
+        original = torch.stack([_to_chw(c.source_image) for c in chunk])
         mask = torch.stack([torch.from_numpy(np.array(m) > 127) for m in result.mask_images])
         outputs = {"none": decoded}
         for d in dilations:

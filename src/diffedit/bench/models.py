@@ -1,34 +1,38 @@
 """Models the benchmarks run on: random-weight builds (no download) and loading by name or path.
 
 Timing does not depend on weight values, so `sd15-random` (Stable Diffusion 1.5's architecture with
-random weights) measures what the real SD 1.5 would cost, and `tiny` (the test suite's components)
-measures the per-step overhead of the code around the networks.
+random weights) measures what the real SD 1.5 would cost, and `tiny` measures the per-step overhead of
+the code around the networks. `tiny_components` and `char_tokenizer` build them offline, in memory; the
+test suite builds its models with them too (tests/tiny.py), so one builder serves both.
 """
 
 from __future__ import annotations
 
-import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from typing import TYPE_CHECKING
 
+import torch
+
+from diffedit.devices import parse_dtype
 from diffedit.editor import DiffEditor
 from diffedit.loading import Components
+from diffedit.schedule import sd_scheduler
 
-__all__ = ["BENCH_MODELS", "tiny_components", "sd15_random_components", "load_bench_editor"]
+if TYPE_CHECKING:  # the model classes are imported where a model is built: `diffedit --help` stays fast
+    from transformers import CLIPTokenizer
+
+__all__ = ["BENCH_MODELS", "TINY_WORDS", "char_tokenizer", "tiny_components", "sd15_random_components", "load_bench_editor"]
 
 BENCH_MODELS = ("tiny", "shapeworld", "sd15-random")  # or a path / hub id
+TINY_WORDS = ("a", "cat", "dog", "red", "blue", "circle", "square", "on", "photo", "of", "the", "bowl")  # one token each
 
 
-def _sd_scheduler() -> DDIMScheduler:
-    """DDIM with Stable Diffusion's noise schedule."""
-    return DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-        set_alpha_to_one=False, steps_offset=1,
-    )
+def char_tokenizer(max_length: int, words: tuple[str, ...] = ()) -> "CLIPTokenizer":
+    """A CLIP tokenizer built in memory, with no files: each letter a-z is a token (with and without the
+    word-final `</w>`), and each of `words` is merged into one token; prompts are padded or cut to `max_length`.
 
+    The random-weight models' tokenizer (`sd15-random` with no words, `tiny` with TINY_WORDS)."""
+    from transformers import CLIPTokenizer
 
-def _char_tokenizer(max_length: int, words: tuple[str, ...] = ()) -> CLIPTokenizer:
-    """A CLIP tokenizer built in memory: letters are tokens, each of `words` becomes one token."""
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for c in "abcdefghijklmnopqrstuvwxyz":
         vocab.setdefault(c, len(vocab))
@@ -45,10 +49,13 @@ def _char_tokenizer(max_length: int, words: tuple[str, ...] = ()) -> CLIPTokeniz
 
 
 def tiny_components(seed: int = 0) -> Components:
-    """The test suite's tiny random components (VAE factor 2, UNet 32/64, 2-layer text encoder of width 32)."""
+    """The `tiny` model: random components seeded `seed` (VAE factor 2, UNet 32/64, 2-layer text encoder of width 32,
+    `char_tokenizer(16, TINY_WORDS)`, SD's DDIM schedule); a step costs milliseconds on CPU."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
     torch.manual_seed(seed)
-    words = ("a", "cat", "dog", "red", "blue", "circle", "square", "on", "photo", "of", "the", "bowl")
-    tokenizer = _char_tokenizer(16, words)
+    tokenizer = char_tokenizer(16, TINY_WORDS)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
@@ -66,7 +73,7 @@ def tiny_components(seed: int = 0) -> Components:
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=32,
         sample_size=32, force_upcast=False,
     )
-    return Components(vae, unet, text_encoder, tokenizer, _sd_scheduler(), name="tiny")
+    return Components(vae, unet, text_encoder, tokenizer, sd_scheduler(), name="tiny")
 
 
 def sd15_random_components(seed: int = 0) -> Components:
@@ -75,6 +82,9 @@ def sd15_random_components(seed: int = 0) -> Components:
     UNet weights are halved (as /work/shared/tools/diffusers_diffedit_gpu_anchor.py does) so that fp16
     activations of a random network stay finite.
     """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
@@ -99,7 +109,7 @@ def sd15_random_components(seed: int = 0) -> Components:
             bos_token_id=0, eos_token_id=1, pad_token_id=1,
         )
     )
-    return Components(vae, unet, text_encoder, _char_tokenizer(77), _sd_scheduler(), name="sd15-random")
+    return Components(vae, unet, text_encoder, char_tokenizer(77), sd_scheduler(), name="sd15-random")
 
 
 def load_bench_editor(
@@ -114,8 +124,7 @@ def load_bench_editor(
         editor = DiffEditor.from_pretrained(None if model in (None, "shapeworld") else model, progress=progress)
     if editor.device != torch.device(device):
         editor.to(device)
-    if isinstance(dtype, str):
-        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(dtype, dtype)
+    dtype = parse_dtype(dtype)
     # cast only when needed (diffusers warns on every .to(dtype)); transformers 5 loads a checkpoint's own
     # dtype, so an fp16-saved text encoder may come back fp16 beside an fp32 UNet
     if any(m.dtype != dtype for m in (editor.unet, editor.text_encoder, editor.vae)):

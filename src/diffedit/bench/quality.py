@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,12 +27,14 @@ from diffedit.metrics import upsample_nearest
 from diffedit.results import EditOptions
 from diffedit.shapeworld.scoring import PSNR_CAP, score_edit, summarize
 from diffedit.shapeworld.world import EditCase, edit_cases
+from diffedit.timing import timed
 
 __all__ = ["METHODS", "run_quality", "format_quality", "format_quality_markdown", "plot_quality"]
 
 METHODS = (
-    "ours", "diffusers", "sdedit", "gt_mask", "ours_no_smooth", "ours_no_composite", "ours_batch_norm", "ours_no_edit_snap", "ours_no_refine", "ours_snap_input",
-    "ours_one_threshold", "ours_no_trim", "ours_whole_prompt_mask", "ours_one_candidate", "ours_noise_candidate",
+    "ours", "diffusers", "sdedit", "gt_mask", "ours_no_smooth", "ours_no_composite", "ours_batch_norm", "ours_no_edit_snap",
+    "ours_no_refine", "ours_snap_input", "ours_one_threshold", "ours_no_trim", "ours_whole_prompt_mask", "ours_one_candidate",
+    "ours_noise_candidate",
 )
 
 
@@ -70,9 +71,11 @@ def _edit_method(
             out += [(np.asarray(im), None) for im in edited]
         else:
             if method == "gt_mask":
-                result = gt_mask_edit(editor, images, sources, targets, [c.mask for c in batch], seed=seed + start, options=options)
+                masks = [c.mask for c in batch]
+                result = gt_mask_edit(editor, images, sources, targets, masks, seed=seed + start, options=options)
             else:
-                result = editor.edit(images, sources, targets, seed=seed + start, options=options.replace(**OURS_VARIANTS[method]))
+                variant = options.replace(**OURS_VARIANTS[method])
+                result = editor.edit(images, sources, targets, seed=seed + start, options=variant)
             out += [(np.asarray(im), np.asarray(m) > 127) for im, m in zip(result.images, result.mask_images)]
         bar.update(len(batch))
     return out
@@ -92,7 +95,7 @@ def run_quality(
     seed: int = 0,
     methods: Sequence[str] | None = None,
     batch_size: int = 8,
-    steps: int = 50,
+    steps: int = EditOptions.num_inference_steps,
     options: EditOptions | None = None,
     device: str = "cpu",
     dtype: str = "fp32",
@@ -115,6 +118,8 @@ def run_quality(
         raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
     if cases < 1 or batch_size < 1:
         raise ValueError("cases and batch_size must be >= 1")
+    if plot_path is not None:
+        _matplotlib()  # before the edits, not after them
     options = (options or EditOptions()).replace(num_inference_steps=steps)
     editor = model if isinstance(model, DiffEditor) else load_bench_editor(
         None if model is None else str(model), device=device, dtype=dtype
@@ -130,9 +135,10 @@ def run_quality(
     }
     for method in methods:
         with tqdm(total=cases, desc=method, disable=not progress, leave=False, dynamic_ncols=True) as bar:
-            start = time.perf_counter()
-            edits = _edit_method(method, editor, case_list, seed=seed, options=options, batch_size=batch_size, bar=bar)
-            seconds = time.perf_counter() - start
+            timings: dict[str, float] = {}
+            with timed(timings, method, editor.device):
+                edits = _edit_method(method, editor, case_list, seed=seed, options=options, batch_size=batch_size, bar=bar)
+            seconds = timings[method]
         rows = []
         for i, (case, (edited, mask)) in enumerate(zip(case_list, edits)):
             row = score_edit(edited, case, mask)
@@ -201,12 +207,21 @@ def format_quality_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_quality(report: dict, path: str | Path) -> Path:
-    """Scatter of background PSNR (x) against edit success (y), one labelled point per method."""
-    import matplotlib
-
+def _matplotlib():
+    """matplotlib.pyplot on the Agg backend; it is the `bench` extra (pip install 'diffedit[bench]')."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError("plotting the ShapeEdit report needs matplotlib: pip install 'diffedit[bench]'") from e
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_quality(report: dict, path: str | Path) -> Path:
+    """Scatter of background PSNR (x) against edit success (y), one labelled point per method."""
+    plt = _matplotlib()
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     markers = "os^DvP*XhH<>"

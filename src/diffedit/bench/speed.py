@@ -18,10 +18,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diffedit.bench.baselines import diffusers_edit, diffusers_pipeline, timer
+from diffedit.bench.baselines import diffusers_edit, diffusers_pipeline
 from diffedit.bench.models import load_bench_editor
+from diffedit.devices import resolve_device
 from diffedit.images import save_json
 from diffedit.results import EditOptions
+from diffedit.timing import timed
 
 __all__ = ["run_speed", "format_speed"]
 
@@ -132,9 +134,9 @@ def run_speed(
     device: str = "cpu",
     dtype: str = "fp32",
     size: int = 512,
-    steps: int = 50,
-    strength: float = 0.8,
-    mask_noises: int = 10,
+    steps: int = EditOptions.num_inference_steps,  # the edit's defaults (dataclass fields' defaults)
+    strength: float = EditOptions.strength,
+    mask_noises: int = EditOptions.mask_noises,
     batch: int = 1,
     repeats: int = 3,
     compile: bool = False,
@@ -156,9 +158,7 @@ def run_speed(
         raise ValueError("repeats, batch and steps must be >= 1")
     if size % 8 or size < 16:
         raise ValueError(f"size must be a multiple of 8 and >= 16, got {size}")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda asked for, but no CUDA device is available (use --device cpu)")
+    dev = torch.device(resolve_device(device))
     if compile and dev.type != "cuda":
         raise ValueError("--compile is CUDA only: on CPU, compiling the UNet takes minutes for a few % per step")
     if compile and accel not in (None, "compile"):
@@ -183,9 +183,39 @@ def run_speed(
     images = _images(size, batch)
     source, target = _prompts(editor.tokenizer)
 
+    ours, theirs = _edit_runners(editor, pipe, images, source, target, options, dev)
+
+    # 3. Warm-up (excluded), counting the network rows of one call of each; 4. timed runs, interleaved
+    methods = {"ours": ours, "diffusers": theirs}
+    rows, runs, peaks = _measure(methods, editor, dev, repeats, counted=accel is None)
+
+    # 5. Report
+    report = {
+        "model": model or "shapeworld", "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "dtype": str(editor.dtype).replace("torch.", ""), "size": size, "steps": steps, "strength": strength,
+        "mask_noises": mask_noises, "batch": batch, "repeats": repeats, "compile": compile, "accel": accel,
+        "candidates": candidates, "threads": torch.get_num_threads(), "prompts": [source, target],
+        "torch": torch.__version__, "notes": notes,
+    }
+    for name, phases in (("ours", OUR_PHASES), ("diffusers", DIFFUSERS_PHASES)):
+        report[name] = _method_figures(runs[name], peaks[name], rows[name], phases, batch)
+    report["ratio"] = round(report["diffusers"]["total_s"] / report["ours"]["total_s"], 4)
+    if verbose:
+        print(format_speed(report))
+    if json_path is not None:
+        save_json(report, json_path)
+    return report
+
+
+def _edit_runners(editor, pipe, images: list, source: str, target: str, options: EditOptions, dev: torch.device):
+    """Two callables that run one timed edit of `images` each: ours (one call for the batch) and diffusers' pipeline
+    (a loop, one image at a time); each returns its phase timings and "total"."""
+    batch = len(images)
+
     def ours() -> dict[str, float]:
         t: dict[str, float] = {}
-        with timer(t, "total", dev):
+        with timed(t, "total", dev):
             result = editor.edit(
                 images if batch > 1 else images[0], [source] * batch if batch > 1 else source, target,
                 seed=0, options=options,
@@ -196,27 +226,29 @@ def run_speed(
 
     def theirs() -> dict[str, float]:
         t: dict[str, float] = {}
-        with timer(t, "total", dev):
+        with timed(t, "total", dev):
             for i, image in enumerate(images):  # diffusers' pipeline takes one image at a time
-                diffusers_edit(pipe, image, source, target, seed=i, num_inference_steps=steps,
-                               strength=strength, mask_noises=mask_noises, timings=t)
+                diffusers_edit(pipe, image, source, target, seed=i, num_inference_steps=options.num_inference_steps,
+                               strength=options.strength, mask_noises=options.mask_noises, timings=t)
         t["other"] = t["total"] - sum(t[k] for k in DIFFUSERS_PHASES)
         return t
 
-    # 3. Warm-up (excluded), counting the network rows of one call of each (not through a fast path:
-    #    hooks do not see traced calls, and a compiled UNet would trace them in)
-    methods = {"ours": ours, "diffusers": theirs}
+    return ours, theirs
+
+
+def _measure(methods: dict, editor, dev: torch.device, repeats: int, *, counted: bool) -> tuple[dict, dict, dict]:
+    """Warm each method up once (counting its network rows unless a fast path hides the calls from hooks: traced
+    calls are not seen, and a compiled UNet would trace the hooks in), then time `repeats` interleaved runs with
+    their peak memory. Returns (rows, runs, peaks) by method name."""
     rows: dict[str, dict | None] = {}
     for name, fn in methods.items():
-        if accel is not None and name == "ours":
+        if not counted and name == "ours":
             fn()
             rows[name] = None
             continue
         with _RowCounter(editor) as counter:
             fn()
         rows[name] = counter.rows
-
-    # 4. Timed runs, interleaved
     runs: dict[str, list] = {name: [] for name in methods}
     peaks: dict[str, list] = {name: [] for name in methods}
     for _ in range(repeats):
@@ -224,44 +256,21 @@ def run_speed(
             with _PeakMemory(dev) as mem:
                 runs[name].append(fn())
             peaks[name].append(mem.peak)
+    return rows, runs, peaks
 
-    # 5. Report
-    report = {
-        "model": model or "shapeworld",
-        "device": str(dev),
-        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-        "dtype": str(editor.dtype).replace("torch.", ""),
-        "size": size,
-        "steps": steps,
-        "strength": strength,
-        "mask_noises": mask_noises,
-        "batch": batch,
-        "repeats": repeats,
-        "compile": compile,
-        "accel": accel,
-        "candidates": candidates,
-        "threads": torch.get_num_threads(),
-        "prompts": [source, target],
-        "torch": torch.__version__,
-        "notes": notes,
+
+def _method_figures(runs: list, peaks: list, rows: dict | None, phases, batch: int) -> dict:
+    """One method's figures: median phases and total, every run's total, edits per second, peak memory, rows."""
+    med = _median_phases(runs, phases)
+    known = [p for p in peaks if p is not None]
+    return {
+        "phases_s": {k: round(v, 5) for k, v in med.items() if k != "total"},
+        "total_s": round(med["total"], 5),
+        "runs_s": [round(r["total"], 5) for r in runs],
+        "edits_per_s": round(batch / med["total"], 4),
+        "peak_memory_gib": round(max(known), 4) if known else None,
+        "rows_per_call": rows,
     }
-    for name, phases in (("ours", OUR_PHASES), ("diffusers", DIFFUSERS_PHASES)):
-        med = _median_phases(runs[name], phases)
-        known = [p for p in peaks[name] if p is not None]
-        report[name] = {
-            "phases_s": {k: round(v, 5) for k, v in med.items() if k != "total"},
-            "total_s": round(med["total"], 5),
-            "runs_s": [round(r["total"], 5) for r in runs[name]],
-            "edits_per_s": round(batch / med["total"], 4),
-            "peak_memory_gib": round(max(known), 4) if known else None,
-            "rows_per_call": rows[name],
-        }
-    report["ratio"] = round(report["diffusers"]["total_s"] / report["ours"]["total_s"], 4)
-    if verbose:
-        print(format_speed(report))
-    if json_path is not None:
-        save_json(report, json_path)
-    return report
 
 
 def format_speed(report: dict) -> str:

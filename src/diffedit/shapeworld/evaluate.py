@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from diffedit import metrics
+from diffedit.images import from_uint8, to_uint8
 from diffedit.inversion import ddim_invert
 from diffedit.prompts import encode_prompts
 from diffedit.sampling import masked_denoise
@@ -24,7 +25,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 images (B, H, W, 3) -> float tensor (B, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return from_uint8(images).permute(0, 3, 1, 2)
 
 
 def render_scenes(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
@@ -43,7 +44,7 @@ def vae_psnr(vae, n: int = 256, seed: int = 12345, *, batch_size: int = 32) -> f
         batch = images[i : i + batch_size]
         x = images_to_tensor(batch).to(vae.device, vae.dtype)
         recon = vae.decode(vae.encode(x).latent_dist.mean).sample  # (b, 3, H, W)
-        recon = ((recon.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        recon = to_uint8(recon).permute(0, 2, 3, 1).cpu().numpy()
         scores += [psnr(a, b) for a, b in zip(recon, batch)]
     return float(np.mean(scores))
 

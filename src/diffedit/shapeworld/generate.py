@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from diffedit.images import to_uint8
 from diffedit.prompts import encode_prompts as _encode
 
 
@@ -17,8 +18,7 @@ def encode_prompts(components: dict, prompts: list[str]) -> torch.Tensor:
 def decode_latents(vae, latents: torch.Tensor) -> np.ndarray:
     """Decode scaled latents (B, 4, h, w) into uint8 images (B, H, W, 3)."""
     images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample  # (B, 3, H, W) in [-1, 1]
-    images = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return images.permute(0, 2, 3, 1).cpu().numpy()
+    return to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
 
 
 @torch.no_grad()

@@ -15,8 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from diffedit.loading import load_components
+from diffedit.schedule import sd_scheduler
 
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
@@ -276,20 +279,6 @@ def build_unet(config: ModelConfig) -> UNet2DConditionModel:
     )
 
 
-def build_scheduler() -> DDIMScheduler:
-    """DDIM with Stable Diffusion's noise schedule."""
-    return DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="epsilon",
-    )
-
-
 def build_components(config: ModelConfig | str) -> dict:
     """Fresh, randomly initialised components: vae, text_encoder, tokenizer, unet, scheduler."""
     if isinstance(config, str):
@@ -300,7 +289,7 @@ def build_components(config: ModelConfig | str) -> dict:
         "text_encoder": build_text_encoder(config, tokenizer),
         "tokenizer": tokenizer,
         "unet": build_unet(config),
-        "scheduler": build_scheduler(),
+        "scheduler": sd_scheduler(),
     }
 
 
@@ -355,7 +344,8 @@ def save_model(
         module = copy.deepcopy(components[name]).to("cpu", dtype)
         module.save_pretrained(path / name, safe_serialization=True, max_shard_size=max_shard_size)
         config = path / name / "config.json"  # where a resumed component was loaded from: a local path
-        config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "_name_or_path"}, indent=2) + "\n")
+        settings = {k: v for k, v in json.loads(config.read_text()).items() if k != "_name_or_path"}
+        config.write_text(json.dumps(settings, indent=2) + "\n")
     components["tokenizer"].save_pretrained(path / "tokenizer")
     components["scheduler"].save_pretrained(path / "scheduler")
     index = dict(MODEL_INDEX, _diffusers_version=diffusers.__version__)
@@ -369,14 +359,10 @@ def save_model(
 
 
 def load_model(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> dict:
-    """Load the components written by `save_model` (or any SD 1.x folder) at `dtype` on `device`."""
+    """Load the components written by `save_model` (or any SD 1.x folder) at `dtype` on `device`, as a dict."""
     path = Path(path)
     if not (path / "model_index.json").exists():
         raise ValueError(f"{path} is not a model folder (no model_index.json); train one with `train`")
-    return {
-        "vae": AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype).to(device),
-        "text_encoder": CLIPTextModel.from_pretrained(path, subfolder="text_encoder", torch_dtype=dtype).to(device),
-        "tokenizer": CLIPTokenizer.from_pretrained(path, subfolder="tokenizer"),
-        "unet": UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype).to(device),
-        "scheduler": DDIMScheduler.from_pretrained(path, subfolder="scheduler"),
-    }
+    c = load_components(path, dtype=dtype)
+    return {"vae": c.vae.to(device), "text_encoder": c.text_encoder.to(device), "tokenizer": c.tokenizer,
+            "unet": c.unet.to(device), "scheduler": c.scheduler}

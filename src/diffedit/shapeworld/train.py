@@ -99,11 +99,13 @@ def train(
     vae = _vae_stage(run, components, figures) if stage in ("vae", "all") else _trained_vae(run, components)
     vae.requires_grad_(False)
     if stage in ("unet", "all"):
-        # 4. Stage (b): latents of a fixed dataset, encoded once and cached
+        # 4. Stage (b): latents of a fixed dataset, encoded once and cached; the checkpoint to continue from is read
+        #    first, so that a model of another config is refused at once (neither draws from torch's generator)
+        state = load_unet_state(run.source, run.model_dir, components, run.log) if stage == "unet" else None
         latents, captions = _latents_stage(run, vae)
         ids = tokenize(components["tokenizer"], captions)
-        # 5. Stage (c): UNet + text encoder, continued from the checkpoint when there is one
-        ema, info = _unet_stage(run, components, latents, ids, captions)
+        # 5. Stage (c): UNet + text encoder, continued from that checkpoint when there is one
+        ema, info = _unet_stage(run, components, latents, ids, captions, state)
         # 6. Final figures with the EMA weights, sample grid, and the fp16 model folder
         _final_model(run, dict(components, unet=ema["unet"], text_encoder=ema["text_encoder"]), info, figures)
     # 7. This call's history beside the checkpoint, and its figures
@@ -164,12 +166,11 @@ def _latents_stage(run: TrainingRun, vae) -> tuple[torch.Tensor, list[str]]:
 
 
 def _unet_stage(
-    run: TrainingRun, components: dict, latents: torch.Tensor, ids: torch.Tensor, captions: list[str]
+    run: TrainingRun, components: dict, latents: torch.Tensor, ids: torch.Tensor, captions: list[str], state: dict | None
 ) -> tuple[dict, dict]:
-    """Train UNet + text encoder (continuing the state in `resume` for stage "unet") for the time left or
+    """Train UNet + text encoder (continuing `state`, read from `resume` for stage "unet") for the time left or
     the steps asked; save ckpt/unet_state.pt and append the stage to the history. Returns (EMA copies, info)."""
     args = run.args
-    state = load_unet_state(run.source, run.model_dir, components, run.log) if args.stage == "unet" else None
     ema = restore_weights(components, state, run.dev)
     if run.deadline is not None:
         seconds, steps = max(0.0, run.deadline - run.reserve - time.time()), args.unet_steps

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from diffedit.images import to_uint8
 from diffedit.shapeworld import world
 from diffedit.shapeworld.evaluate import images_to_tensor, render_scenes
 from diffedit.shapeworld.lr_schedule import lr_factor
@@ -118,6 +119,6 @@ def save_vae_recon(vae, path: Path, n: int = 8) -> None:
     images, _ = render_scenes(n, HELD_OUT_SEED)
     x = images_to_tensor(images).to(vae.device, vae.dtype)
     recon = vae.decode(vae.encode(x).latent_dist.mean).sample
-    recon = ((recon.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    recon = to_uint8(recon).permute(0, 2, 3, 1).cpu().numpy()
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate([np.concatenate(list(images), 1), np.concatenate(list(recon), 1)], 0)).save(path)

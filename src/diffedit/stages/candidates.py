@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..components import Components
-from ..images import pad_to_multiple
+from ..images import from_uint8, pad_to_multiple
 from ..masks import dilate
 from ..rerank import denoising_errors, rerank_scores
 from .batch import Batch
@@ -63,7 +63,7 @@ class ModelScoreSelector:
         if k == 1:
             return [0] * j, []
         # 1. Encode every candidate's composite (uint8 (J, 3, H, W) each) again
-        pixels = torch.cat(images).float() / 127.5 - 1.0  # (K * J, 3, H, W), candidate-major
+        pixels = from_uint8(torch.cat(images))  # (K * J, 3, H, W), candidate-major
         latents = parts.encode_images(pad_to_multiple(pixels, parts.vae_scale_factor))
         latents = latents.reshape(k, j, *latents.shape[1:])
         region = dilate(latent_mask.float(), 1) > 0.5  # (J, h, w)

@@ -12,18 +12,14 @@ import torch
 from PIL import Image
 
 from ..components import Components
+from ..images import to_uint8
 from ..masks import dilate, guided_filter, trim_to_background, upsample_mask
 from ..sampling import composite, feathered_alpha
 from .batch import Batch
 from .masking import JobMasks
 from .registry import register
 
-__all__ = ["CompositeFinisher", "snap_to_edit", "to_uint8", "mask_images"]
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """(..., H, W) floats in [-1, 1] -> uint8 in [0, 255], rounded to nearest, on the CPU."""
-    return ((images + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu()
+__all__ = ["CompositeFinisher", "snap_to_edit", "mask_images"]
 
 
 def snap_to_edit(
@@ -68,7 +64,7 @@ class CompositeFinisher:
         self, parts: Components, batch: Batch, decoded: torch.Tensor, masks: JobMasks, options
     ) -> tuple[torch.Tensor, torch.Tensor]:
         h, w = batch.size
-        decoded_u8, pixel = to_uint8(decoded), masks.pixel
+        decoded_u8, pixel = to_uint8(decoded).cpu(), masks.pixel
         if not options.composite:
             return decoded_u8, pixel
         if options.edit_snap and masks.computed:

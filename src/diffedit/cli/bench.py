@@ -1,0 +1,170 @@
+"""`diffedit bench quality` (ShapeEdit), `speed` (ours against diffusers' pipeline), `masks` and `composite` (sweeps).
+
+Every default is the library function's own (read from its signature), so the CLI and `run_quality(...)` & co.
+cannot drift apart. The benchmark modules import light (diffusers' pipelines, scipy and matplotlib only when used).
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from diffedit.bench import masks as masks_lib
+from diffedit.bench import quality as quality_lib
+from diffedit.bench import speed as speed_lib
+from diffedit.cli.common import fail, quiet_libraries, require, resolve_device, resolve_dtype, set_threads
+
+bench_app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Benchmarks that print figures: quality (ShapeEdit) and speed (ours vs diffusers' DiffEdit pipeline).",
+)
+
+
+def _defaults(function) -> dict:
+    """A library function's keyword defaults."""
+    return {name: p.default for name, p in inspect.signature(function).parameters.items() if p.default is not p.empty}
+
+
+QUALITY = _defaults(quality_lib.run_quality)
+SPEED = _defaults(speed_lib.run_speed)
+MASKS = _defaults(masks_lib.run_mask_sweep)
+COMPOSITE = _defaults(masks_lib.run_composite_sweep)
+
+
+@bench_app.callback()
+def _setup() -> None:
+    """Benchmarks print figures: keep diffusers/transformers loading advice out of them."""
+    quiet_libraries()
+
+
+@bench_app.command()
+def quality(
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="Model folder or hub id (default: the embedded ShapeWorld model).",
+    ),
+    cases: int = typer.Option(QUALITY["cases"], "--cases", "-n", help="Number of ShapeEdit cases."),
+    seed: int = typer.Option(QUALITY["seed"], "--seed", help="Seed of the cases; case i is edited with seed + i."),
+    methods: str = typer.Option(
+        "all", "--methods",
+        help="Comma-separated methods to run, or 'all' (every method of diffedit.bench.quality.METHODS: ours, "
+        "diffusers, sdedit, gt_mask and our ablations).",
+    ),
+    steps: int = typer.Option(QUALITY["steps"], "--steps", help="DDIM steps over the full noise range."),
+    batch: int = typer.Option(
+        QUALITY["batch_size"], "--batch", "-b", help="Cases per call for ours, its ablations, gt_mask and SDEdit.",
+    ),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report (summaries and per-edit rows)."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of background PSNR vs edit success."),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", help="Write the overall table as Markdown."),
+    device: str = typer.Option(QUALITY["device"], "--device", help="cpu or cuda."),
+    dtype: str = typer.Option(
+        QUALITY["dtype"], "--dtype", help="fp32 | fp16 | bf16 (diffusers' pipeline needs the VAE in the UNet's dtype).",
+    ),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars and no table (use --json)."),
+) -> None:
+    """ShapeEdit quality of ours, its ablations and the baselines on the same cases and weights."""
+    set_threads(threads)
+    dtype = resolve_dtype(dtype, device)
+    if plot is not None:
+        require("matplotlib", "bench", "--plot")
+    names = None if methods.strip() == "all" else [m.strip() for m in methods.split(",") if m.strip()]
+    try:
+        quality_lib.run_quality(model, cases=cases, seed=seed, methods=names, batch_size=batch, steps=steps, device=device,
+                                dtype=dtype, json_path=json_path, plot_path=plot, markdown_path=markdown, progress=not quiet)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    if not quiet:
+        for path in (json_path, plot, markdown):
+            if path is not None:
+                typer.echo(f"wrote {path}")
+
+
+@bench_app.command()
+def speed(
+    model: str = typer.Option(SPEED["model"], "--model", "-m", help="tiny | shapeworld | sd15-random | a model path."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | fp16 | bf16 (default: fp16 on cuda, fp32 on cpu)."),
+    size: int = typer.Option(SPEED["size"], "--size", help="Image side in pixels (random images)."),
+    steps: int = typer.Option(SPEED["steps"], "--steps", help="DDIM steps over the full noise range."),
+    strength: float = typer.Option(SPEED["strength"], "--strength", "-r", help="Encoding ratio r."),
+    mask_noises: int = typer.Option(SPEED["mask_noises"], "--mask-noises", help="Noises of the mask pass (both methods)."),
+    batch: int = typer.Option(SPEED["batch"], "--batch", "-b", help="Images per edit: ours in one call, diffusers in a loop."),
+    repeats: int = typer.Option(SPEED["repeats"], "--repeats", help="Timed runs per method (median); a warm-up run is excluded."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the UNet (CUDA only)."),
+    accel: Optional[str] = typer.Option(None, "--accel", help="Our fast path: 'trace' (TorchScript per shape)."),
+    candidates: bool = typer.Option(
+        False, "--candidates",
+        help="Time ours with its defaults (extra encoding ratio, caption inversion, scoring; per-change maps) instead of "
+        "one decoding and one map, the work diffusers' pipeline does.",
+    ),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the figures as JSON."),
+) -> None:
+    """Time our edit against diffusers' DiffEdit pipeline on one model: phases, total, ratio, memory."""
+    set_threads(threads)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype or "auto", device)
+    try:
+        speed_lib.run_speed(model, device=device, dtype=dtype, size=size, steps=steps, strength=strength,
+                            mask_noises=mask_noises, batch=batch, repeats=repeats, compile=compile, accel=accel,
+                            candidates=candidates, json_path=json_path)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    if json_path is not None:
+        typer.echo(f"wrote {json_path}")
+
+
+# options the two sweeps share (typer reads an Option's settings, it does not change them)
+SWEEP_MODEL = typer.Option(None, "--model", "-m", help="Default: the embedded model.")
+SWEEP_JSON = typer.Option(None, "--json", help="Write the full report as JSON.")
+SWEEP_THREADS = typer.Option(None, "--threads", help="torch CPU threads (default: torch's).")
+SWEEP_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+
+
+@bench_app.command("masks")
+def masks(
+    model: Optional[str] = SWEEP_MODEL,
+    cases: int = typer.Option(MASKS["cases"], "--cases", help="Edit cases to tune on."),
+    seed: int = typer.Option(MASKS["seed"], "--seed", help="Seed of the tuning cases (report on another)."),
+    steps: int = typer.Option(MASKS["steps"], "--steps", help="DDIM steps over the full noise range."),
+    batch: int = typer.Option(MASKS["batch_size"], "--batch", help="Cases per call."),
+    top: int = typer.Option(_defaults(masks_lib.format_mask_sweep)["top"], "--top", help="Rows to print."),
+    json_path: Optional[Path] = SWEEP_JSON,
+    threads: Optional[int] = SWEEP_THREADS,
+    quiet: bool = SWEEP_QUIET,
+) -> None:
+    """Sweep the mask's post-processing (reference, clamp, smoothing, threshold, dilation) for mask IoU."""
+    set_threads(threads)
+    try:
+        report = masks_lib.run_mask_sweep(model, cases=cases, seed=seed, batch_size=batch, steps=steps,
+                                          json_path=json_path, progress=not quiet)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    typer.echo(masks_lib.format_mask_sweep(report, top))
+
+
+@bench_app.command("composite")
+def composite_sweep(
+    model: Optional[str] = SWEEP_MODEL,
+    cases: int = typer.Option(COMPOSITE["cases"], "--cases", help="Edit cases to tune on."),
+    seed: int = typer.Option(COMPOSITE["seed"], "--seed", help="Seed of the tuning cases (report on another)."),
+    steps: int = typer.Option(COMPOSITE["steps"], "--steps", help="DDIM steps over the full noise range."),
+    batch: int = typer.Option(COMPOSITE["batch_size"], "--batch", help="Cases per call."),
+    json_path: Optional[Path] = SWEEP_JSON,
+    threads: Optional[int] = SWEEP_THREADS,
+    quiet: bool = SWEEP_QUIET,
+) -> None:
+    """Sweep the pixel composite (mask dilation x feather width): background PSNR against edit success."""
+    set_threads(threads)
+    try:
+        report = masks_lib.run_composite_sweep(model, cases=cases, seed=seed, batch_size=batch, steps=steps,
+                                               json_path=json_path, progress=not quiet)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    typer.echo(masks_lib.format_composite_sweep(report))

@@ -1,0 +1,153 @@
+"""What every command shares: one-line errors, device/dtype/threads, quiet libraries, loading, output paths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+DTYPES = ("auto", "fp32", "fp16", "bf16")  # diffedit.devices.DTYPES and "auto"
+SET_HELP = (
+    "Advanced: any EditOptions field (see docs/options.md), as NAME=VALUE; repeatable, applied after the options "
+    "above. VALUE is read as JSON when it parses (0.5, true, null, [0.9, 1.0]), else as a string."
+)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print a one-line error (no traceback) and exit."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def resolve_device(device: str | None) -> str:
+    """--device: None or "auto" is cuda when available, else cpu; a missing CUDA device is a one-line error."""
+    from diffedit import devices
+
+    try:
+        return devices.resolve_device(device)
+    except ValueError as e:
+        fail(f"--{e}")
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """--dtype: "auto" is fp16 on CUDA and fp32 elsewhere."""
+    from diffedit import devices
+
+    if dtype not in DTYPES:
+        fail(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return devices.auto_dtype(device) if dtype == "auto" else dtype
+
+
+def require(module: str, extra: str, what: str) -> None:
+    """Fail with a one-line install hint, before any work, when an optional dependency is missing."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        fail(f"{what} needs {module}, which the core install leaves out: pip install 'diffedit[{extra}]'")
+
+
+def quiet_libraries() -> None:
+    """Keep diffusers/transformers advice and weight-loading bars out of the tool's output (errors still show)."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def set_threads(threads: int | None) -> None:
+    if threads is not None:
+        if threads < 1:
+            fail(f"--threads must be >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def parse_settings(settings: list[str] | None) -> dict[str, Any]:
+    """`--set NAME=VALUE` items -> {name: value}: VALUE as JSON when it parses, else the string; '-' in NAME reads '_'."""
+    parsed: dict[str, Any] = {}
+    for item in settings or []:
+        name, sep, text = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not name:
+            fail(f"--set takes NAME=VALUE (an EditOptions field, see docs/options.md), got {item!r}")
+        try:
+            parsed[name] = json.loads(text)
+        except ValueError:
+            parsed[name] = text
+    return parsed
+
+
+def _annotation(t: Any) -> str:
+    """A field's annotation as written: "float | None", "tuple[float, ...]", "int"."""
+    if isinstance(t, str):  # postponed annotations
+        return t
+    return t.__name__ if type(t) is type else str(t)
+
+
+def _fits(value: Any, annotation: str) -> bool:
+    """Whether a JSON value suits an EditOptions field annotation ("int", "float | None", "tuple[float, ...]" ...)."""
+    kinds = {k.strip() for k in annotation.split("|")}
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    floats = any(k.startswith("tuple[float") for k in kinds)
+    if value is None:
+        return "None" in kinds
+    if isinstance(value, bool):
+        return "bool" in kinds
+    if isinstance(value, int):
+        return bool(kinds & {"int", "float"}) or floats
+    if isinstance(value, float):
+        return "float" in kinds or floats
+    if isinstance(value, str):
+        return "str" in kinds
+    if isinstance(value, list):
+        return floats and all(number(v) for v in value)
+    return False
+
+
+def edit_options(flags: dict[str, Any], settings: list[str] | None):
+    """EditOptions from the defaults, the command's own flags, then `--set` items; a bad one is a one-line error."""
+    from dataclasses import fields
+
+    from diffedit import EditOptions
+
+    extra = parse_settings(settings)
+    annotations = {f.name: _annotation(f.type) for f in fields(EditOptions)}
+    for name, value in extra.items():
+        if name in annotations and not _fits(value, annotations[name]):
+            fail(f"--set {name}={json.dumps(value)}: {name} takes {annotations[name]} "
+                 "(JSON: true/false, null, numbers, [lists]; anything else is a string)")
+    try:
+        return EditOptions().replace(**{**flags, **extra})
+    except ValueError as e:
+        fail(str(e))
+
+
+def load_editor(model: str | None, device: str | None, dtype: str, config: str | None, quiet: bool):
+    from diffedit import DiffEditor
+
+    quiet_libraries()
+
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    try:
+        return DiffEditor.from_pretrained(model, device=device, torch_dtype=dtype, config=config, progress=not quiet)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        fail(str(e))
+
+
+def default_output(image: Path, suffix: str) -> Path:
+    """<stem>_<suffix>.png beside the input image."""
+    return image.with_name(f"{image.stem}_{suffix}.png")
+
+
+def indexed(path: Path, i: int, n: int) -> Path:
+    """path itself for a single output, else <stem>_<i + 1><suffix>."""
+    return path if n == 1 else path.with_name(f"{path.stem}_{i + 1}{path.suffix}")

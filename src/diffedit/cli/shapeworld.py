@@ -1,0 +1,93 @@
+"""`diffedit shapeworld train` and `diffedit shapeworld evaluate`: the embedded model's training and figures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from diffedit.cli.common import fail, quiet_libraries, require, resolve_device
+
+shapeworld_app = typer.Typer(no_args_is_help=True, help="The embedded model's synthetic world: train and evaluate.")
+
+
+@shapeworld_app.command("train")
+def shapeworld_train(
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the model, sample grids and logs."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-clock budget, split between the stages."),
+    config: str = typer.Option("small", "--config", help="tiny | small | full (full: ~15 min on one H100)."),
+    stage: str = typer.Option("all", "--stage", help="vae | unet | all: run one stage (GPU calls of <= 10 min)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Folder of an earlier stage to continue from."),
+    vae_steps: Optional[int] = typer.Option(None, "--vae-steps"),
+    unet_steps: Optional[int] = typer.Option(None, "--unet-steps"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    samples_every: Optional[int] = typer.Option(None, "--samples-every", help="UNet steps between sample grids."),
+    seed: int = typer.Option(0, "--seed"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+    anneal: bool = typer.Option(
+        False, "--anneal", help="Cosine-decay the UNet learning rate to 10 % over this call (a last run).",
+    ),
+    two_object_share: Optional[float] = typer.Option(
+        None, "--two-object-share", help="Share of two-object scenes in fresh training latents (default: 0.5, the world's own).",
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Train the embedded ShapeWorld model (VAE, then UNet + text encoder on precomputed latents)."""
+    from diffedit.shapeworld.train import train
+
+    device = resolve_device(device)
+    try:
+        figures = train(output, config=config, device=device, minutes=minutes, vae_steps=vae_steps,
+                        unet_steps=unet_steps, batch_size=batch_size, seed=seed, quiet=quiet,
+                        samples_every=samples_every, stage=stage, resume=resume, threads=threads,
+                        anneal=anneal, two_object_share=two_object_share)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    typer.echo(json.dumps(figures, indent=2, default=str))
+
+
+@shapeworld_app.command("evaluate")
+def shapeworld_evaluate(
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model folder (default: the embedded model)."),
+    captions: int = typer.Option(200, "--captions", help="Captions sampled for generation accuracy."),
+    steps: int = typer.Option(50, "--steps", help="DDIM steps of generation and inversion."),
+    guidance: float = typer.Option(7.5, "--guidance", help="Guidance of generation."),
+    scenes: int = typer.Option(64, "--scenes", help="Held-out scenes for the VAE and inversion PSNR."),
+    seed: int = typer.Option(0, "--seed"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the figures here."),
+) -> None:
+    """The embedded model's figures: generation accuracy, VAE PSNR, inversion-reconstruction PSNR (r = 1)."""
+    import time
+
+    import torch
+
+    from diffedit.images import save_json
+    from diffedit.loading import embedded_model_path
+    from diffedit.shapeworld.evaluate import generation_accuracy, inversion_psnr, vae_psnr
+    from diffedit.shapeworld.model import load_model
+
+    require("scipy", "train", "shapeworld evaluate (its caption checker)")
+    path = model or embedded_model_path()
+    if not (Path(path) / "model_index.json").is_file():
+        fail(f"no model folder at {path} (model_index.json missing)")
+    quiet_libraries()
+    device = resolve_device(device)
+    components = load_model(path, device=device, dtype=torch.float32)
+    start = time.perf_counter()
+    figures = {"model": str(path), "device": device}
+    figures["generation_accuracy"] = generation_accuracy(components, captions, steps, guidance, seed)
+    figures["vae_psnr_db"] = vae_psnr(components["vae"], scenes, seed + 12345)
+    figures["inversion_psnr_db"] = inversion_psnr(components, scenes, seed + 4242, steps=steps, strength=1.0)
+    figures["seconds"] = round(time.perf_counter() - start, 1)
+    acc = figures["generation_accuracy"]
+    typer.echo(f"generation accuracy {acc['overall']:.1%} (one object {acc['one_object']:.1%}, "
+               f"two objects {acc['two_object']:.1%}; {captions} captions, {steps} steps, guidance {guidance})")
+    typer.echo(f"VAE reconstruction PSNR {figures['vae_psnr_db']:.2f} dB ({scenes} held-out scenes)")
+    typer.echo(f"DDIM inversion-reconstruction PSNR at r = 1.0: {figures['inversion_psnr_db']:.2f} dB")
+    if json_path:
+        save_json(figures, json_path)
+        typer.echo(f"wrote {json_path}")
