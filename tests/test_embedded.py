@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -34,6 +35,19 @@ def test_readme_python_example_runs_as_written(tmp_path, monkeypatch):
     edited = Image.open(tmp_path / "edited.png")
     mask = np.asarray(Image.open(tmp_path / "mask.png"))
     assert edited.size == (128, 128) and mask.shape == (128, 128) and mask.any()
+
+
+@pytest.mark.slow
+def test_readme_composed_steps_run_as_written(tmp_path, monkeypatch):
+    """README's second Python block (mask preview, one inversion, several edits) after its first, as a reader runs them."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    for block in blocks[:2]:
+        exec(compile(block, "README.md", "exec"), scope)
+    direct = scope["editor"](scope["case"].source_image, scope["source"], scope["case"].target, seed=0)
+    assert np.array_equal(np.asarray(scope["edited"].image), np.asarray(direct.image))
+    assert scope["other"].targets == ["a blue triangle on a checkered background"] and "inversion" not in scope["other"].timings
 
 
 def test_demo_writes_every_file(tmp_path):
