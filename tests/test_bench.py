@@ -6,11 +6,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from diffedit.bench.baselines import diffusers_edit, diffusers_pipeline, sdedit
 from diffedit.cli.bench import bench_app
-from diffedit.bench.quality import METHODS, run_quality
+from diffedit.bench.quality import METHODS, format_quality, format_quality_markdown, run_quality
 from diffedit.bench.speed import _PeakMemory, run_speed
 from diffedit.results import EditOptions
 
@@ -66,13 +67,13 @@ def test_run_quality_all_methods(shapeworld_tiny_dir, tmp_path):
     cheap = EditOptions(mask_noises=2, rerank_noises=2, rerank_levels=(0.5, 0.7))  # every code path, fewer UNet rows
     report = run_quality(
         str(shapeworld_tiny_dir), cases=3, steps=4, batch_size=3, options=cheap,
-        json_path=tmp_path / "q.json", plot_path=tmp_path / "q.png", progress=False,
+        json_path=tmp_path / "q.json", plot_path=tmp_path / "q.png", panel_path=tmp_path / "worst.png", progress=False,
     )
     assert list(report["methods"]) == list(METHODS)
     for name, m in report["methods"].items():
         overall = m["summary"]["overall"]
         assert overall["n"] == 3 and len(m["rows"]) == 3
-        for key in ("background_psnr", "target_psnr", "success"):
+        for key in ("background_psnr", "target_psnr", "success", "ghost_free", "clean", "ghost_pixels"):
             assert math.isfinite(overall[key]), (name, key)
         assert (overall["mask_iou"] is None) == (name == "sdedit")
         assert m["seconds_per_edit"] > 0
@@ -81,6 +82,8 @@ def test_run_quality_all_methods(shapeworld_tiny_dir, tmp_path):
     saved = json.loads((tmp_path / "q.json").read_text())
     assert saved["methods"]["ours"]["summary"] == report["methods"]["ours"]["summary"]
     assert (tmp_path / "q.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Image.open(tmp_path / "worst.png").size[1] > 3 * 128  # three cases, one row each
+    assert "ghost_free % by kind" in format_quality(report) and "ghost-free" in format_quality_markdown(report)
 
 
 def test_run_quality_rejects_unknown_methods(shapeworld_tiny_dir):

@@ -194,3 +194,46 @@ def test_summarize_groups(cases):
     assert summarize([r for r in rows if r["mask_iou"] is None])["overall"]["mask_iou"] is None
     with pytest.raises(ValueError, match="no rows"):
         summarize([])
+
+
+# ---------------------------------------------------------------- ghosts (SHAPEWORLD.md, added 2026-12-02)
+
+
+def test_ghosts_of_the_truth_and_of_the_untouched_input(cases):
+    for case in cases:
+        perfect = score_edit(case.target_image, case, case.mask)
+        assert perfect["ghost_pixels"] == 0 and perfect["ghost_free"] and perfect["clean"]
+        untouched = score_edit(case.source_image, case, None)
+        # the input keeps the whole old object: at least every pixel of it where the truth differs from the old colour
+        # (plus background left inside a new footprint where the background is nearer the old colour than the new)
+        old = case.before.mask()
+        truth_far = np.sqrt(((case.target_image.astype(float) - np.asarray(case.before.rgb, float)) ** 2).sum(-1)) >= 60
+        assert untouched["ghost_pixels"] >= int((old & truth_far).sum())
+        if case.kind != "shape":
+            assert untouched["ghost_pixels"] > 24 and not untouched["clean"]
+
+
+def test_an_old_colour_fringe_is_counted_and_nothing_else(cases):
+    case = next(c for c in cases if c.kind == "color")
+    edited = case.target_image.copy()
+    ring = case.before.mask() & ~erode_px(case.before.mask(), 1)  # the old object's outermost pixels
+    edited[ring] = case.before.rgb
+    row = score_edit(edited, case, None)
+    assert row["ghost_pixels"] == int(ring.sum()) > 24
+    assert row["success"] and not row["ghost_free"] and not row["clean"]  # success does not see the fringe
+    half = edited.copy()
+    half[ring] = (0.5 * np.asarray(case.before.rgb) + 0.5 * np.asarray(case.after.rgb)).astype(np.uint8)  # halfway
+    assert score_edit(half, case, None)["ghost_pixels"] == 0  # not closer to the old colour than to the truth
+
+
+def test_summaries_give_ghost_rates(cases):
+    rows = [score_edit(c.target_image, c, None) for c in cases] + [score_edit(c.source_image, c, None) for c in cases]
+    overall = summarize(rows)["overall"]
+    assert overall["ghost_free"] == pytest.approx(np.mean([r["ghost_pixels"] <= 24 for r in rows]))
+    assert overall["clean"] == pytest.approx(np.mean([r["success"] and r["ghost_pixels"] <= 24 for r in rows]))
+    assert overall["ghost_pixels"] == pytest.approx(np.mean([r["ghost_pixels"] for r in rows]))
+    assert 0.5 < overall["ghost_free"] < 1 and overall["clean"] < overall["ghost_free"]
+
+
+def erode_px(mask: np.ndarray, px: int) -> np.ndarray:
+    return ~dilate(~mask, px)

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from diffedit.bench.baselines import OURS_VARIANTS, diffusers_edit, diffusers_pipeline, gt_mask_edit, sdedit
 from diffedit.bench.models import load_bench_editor
+from diffedit.bench.panels import worst_ghost_panel
 from diffedit.editor import DiffEditor
 from diffedit.images import save_json
 from diffedit.metrics import upsample_nearest
@@ -102,6 +103,7 @@ def run_quality(
     json_path: str | Path | None = None,
     plot_path: str | Path | None = None,
     markdown_path: str | Path | None = None,
+    panel_path: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
     """Run the ShapeEdit benchmark; returns {"methods": {name: {"summary", "seconds_per_edit", "rows"}}, ...}.
@@ -109,7 +111,8 @@ def run_quality(
     model: a DiffEditor, a model path / hub id, or None for the embedded ShapeWorld model (loaded at
     `dtype` on `device`; fp32 by default, where diffusers' pipeline can share the VAE). options: our
     EditOptions (steps overrides num_inference_steps); the baselines take strength, guidance and mask
-    noises from it. Ours, its ablations, gt_mask and SDEdit run `batch_size` cases per call.
+    noises from it. Ours, its ablations, gt_mask and SDEdit run `batch_size` cases per call. panel_path: a PNG of
+    the first method's 8 cases with the most ghost pixels (input | truth | edit | ghosts in magenta).
     """
     # 1. Check inputs, load the model and the cases
     methods = list(METHODS if methods is None else methods)
@@ -144,6 +147,8 @@ def run_quality(
             row = score_edit(edited, case, mask)
             rows.append({"case": i, "source": case.source, "target": case.target, **{k: _finite(v) for k, v in row.items()}})
         report["methods"][method] = {"summary": summarize(rows), "seconds_per_edit": seconds / cases, "rows": rows}
+        if panel_path is not None and method == methods[0]:
+            worst_ghost_panel(case_list, [e for e, _ in edits], rows, panel_path)
 
     # 3. Report: table, JSON, plot (the returned dict is the JSON's: number-of-objects keys become strings)
     report = json.loads(json.dumps(report, allow_nan=False))
@@ -172,22 +177,25 @@ def format_quality(report: dict) -> str:
     lines = [
         f"ShapeEdit: model {r['model']}, {r['cases']} cases (seed {r['seed']}), {r['steps']} steps, "
         f"strength {r['options']['strength']}, guidance {r['options']['guidance_scale']}, PSNR capped at {r['psnr_cap_db']:g} dB",
-        f"  {'method':<19}{'mask IoU':>9}{'bg PSNR':>9}{'tgt PSNR':>9}{'success':>9}{'s/edit':>9}",
+        f"  {'method':<19}{'mask IoU':>9}{'bg PSNR':>9}{'tgt PSNR':>9}{'success':>9}{'no ghost':>9}{'clean':>9}"
+        f"{'ghost px':>9}{'s/edit':>9}",
     ]
     for name, m in r["methods"].items():
         o = m["summary"]["overall"]
         lines.append(
             f"  {name:<19}{_fmt(o['mask_iou'], '9.3f')}{_fmt(o['background_psnr'], '9.2f')}"
-            f"{_fmt(o['target_psnr'], '9.2f')}{_fmt(o['success'], '8.1f', 100)}%{m['seconds_per_edit']:9.2f}"
+            f"{_fmt(o['target_psnr'], '9.2f')}{_fmt(o['success'], '8.1f', 100)}%{_fmt(o.get('ghost_free'), '8.1f', 100)}%"
+            f"{_fmt(o.get('clean'), '8.1f', 100)}%{_fmt(o.get('ghost_pixels'), '9.1f')}{m['seconds_per_edit']:9.2f}"
         )
     first = next(iter(r["methods"].values()))["summary"]
     groups = [(g, k) for g in ("by_kind", "by_background", "by_num_objects") for k in first[g]]
     head = "".join(f"{str(k) + (' obj' if g == 'by_num_objects' else ''):>10}" for g, k in groups)
-    lines += ["edit success % by kind, background and number of objects", f"  {'method':<19}{head}"]
-    for name, m in r["methods"].items():
-        s = m["summary"]
-        cells = "".join(f"{_fmt(s[g][k]['success'] if k in s[g] else None, '10.1f', 100)}" for g, k in groups)
-        lines.append(f"  {name:<19}{cells}")
+    for metric in ("success", "ghost_free", "clean"):
+        lines += [f"{metric} % by kind, background and number of objects", f"  {'method':<19}{head}"]
+        for name, m in r["methods"].items():
+            s = m["summary"]
+            cells = "".join(f"{_fmt(s[g][k].get(metric) if k in s[g] else None, '10.1f', 100)}" for g, k in groups)
+            lines.append(f"  {name:<19}{cells}")
     return "\n".join(lines)
 
 
@@ -195,14 +203,17 @@ def format_quality_markdown(report: dict) -> str:
     """The overall figures and edit success by kind as a Markdown table (the README's)."""
     first = next(iter(report["methods"].values()))["summary"]
     kinds = list(first["by_kind"])
-    head = ["method", "mask IoU", "bg PSNR (dB)", "target PSNR (dB)", "success"] + [f"success: {k}" for k in kinds] + ["s / edit"]
+    head = ["method", "mask IoU", "bg PSNR (dB)", "target PSNR (dB)", "success"] + [f"success: {k}" for k in kinds]
+    head += ["ghost-free"] + [f"ghost-free: {k}" for k in kinds] + ["clean", "s / edit"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in report["methods"].items():
         o, by_kind = m["summary"]["overall"], m["summary"]["by_kind"]
         cells = [f"`{name}`", _fmt(o["mask_iou"], ".3f").strip(), _fmt(o["background_psnr"], ".1f"),
                  _fmt(o["target_psnr"], ".1f"), _fmt(o["success"], ".1f", 100) + " %"]
         cells += [_fmt(by_kind[k]["success"], ".1f", 100) + " %" if k in by_kind else "-" for k in kinds]
-        cells.append(f"{m['seconds_per_edit']:.2f}")
+        cells.append(_fmt(o.get("ghost_free"), ".1f", 100) + " %")
+        cells += [_fmt(by_kind[k].get("ghost_free"), ".1f", 100) + " %" if k in by_kind else "-" for k in kinds]
+        cells += [_fmt(o.get("clean"), ".1f", 100) + " %", f"{m['seconds_per_edit']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -15,7 +15,7 @@ import typer
 from diffedit.bench import masks as masks_lib
 from diffedit.bench import quality as quality_lib
 from diffedit.bench import speed as speed_lib
-from diffedit.cli.common import fail, quiet_libraries, require, resolve_device, resolve_dtype, set_threads
+from diffedit.cli.common import edit_options, fail, quiet_libraries, require, resolve_device, resolve_dtype, set_threads
 
 bench_app = typer.Typer(
     no_args_is_help=True,
@@ -61,6 +61,12 @@ def quality(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report (summaries and per-edit rows)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of background PSNR vs edit success."),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Write the overall table as Markdown."),
+    panel: Optional[Path] = typer.Option(
+        None, "--panel", help="Write a PNG of the first method's 8 cases with the most ghost pixels (ghosts in magenta).",
+    ),
+    settings: Optional[list[str]] = typer.Option(
+        None, "--set", metavar="NAME=VALUE", help="An EditOptions field for ours and its ablations (repeatable).",
+    ),
     device: str = typer.Option(QUALITY["device"], "--device", help="cpu or cuda."),
     dtype: str = typer.Option(
         QUALITY["dtype"], "--dtype", help="fp32 | fp16 | bf16 (diffusers' pipeline needs the VAE in the UNet's dtype).",
@@ -74,13 +80,15 @@ def quality(
     if plot is not None:
         require("matplotlib", "bench", "--plot")
     names = None if methods.strip() == "all" else [m.strip() for m in methods.split(",") if m.strip()]
+    options = edit_options({}, settings)
     try:
         quality_lib.run_quality(model, cases=cases, seed=seed, methods=names, batch_size=batch, steps=steps, device=device,
-                                dtype=dtype, json_path=json_path, plot_path=plot, markdown_path=markdown, progress=not quiet)
+                                dtype=dtype, options=options, json_path=json_path, plot_path=plot, markdown_path=markdown,
+                                panel_path=panel, progress=not quiet)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     if not quiet:
-        for path in (json_path, plot, markdown):
+        for path in (json_path, plot, markdown, panel):
             if path is not None:
                 typer.echo(f"wrote {path}")
 

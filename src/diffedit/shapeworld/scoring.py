@@ -18,7 +18,27 @@ COLOR_DISTANCE = 60.0  # RGB distance within which a pixel counts as the target 
 MIN_TARGET_FRACTION = 0.6  # share of the footprint that must show the target color
 MIN_TARGET_IOU = 0.5  # IoU of the target-colored pixels (inside dilated M) with the footprint
 PSNR_CAP = 100.0  # summaries clip PSNR here so that exact copies (inf dB) do not make means infinite
-METRICS = ("mask_iou", "background_psnr", "target_psnr", "success")
+GHOST_OLD_DISTANCE = 60.0  # ghosts are looked for where the ground truth is at least this far from the old colour
+GHOST_TRUTH_DISTANCE = 40.0  # ... and the edit is farther than this from the ground truth, and closer to the old colour
+MAX_GHOST_PIXELS = 24  # ghost-free: at most this many ghost pixels
+METRICS = ("mask_iou", "background_psnr", "target_psnr", "success", "ghost_free", "clean")
+
+
+def ghost_pixels(edited: np.ndarray, case: EditCase) -> np.ndarray:
+    """(H, W) bool: what survives of the old object where it should not (SHAPEWORLD.md, "ghost pixels").
+
+    Inside M dilated by 1 px, where the ground truth G is at RGB distance >= 60 from the old colour c_old, the
+    pixels of E farther than 40 from G and closer to c_old than to G: an old outline around a changed shape,
+    an old-colour fringe around a recoloured object.
+    """
+    e = np.asarray(edited, dtype=np.float64)
+    g = np.asarray(case.target_image, dtype=np.float64)
+    old = np.asarray(case.before.rgb, dtype=np.float64)
+    to_old = np.sqrt(((e - old) ** 2).sum(-1))
+    to_truth = np.sqrt(((e - g) ** 2).sum(-1))
+    truth_from_old = np.sqrt(((g - old) ** 2).sum(-1))
+    region = dilate(case.mask, 1) & (truth_from_old >= GHOST_OLD_DISTANCE)
+    return region & (to_truth > GHOST_TRUTH_DISTANCE) & (to_old < to_truth)
 
 
 def score_edit(edited: np.ndarray, case: EditCase, predicted_mask: np.ndarray | None) -> dict:
@@ -35,6 +55,8 @@ def score_edit(edited: np.ndarray, case: EditCase, predicted_mask: np.ndarray | 
     target_fraction = float(near_target[footprint].mean())
     target_iou = mask_iou(near_target & m_dilated, footprint)
 
+    ghosts = int(ghost_pixels(edited, case).sum())
+    success = bool(target_fraction >= MIN_TARGET_FRACTION and target_iou >= MIN_TARGET_IOU)
     return {
         "kind": case.kind,
         "background": case.scene.background,
@@ -44,7 +66,10 @@ def score_edit(edited: np.ndarray, case: EditCase, predicted_mask: np.ndarray | 
         "target_psnr": psnr(edited, case.target_image, mask=m),
         "target_fraction": target_fraction,
         "target_iou": target_iou,
-        "success": bool(target_fraction >= MIN_TARGET_FRACTION and target_iou >= MIN_TARGET_IOU),
+        "success": success,
+        "ghost_pixels": ghosts,
+        "ghost_free": ghosts <= MAX_GHOST_PIXELS,
+        "clean": success and ghosts <= MAX_GHOST_PIXELS,
     }
 
 
@@ -55,13 +80,17 @@ def _mean(values: Iterable[float | None], cap: float | None = None) -> float | N
 
 
 def _group(rows: list[dict]) -> dict:
-    """Mean metrics of a group of rows; success is a rate in [0, 1], PSNRs are clipped at PSNR_CAP."""
+    """Mean metrics of a group of rows; success, ghost_free and clean are rates in [0, 1], PSNRs are clipped at PSNR_CAP,
+    ghost_pixels is the mean count (rows of older reports without ghosts give None)."""
     return {
         "n": len(rows),
         "mask_iou": _mean(r["mask_iou"] for r in rows),
         "background_psnr": _mean((r["background_psnr"] for r in rows), PSNR_CAP),
         "target_psnr": _mean((r["target_psnr"] for r in rows), PSNR_CAP),
         "success": _mean(float(r["success"]) for r in rows),
+        "ghost_pixels": _mean(r.get("ghost_pixels") for r in rows),
+        "ghost_free": _mean(float(r["ghost_free"]) if "ghost_free" in r else None for r in rows),
+        "clean": _mean(float(r["clean"]) if "clean" in r else None for r in rows),
     }
 
 
