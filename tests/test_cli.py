@@ -41,7 +41,7 @@ def test_edit_end_to_end(tmp_path, tiny_model_dir):
     sidecar = json.loads((tmp_path / "photo_edited.json").read_text())
     assert sidecar["seed"] == 7 and sidecar["model"] == str(tiny_model_dir)
     assert sidecar["options"]["num_inference_steps"] == 6 and sidecar["options"]["strength"] == 0.8
-    assert sidecar["options"]["feather"] == 2 and sidecar["options"]["composite"] is True
+    assert sidecar["options"]["feather"] == 0 and sidecar["options"]["composite"] is True
     assert sidecar["jobs"][0]["target"] == "a blue circle" and sidecar["outputs"] == [str(out)]
     assert sidecar["candidates"] == ["r=0.8", "r=1", "r=0.8 caption"] and len(sidecar["candidate_scores"][0]) == 3
     assert sidecar["chosen"][0] == sidecar["candidates"][int(np.argmax(sidecar["candidate_scores"][0]))]

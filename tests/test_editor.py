@@ -135,14 +135,17 @@ def test_composite_keeps_outside_pixels_bit_exact(editor):
     assert not np.array_equal(raw[~inside], img[~inside])
 
 
-def test_feathered_alpha_is_zero_outside_and_ramps_inside():
+def test_feathered_alpha_is_one_on_the_mask_and_ramps_outside():
+    from diffedit.masks import dilate
     from diffedit.sampling import feathered_alpha
 
     m = torch.zeros(1, 20, 20)
     m[:, 5:15, 5:15] = 1
     a = feathered_alpha(m, 3)
-    assert float(a[m == 0].abs().max()) == 0.0
-    assert a[0, 5, 10] == pytest.approx(1 / 3) and a[0, 6, 10] == pytest.approx(2 / 3) and a[0, 10, 10] == 1.0
+    assert float(a[m == 1].min()) == 1.0  # no pixel of the mask keeps part of the old image
+    assert float(a[dilate(m, 3) == 0].abs().max()) == 0.0  # beyond the ramp, the input exactly
+    assert a[0, 4, 10] == pytest.approx(3 / 4) and a[0, 3, 10] == pytest.approx(2 / 4) and a[0, 2, 10] == pytest.approx(1 / 4)
+    assert torch.equal(feathered_alpha(m, 0), m)
 
 
 def test_seed_makes_runs_reproducible(editor, image):

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 __all__ = [
     "guided_filter",
     "trim_to_background",
+    "grow_into_object",
     "noise_difference_maps",
     "normalize_maps",
     "merge_change_maps",
@@ -235,6 +236,20 @@ def finish_mask(
     return soft, dilate(threshold_maps(soft, threshold), dilate_cells)
 
 
+def _ring_colors(guide: torch.Tensor, ring: torch.Tensor, max_samples: int) -> torch.Tensor:
+    """(K, C) colours of the ring's pixels in guide (C, H, W), quantised to 1/64; past `max_samples`, taken at even
+    strides (a textured ring is then matched against part of its colours), so time and memory stay bounded."""
+    samples = torch.unique((guide[:, ring].T.float() * 64).round(), dim=0) / 64  # (K, C)
+    if samples.shape[0] > max_samples:
+        samples = samples[torch.linspace(0, samples.shape[0] - 1, max_samples, device=samples.device).long()]
+    return samples
+
+
+def _far_from(pixels: torch.Tensor, colors: torch.Tensor, tau: float, chunk: int) -> torch.Tensor:
+    """(P,) bool: pixels (P, C) farther than tau from every colour (K, C); at most chunk x K distances at once."""
+    return torch.cat([torch.cdist(pixels[i : i + chunk], colors).amin(1) > tau for i in range(0, pixels.shape[0], chunk)])
+
+
 def trim_to_background(
     mask: torch.Tensor, guide: torch.Tensor, ring: torch.Tensor, tau: float, *, max_samples: int = 1024, chunk: int = 8192
 ) -> torch.Tensor:
@@ -244,17 +259,37 @@ def trim_to_background(
     just outside the region the mask may cover, i.e. the background around it. A pixel that looks like
     that background in every channel (before and after the edit) is background: a guided filter keeps a
     halo of it where the soft map is still high past an object's outline. The ring's colours are
-    quantised to 1/64 and, past `max_samples`, taken at even strides (a textured ring is then trimmed
-    against part of its colours: fewer pixels dropped, never more), so time and memory stay bounded:
-    at most `chunk` x `max_samples` distances at once.
+    quantised to 1/64 and, past `max_samples`, taken at even strides (fewer pixels dropped, never more),
+    so time and memory stay bounded: at most `chunk` x `max_samples` distances at once.
     """
     if tau <= 0 or not bool(mask.any()) or not bool(ring.any()):
         return mask
-    samples = torch.unique((guide[:, ring].T.float() * 64).round(), dim=0) / 64  # (K, C)
-    if samples.shape[0] > max_samples:
-        samples = samples[torch.linspace(0, samples.shape[0] - 1, max_samples, device=samples.device).long()]
-    pixels = guide[:, mask].T.float()  # (P, C)
-    keep = torch.cat([torch.cdist(pixels[i : i + chunk], samples).amin(1) > tau for i in range(0, pixels.shape[0], chunk)])
+    keep = _far_from(guide[:, mask].T.float(), _ring_colors(guide, ring, max_samples), tau, chunk)
     out = mask.clone()
     out[mask] = keep
     return out
+
+
+def grow_into_object(
+    mask: torch.Tensor, image: torch.Tensor, region: torch.Tensor, ring: torch.Tensor, tau: float, *,
+    max_samples: int = 1024, chunk: int = 8192,
+) -> torch.Tensor:
+    """Grow a (H, W) mask, inside `region`, over the pixels connected to it whose colour in image (C, H, W, in
+    [0, 1]) lies farther than `tau` from every colour of the ring (the background around the region).
+
+    The composite's mask follows the edit's edges; where the decoder drew the new object smaller or shifted,
+    it stops short of the old object, whose pixels would survive as a ghost. Grown over the input's object
+    pixels, the mask takes the old object's whole footprint, and the decoder's pixels replace it.
+    """
+    if tau <= 0 or not bool(mask.any()) or not bool(ring.any()):
+        return mask
+    allowed = torch.zeros_like(mask)
+    allowed[region] = _far_from(image[:, region].T.float(), _ring_colors(image, ring, max_samples), tau, chunk)
+    allowed |= mask
+    grown = mask
+    for _ in range(mask.shape[-2] + mask.shape[-1]):  # geodesic reconstruction: one pixel further each pass
+        step = dilate(grown[None], 1)[0] & allowed
+        if torch.equal(step, grown):
+            break
+        grown = step
+    return grown

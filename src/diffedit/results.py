@@ -47,7 +47,9 @@ class EditOptions:
     composite: bool = True  # paste the edit into the input: every pixel outside the mask stays exact
     edit_snap: bool = True  # snap the composite's mask to the edges of the input and the edit together
     edit_trim: float = 0.12  # drop mask pixels within this RGB distance of the background around it; 0 = off
-    feather: int = 2  # width in pixels of the composite's opacity ramp inside the mask edge
+    edit_cover: float = 0.12  # grow the mask over input pixels farther than this from that background (the old
+    #   object's whole footprint, so none of it survives as a ghost); 0 = off
+    feather: int = 0  # width in pixels of an opacity ramp outside the composite's mask; 0 = a hard edge
     max_pixels: int | None = DEFAULT_MAX_PIXELS  # refuse larger inputs with a clear error
     # advanced: ablations and diffusers-compatible variants (the benchmark's `ours_*` rows set these)
     noise_candidates: tuple[float, ...] = ()  # also decode from the top level with this share of fresh noise in the mask
@@ -103,8 +105,8 @@ class EditOptions:
             raise ValueError(f"mask_clamp must be 'quantile' or 'mean_ratio', got {self.mask_clamp!r}")
         if self.mask_smooth < 0 or self.mask_dilate < 0 or self.feather < 0:
             raise ValueError("mask_smooth, mask_dilate and feather must be >= 0")
-        if self.edit_trim < 0:
-            raise ValueError(f"edit_trim must be >= 0, got {self.edit_trim}")
+        if self.edit_trim < 0 or self.edit_cover < 0:
+            raise ValueError(f"edit_trim and edit_cover must be >= 0, got {self.edit_trim}, {self.edit_cover}")
         if self.mask_batch_size is not None and self.mask_batch_size < 1:
             raise ValueError(f"mask_batch_size must be >= 1, got {self.mask_batch_size}")
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 
 from .inversion import guided_unet_output
-from .masks import erode
+from .masks import dilate
 from .schedule import DDIMGrid, ddim_step
 
 __all__ = ["masked_denoise", "feathered_alpha", "composite"]
@@ -59,14 +59,15 @@ def masked_denoise(
 
 
 def feathered_alpha(mask: torch.Tensor, feather: int) -> torch.Tensor:
-    """Opacity of the edit for (J, H, W) binary pixel masks: 0 outside, rising to 1 over `feather` px inside.
+    """Opacity of the edit for (J, H, W) binary pixel masks: 1 on the mask, falling to 0 over `feather` px outside it.
 
-    The ramp lies inside the mask, so every pixel outside it keeps opacity exactly 0.
+    The ramp lies outside the mask, so no pixel of the mask keeps part of the old image (an old-colour fringe);
+    the pixels with opacity above 0 are the mask grown by `feather` px, and every pixel beyond stays exact.
     """
     m = mask.float()
     if feather <= 0:
         return m
-    return torch.stack([erode(m, r) for r in range(feather)]).mean(0)
+    return torch.stack([dilate(m, r) for r in range(feather + 1)]).mean(0)
 
 
 def composite(original: torch.Tensor, edited: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:

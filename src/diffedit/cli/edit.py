@@ -95,7 +95,7 @@ def edit(
         not DEFAULTS.composite, "--no-composite", help="Keep the decoder's pixels outside the mask.", rich_help_panel=MASK,
     ),
     feather: int = typer.Option(
-        DEFAULTS.feather, "--feather", help="Width in pixels of the composite's opacity ramp inside the mask edge.",
+        DEFAULTS.feather, "--feather", help="Width in pixels of an opacity ramp outside the composite's mask (0: a hard edge).",
         rich_help_panel=MASK,
     ),
     model: Optional[str] = MODEL_OPTION,

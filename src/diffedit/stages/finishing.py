@@ -13,7 +13,7 @@ from PIL import Image
 
 from ..components import Components
 from ..images import to_uint8
-from ..masks import dilate, guided_filter, trim_to_background, upsample_mask
+from ..masks import dilate, grow_into_object, guided_filter, trim_to_background, upsample_mask
 from ..sampling import composite, feathered_alpha
 from .batch import Batch
 from .masking import JobMasks
@@ -24,7 +24,7 @@ __all__ = ["CompositeFinisher", "snap_to_edit", "mask_images"]
 
 def snap_to_edit(
     soft: torch.Tensor, latent: torch.Tensor, original: torch.Tensor, edited: torch.Tensor, threshold: float,
-    trim: float, factor: int, device: torch.device,
+    trim: float, factor: int, device: torch.device, cover: float = 0.0,
 ) -> torch.Tensor:
     """The composite's pixel mask (J, H, W) from the soft map snapped to the edges of input and edit.
 
@@ -34,7 +34,9 @@ def snap_to_edit(
     latent mask, where the decoder draws the edge of what it painted inside. The filter runs on `device`, on
     each image's box around that reach (exact: an output pixel depends on the inputs within twice the radius).
     With `trim` > 0 it then drops the pixels that match, in input and edit together, a colour of the ring one
-    latent cell wide around that reach (`trim_to_background`): the filter's halo past an outline.
+    latent cell wide around that reach (`trim_to_background`): the filter's halo past an outline. With `cover`
+    > 0 it grows the mask, inside that reach, over the input's pixels connected to it that match no colour of
+    the ring (`grow_into_object`): the old object's whole footprint, where the decoder drew the new one smaller.
     """
     (h, w), f = original.shape[-2:], factor
     padded = (latent.shape[-2] * f, latent.shape[-1] * f)
@@ -52,6 +54,7 @@ def snap_to_edit(
         snapped = guided_filter(soft_px[j : j + 1, y0:y1, x0:x1], guide[j : j + 1, :, y0:y1, x0:x1], radius=f, eps=1e-2)
         out[j, y0:y1, x0:x1] = region[j, y0:y1, x0:x1] & (snapped[0] > threshold)
         out[j] = trim_to_background(out[j], guide[j], ring[j], trim)
+        out[j] = grow_into_object(out[j], guide[j, :3], region[j], ring[j], cover)
     return out.cpu()
 
 
@@ -71,10 +74,11 @@ class CompositeFinisher:
             inputs = batch.pixels[batch.job_image][:, :, :h, :w]
             pixel = snap_to_edit(
                 masks.soft, masks.latent, inputs, decoded.clamp(-1, 1), options.mask_threshold, options.edit_trim,
-                parts.vae_scale_factor, parts.device,
+                parts.vae_scale_factor, parts.device, cover=options.edit_cover,
             )
         original = to_uint8(batch.pixels[:, :, :h, :w])[batch.job_image]
-        return composite(original, decoded_u8, feathered_alpha(pixel, options.feather)), pixel
+        alpha = feathered_alpha(pixel, options.feather)
+        return composite(original, decoded_u8, alpha), alpha > 0  # the mask reported: every pixel the edit touched
 
 
 def mask_images(soft: torch.Tensor, pixel: torch.Tensor, padded: tuple[int, int], size: tuple[int, int]):
