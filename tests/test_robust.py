@@ -4,6 +4,7 @@ the model loads, bounds, NaN/inf, edits that change nothing, outputs written as 
 import json
 import math
 import os
+import re
 import struct
 import sys
 import zlib
@@ -367,3 +368,46 @@ def test_wrong_model_files_and_folders_are_named(tmp_path, tiny_model_dir, photo
 def test_mask_command_has_max_pixels(photo, no_model):
     one_line_error(run(["mask", photo, "-s", "a red square", "-t", "a blue circle", "--max-pixels", "100"]), 2,
                    "raise max_pixels (--max-pixels)")
+
+
+def test_every_exif_orientation_in_every_format_and_mode_is_shown_upright(tmp_path):
+    """PIL 13's TIFF loader turns some modes by their orientation, leaves others and garbles a few (L, P, RGBA, CMYK,
+    I;16 at 5-8): load_image applies the orientation itself, once, for every format."""
+    from fuzzing import SAVE_AS, encode
+
+    T = Image.Transpose
+    turn = {2: T.FLIP_LEFT_RIGHT, 3: T.ROTATE_180, 4: T.FLIP_TOP_BOTTOM, 5: T.TRANSPOSE, 6: T.ROTATE_270,
+            7: T.TRANSVERSE, 8: T.ROTATE_90}
+    stored = np.zeros((17, 16), np.uint8)
+    stored[:6, :5] = 255  # a bright corner, top left as stored
+    for fmt in ("TIFF", "PNG", "JPEG", "WEBP"):
+        for mode in sorted(SAVE_AS[fmt]):
+            if mode.startswith("I;16"):
+                image = Image.frombytes(mode, (16, 17), (stored.astype(">u2" if mode == "I;16B" else "<u2") * 257).tobytes())
+            else:
+                image = Image.fromarray(stored).convert(mode)
+            for orientation in range(1, 9):
+                path = tmp_path / f"o.{fmt.lower()}"
+                path.write_bytes(encode(image, fmt, orientation))
+                shown = np.asarray(load_image(path).convert("L")).astype(int)
+                upright = Image.fromarray(stored)
+                expected = np.asarray(upright.transpose(turn[orientation]) if orientation in turn else upright).astype(int)
+                assert shown.shape == expected.shape and np.abs(shown - expected).mean() < 30, (fmt, mode, orientation)
+
+
+def test_what_the_fuzzer_found(tmp_path, tiny_model_dir, photo):
+    """A subnormal smoothing made the Gaussian kernel NaN; a mask strength too low for the steps failed after the model
+    had loaded; guidance 1e30 overflowed; a tokenizer without its config padded prompts to 1e30 tokens."""
+    for kwargs, text in [(dict(mask_smooth=2.2e-313), "0 (off) or at least 0.01"),
+                         (dict(num_inference_steps=2, mask_strength=0.1), "leaves the mask pass no step"),
+                         (dict(guidance_scale=1e30), "guidance_scale must be <= 100"),
+                         (dict(mask_mean_ratio=1e-300), "mask_mean_ratio must be >= 0.01")]:
+        with pytest.raises(ValueError, match=re.escape(text)):
+            EditOptions(**kwargs)
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "tokenizer" / "tokenizer_config.json").unlink()
+    res = run(["edit", photo, "-s", "a red square", "-t", "a blue circle", "-m", model, *FAST])
+    assert res.exit_code == 0, res.output

@@ -32,11 +32,14 @@ class Bound:
     choices: tuple[str, ...] = ()
     why: str = ""
     shown: str = ""  # the allowed values in words, when the bounds above do not say it
+    off_or_above: float | None = None  # values in (0, this) are refused: 0 means off, anything smaller is a mistake
 
     def describe(self) -> str:
         """The allowed values in words, as docs/options.md shows them."""
         if self.shown:
             return self.shown
+        if self.off_or_above is not None:
+            return f"0 (off), or a number in [{_num(self.off_or_above)}, {_num(self.high)}]"
         kind = {"int": "integer", "float": "number", "bool": "true or false", "str": "text", "floats": "list"}[self.kind]
         if self.choices:
             text = " or ".join(f'"{c}"' for c in self.choices)
@@ -63,7 +66,7 @@ BOUNDS: dict[str, Bound] = {
     "method": Bound("str", shown="a registered method's name", why="stages/registry.py METHODS (docs/engine.md)"),
     "num_inference_steps": Bound("int", 1, 1000, why="a scheduler has 1000 training timesteps; more steps repeat them"),
     "strength": Bound("float", **UNIT, low_open=True, why="a fraction of the noise range"),
-    "guidance_scale": Bound("float", 0.0, None, why="a finite weight; 1 turns guidance off"),
+    "guidance_scale": Bound("float", 0.0, 100.0, why="1 turns guidance off; far above, the guided estimate overflows"),
     "negative_prompt": Bound("str", optional=True, why="text is read up to 77 tokens"),
     "inversion_prompt": Bound("str", why="text is read up to 77 tokens"),
     "extra_strengths": Bound("floats", **UNIT, low_open=True, max_items=8, why="each is one more decoding"),
@@ -77,7 +80,8 @@ BOUNDS: dict[str, Bound] = {
     "mask_threshold": Bound("float", **UNIT, why="the map is rescaled to [0, 1]"),
     "decode_threshold": Bound("float", **UNIT, optional=True, why="the map is rescaled to [0, 1]"),
     "mask_per_change": Bound("bool"),
-    "mask_smooth": Bound("float", 0.0, 32.0, why="a wider blur only flattens the map; its kernel grows with it"),
+    "mask_smooth": Bound("float", 0.0, 32.0, off_or_above=0.01,
+                         why="a wider blur only flattens the map and costs more; below 0.01 it blurs nothing (1e-40: NaN)"),
     "mask_dilate": Bound("int", 0, 64, why="the dilation's window grows with its square"),
     "mask_batch_size": Bound("int", 1, 65536, optional=True, why="a chunk larger than the rows is all at once"),
     "composite": Bound("bool"),
@@ -86,10 +90,10 @@ BOUNDS: dict[str, Bound] = {
     "feather": Bound("int", 0, 16, why="the ramp's cost grows with the cube of its width (16 px: ~1 s at 512 x 512)"),
     "max_pixels": Bound("int", 1, 2**26, optional=True, why="8192 x 8192; an edit's memory grows with the pixels"),
     "noise_candidates": Bound("floats", **UNIT, low_open=True, max_items=8, why="each is one more decoding"),
-    "rerank_unconditional": Bound("float", 0.0, None, why="a finite weight"),
+    "rerank_unconditional": Bound("float", 0.0, 100.0, why="a weight; far above, the scores overflow"),
     "mask_clamp": Bound("str", choices=("quantile", "mean_ratio")),
     "mask_quantile": Bound("float", **UNIT, low_open=True, why="a quantile"),
-    "mask_mean_ratio": Bound("float", 0.0, None, low_open=True, why="a finite multiple of the mean"),
+    "mask_mean_ratio": Bound("float", 0.01, 1000.0, why="a multiple of the mean: below 0.01 or above 1000 the mask is empty"),
     "mask_per_image": Bound("bool"),
     "mask_refine": Bound("bool"),
     "mask_snap": Bound("bool"),
@@ -104,6 +108,8 @@ def _number(name: str, value: Any, bound: Bound, what: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{what} must be a finite number, got {value}")
     lo, hi = bound.low, bound.high
+    if bound.off_or_above is not None and 0 < value < bound.off_or_above:
+        raise ValueError(f"{what} must be 0 (off) or at least {_num(bound.off_or_above)}, got {value:g}")
     if lo is not None and (value < lo or (bound.low_open and value == lo)):
         raise ValueError(f"{what} must be {'>' if bound.low_open else '>='} {_num(lo)}, got {_num(value)}")
     if hi is not None and (value > hi or (bound.high_open and value == hi)):

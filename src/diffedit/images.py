@@ -36,6 +36,9 @@ ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 # 4 megapixels: a 2048 x 2048 edit already needs ~10 GB of activations in an SD 1.5 UNet at batch 2.
 DEFAULT_MAX_PIXELS = 2048 * 2048
 MIN_SIDE = 16  # below this the VAE's 8x downsampling leaves a latent of one or two cells
+T = Image.Transpose
+TRANSPOSES = {2: T.FLIP_LEFT_RIGHT, 3: T.ROTATE_180, 4: T.FLIP_TOP_BOTTOM, 5: T.TRANSPOSE, 6: T.ROTATE_270,
+              7: T.TRANSVERSE, 8: T.ROTATE_90}  # EXIF orientation -> the transpose that shows it upright (as ImageOps)
 
 
 def _check_size(w: int, h: int, max_pixels: int | None, what: str = "image") -> None:
@@ -95,11 +98,32 @@ def _open(source: ImageInput, max_pixels: int | None = None, expect: tuple[int, 
     _check_size(*image.size, max_pixels, f"{path} (by its header)")  # before decoding a single pixel
     if expect is not None and tuple(image.size) not in (tuple(expect), tuple(expect)[::-1]):  # EXIF may turn it
         raise ValueError(f"mask is {image.size[0]}x{image.size[1]} but the image is {expect[0]}x{expect[1]}")
+    orientation = _take_orientation(image)  # before the pixels: PIL's TIFF loader applies it to some modes only
     try:
         image.load()
+        if orientation in TRANSPOSES:
+            image = image.transpose(TRANSPOSES[orientation])
+            image.info.pop("exif", None)  # applied: nothing left for exif_transpose to apply again
     except Exception as e:  # truncated or corrupt pixel data
         raise ValueError(f"cannot read {path} as an image: {type(e).__name__}: {e}") from e
     return image
+
+
+def _take_orientation(image: Image.Image) -> int:
+    """The EXIF orientation of an opened file, taken out of it, so that we apply it once for every format and mode."""
+    try:
+        exif = image.getexif()
+        orientation = int(exif.get(0x0112, 1))
+        if 0x0112 in exif:
+            del exif[0x0112]
+        tags = getattr(image, "tag_v2", None)  # TIFF: its loader turns some modes only, and garbles others (PIL 13)
+        if tags is not None and 0x0112 in tags:
+            del tags[0x0112]
+            if orientation in (5, 6, 7, 8) and image.tile:  # the size it reports is already turned: as stored
+                image._size = (max(t.extents[2] for t in image.tile), max(t.extents[3] for t in image.tile))
+        return orientation
+    except Exception:  # corrupt EXIF: as stored
+        return 1
 
 
 def _to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
@@ -111,6 +135,8 @@ def _to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 25
     elif image.mode == "F":
         arr = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=1.0, neginf=0.0)
         image = Image.fromarray((np.clip(arr, 0, 1) * 255.0 + 0.5).astype(np.uint8), mode="L")
+    if image.mode == "La":  # premultiplied: PIL converts it only to LA
+        image = image.convert("LA")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

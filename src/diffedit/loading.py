@@ -105,6 +105,9 @@ def _from_folder(path: str, hub: bool = False, **kwargs) -> Components:
             if is_out_of_memory(e) or (hub and isinstance(e, OSError)):
                 raise
             raise ModelError(f"cannot load the {name} of model {path}: {type(e).__name__}: {e}") from e
+    positions = getattr(parts["text_encoder"].config, "max_position_embeddings", None)
+    if positions and not 0 < parts["tokenizer"].model_max_length <= positions:  # a tokenizer without its config
+        parts["tokenizer"].model_max_length = positions  # says 1e30: pad prompts to what the encoder reads
     return Components(**parts, name=str(path))
 
 

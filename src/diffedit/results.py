@@ -72,6 +72,10 @@ class EditOptions:
             raise ValueError(
                 f"strength {self.strength} x {self.num_inference_steps} steps leaves no denoising step"
             )
+        if int(self.num_inference_steps * self.mask_strength) < 1:
+            raise ValueError(
+                f"mask_strength {self.mask_strength} x {self.num_inference_steps} steps leaves the mask pass no step"
+            )
         if any(int(self.num_inference_steps * r) < 1 for r in self.extra_strengths):
             raise ValueError(
                 f"an extra strength in {self.extra_strengths} x {self.num_inference_steps} steps leaves no denoising step"
