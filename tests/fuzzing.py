@@ -52,8 +52,24 @@ class Piece:
 
 
 def verdict(pieces: list[Piece]) -> int:
-    codes = {p.verdict for p in pieces}
+    codes = {p.verdict for p in effective(pieces)}
     return BAD if BAD in codes else NOTHING if NOTHING in codes else OK
+
+
+def effective(pieces: list[Piece]) -> list[Piece]:
+    """The pieces whose values the command uses: of a flag given twice, or a --set field set twice, the last; a
+    flag's EditOptions field that --set sets too is --set's (applied after). A value that does not parse as the
+    flag's type is an error wherever it stands."""
+    last = {p.extras["key"]: i for i, p in enumerate(pieces) if p.extras.get("key")}
+    set_fields = {p.extras["field"] for p in pieces if p.extras.get("key", "").startswith("set:")}
+    out = []
+    for i, p in enumerate(pieces):
+        key = p.extras.get("key")
+        if key and not p.extras.get("parse_bad"):
+            if last[key] != i or (not key.startswith("set:") and p.extras.get("field") in set_fields):
+                continue
+        out.append(p)
+    return out
 
 
 # ---------------------------------------------------------------- images
@@ -248,7 +264,17 @@ def option_piece(draw, clean: bool = False) -> Piece:
         text = json.dumps(list(value) if isinstance(value, tuple) else value)
         args = ["--set", f"{draw(st.sampled_from([name, name.replace('_', '-')]))}={text}"]
     fields = {name: value} if good else {}
-    return Piece(args, OK if good else BAD, extras={"fields": fields})
+    key = args[0] if args[0] != "--set" else f"set:{name}"
+    parse_bad = args[0] != "--set" and not parses(args[1], int if BOUNDS[name].kind == "int" else float)
+    return Piece(args, OK if good else BAD, extras={"fields": fields, "key": key, "field": name, "parse_bad": parse_bad})
+
+
+def parses(text: str, kind) -> bool:
+    try:
+        kind(text)
+        return True
+    except ValueError:
+        return False
 
 
 @st.composite
@@ -259,7 +285,9 @@ def device_piece(draw, clean: bool = False) -> Piece:
     bad = {"--device": ["tpu", "meta", "", "xla", "cpu:3", "cuda:99", "gpu"], "--dtype": ["fp8", "", "float64", "FP32"],
            "--threads": ["0", "-3", "257", "x", "100000"], "--seed": ["-1", str(2**62), str(2**70), "x", "1e3"]}[flag]
     ok = clean or draw(st.booleans())
-    return Piece([flag, draw(st.sampled_from(good if ok else bad))], OK if ok else BAD)
+    value = draw(st.sampled_from(good if ok else bad))
+    parse_bad = flag in ("--threads", "--seed") and not parses(value, int)
+    return Piece([flag, value], OK if ok else BAD, extras={"key": flag, "parse_bad": parse_bad})
 
 
 def write(name: str, data: bytes | None = None, folder: bool = False):

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import typer
 from fuzzing import (
-    BAD, BOUNDS, NOTHING, OK, SAVE_AS, Piece, device_piece, encode, image_files, in_bounds, input_piece, mask_piece,
+    BAD, BOUNDS, NOTHING, OK, SAVE_AS, Piece, device_piece, effective, encode, image_files, in_bounds, input_piece, mask_piece,
     option_piece, out_of_bounds, output_pieces, pil_images, prompt_text, respell, verdict,
 )
 from hypothesis import HealthCheck, given, settings
@@ -243,7 +243,7 @@ def expected_code(pieces: list[Piece]) -> int:
         return BAD
     fields = {"num_inference_steps": 50, "strength": 0.8, "mask_strength": 0.5, "extra_strengths": (1.0,),
               "max_pixels": DEFAULT_MAX_PIXELS}
-    for p in sorted(pieces, key=lambda p: p.args[0] == "--set"):  # --set applies after the flags, wherever it stands
+    for p in sorted(effective(pieces), key=lambda p: p.args[0] == "--set"):  # --set after the flags, wherever it stands
         for name, value in p.extras.get("fields", {}).items():
             if name in fields:
                 fields[name] = tuple(value) if isinstance(value, list) else value

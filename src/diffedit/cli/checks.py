@@ -10,6 +10,7 @@ edit, the outputs are written all or none (diffedit.files.write_files) with the 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,18 @@ def check_files(outputs, inputs: list[Any], overwrite: bool) -> set[Path]:
         fail(str(e))
 
 
+def strict_json(value: Any) -> Any:
+    """`value` with every infinite or NaN float as the string "inf", "-inf" or "nan" (a PSNR of identical pixels is
+    infinite): strict JSON has no such numbers, and a sidecar is read by other tools."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
 def write_outputs(outputs, contents: list[Any], existing: set[Path], quiet: bool) -> list[Path]:
     """Write every output (PIL images by their suffix, anything else as JSON), all or none; report each unless quiet."""
     from diffedit.files import image_format, write_files
@@ -110,7 +123,7 @@ def write_outputs(outputs, contents: list[Any], existing: set[Path], quiet: bool
 
         def write_json(tmp: str) -> None:
             with open(tmp, "w") as f:
-                json.dump(content, f, indent=2, default=str, allow_nan=False)
+                json.dump(strict_json(content), f, indent=2, default=str, allow_nan=False)
                 f.write("\n")
 
         return write_json
