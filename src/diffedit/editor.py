@@ -24,6 +24,7 @@ from PIL import Image
 
 from .components import Components, Prompt
 from .devices import parse_dtype
+from .errors import check_finite
 from .images import ImageInput
 from .loading import load_components
 from .results import OUTPUT_TYPES, EditOptions, EditResult, InversionResult, MaskResult
@@ -33,6 +34,7 @@ from .stages import (
     plan_candidates, prepare_batch, resolve_seeds, stage,
 )
 from .stages.batch import describe_prompt
+from .stages.report import empty_mask_warnings, job_changes
 
 __all__ = ["DiffEditor"]
 
@@ -137,9 +139,12 @@ class DiffEditor:
         batch = self._batch(image, source, target, options)
         base, seeds = resolve_seeds(seed, generator, len(batch.images))
         latents = self.components.encode_images(batch.pixels)
+        check_finite(latents, "the VAE encoding")
         masks = stage("mask", method(options.method).mask)()(self.components, batch, latents, options, NoiseStreams(seeds))
+        check_finite(masks.soft, "the mask pass")
         binary, soft = mask_images(masks.soft, masks.pixel, tuple(batch.pixels.shape[-2:]), batch.size)
-        return MaskResult(masks.soft, masks.latent, masks.pixel, binary, soft, base, list(seeds), masks.changes)
+        return MaskResult(masks.soft, masks.latent, masks.pixel, binary, soft, base, list(seeds), masks.changes,
+                          empty_mask_warnings(batch, masks, options))
 
     @torch.no_grad()
     def invert(
@@ -156,6 +161,7 @@ class DiffEditor:
         options = (options or EditOptions()).replace(**overrides)
         batch = self._batch(image, source, None, options, check_targets=False)
         latents = self.components.encode_images(batch.pixels)
+        check_finite(latents, "the VAE encoding")
         return self._invert(batch, latents, options, plan_candidates(options, batch.sources), {})
 
     # ------------------------------------------------------------------ the edit
@@ -200,6 +206,7 @@ class DiffEditor:
         if inversion is None:
             with parts.timed(timings, "vae_encode"):
                 latents = parts.encode_images(batch.pixels)  # (B, C, h, w)
+            check_finite(latents, "the VAE encoding")
         else:
             latents = self._check_inversion(inversion, batch, options, candidates)
 
@@ -210,6 +217,7 @@ class DiffEditor:
         )
         with parts.timed(timings, "mask"):
             masks = source_stage(parts, batch, latents, options, noise)
+        check_finite(masks.soft, "the mask pass")
 
         # 4. Inversion up to the encoding ratio (step 2), one per image whatever the number of targets
         walks = inversion.walks if inversion is not None else self._invert(batch, latents, options, candidates, timings).walks
@@ -225,6 +233,7 @@ class DiffEditor:
             )
         if not scores:
             del timings["rerank"]
+        check_finite(torch.tensor(scores, dtype=torch.float64), "the candidates' scoring")
         jobs = torch.arange(len(chosen))
         pick = torch.tensor(chosen)
         images_u8 = torch.stack([u8 for u8, _ in outputs])[pick, jobs]  # (J, 3, H, W)
@@ -232,6 +241,7 @@ class DiffEditor:
 
         # 7. Outputs in the asked type, with everything that reproduces them
         binary, soft = mask_images(masks.soft, pixel_mask, tuple(batch.pixels.shape[-2:]), batch.size)
+        edited, warnings = job_changes(batch, masks, images_u8, pixel_mask, options)
         return EditResult(
             images=_as_output(images_u8, torch.stack(finals)[pick, jobs], output_type),
             mask_images=binary, soft_images=soft, mask=masks.latent.cpu(), soft=masks.soft.float().cpu(),
@@ -239,7 +249,7 @@ class DiffEditor:
             targets=[describe_prompt(p) for p in batch.job_target],
             job_image=batch.job_image, seed=base, seeds=list(seeds), options=options, model=self.name,
             timings=timings, candidates=[c.label for c in candidates], chosen=chosen, candidate_scores=scores,
-            mask_changes=masks.changes, output_type=output_type,
+            mask_changes=masks.changes, output_type=output_type, edited=edited, warnings=warnings,
         )
 
     __call__ = edit
@@ -265,6 +275,7 @@ class DiffEditor:
             for kind, (strength, kind_prompts) in plan.items():
                 grid = ddim_grid(self.scheduler, options.num_inference_steps, strength)
                 walks[kind] = inverter(self.components, latents, kind_prompts, grid)  # (N + 1, B, C, h, w)
+                check_finite(walks[kind], "the inversion")
                 prompts[kind] = [describe_prompt(p) for p in kind_prompts]
         grid = ddim_grid(self.scheduler, options.num_inference_steps, plan["unconditional"][0])
         return InversionResult(walks, prompts, options.num_inference_steps, grid.timesteps, _fingerprint(batch.pixels))
@@ -315,8 +326,10 @@ class DiffEditor:
             with parts.timed(timings, "decoding"):
                 edited = decoder(parts, levels, masks.latent, cond, uncond, grid, guidance_scale=options.guidance_scale,
                                  job_image=job_image, callback=callback)
+            check_finite(edited, f"the decoding of candidate {c.label}")
             with parts.timed(timings, "vae_decode"):
                 decoded = parts.decode_latents(edited)[:, :, :h, :w]  # (J, 3, H, W)
+            check_finite(decoded, f"the VAE decoding of candidate {c.label}")
             outputs.append(finisher(parts, batch, decoded, masks, options))
             finals.append(edited)
         return outputs, finals

@@ -3,6 +3,7 @@ embedded ShapeWorld model. Everything model-specific is read from the components
 
 from __future__ import annotations
 
+import json
 import os
 from importlib import resources
 from pathlib import Path
@@ -10,8 +11,10 @@ from pathlib import Path
 import torch
 
 from .components import Components
+from .errors import ModelError, is_out_of_memory
 
-__all__ = ["Components", "embedded_model_path", "load_components", "EMBEDDED_MODEL_NAME"]
+__all__ = ["Components", "embedded_model_path", "load_components", "EMBEDDED_MODEL_NAME", "check_model_folder",
+           "check_weights_file"]
 
 EMBEDDED_MODEL_NAME = "shapeworld (embedded)"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
@@ -21,29 +24,98 @@ def _without_dtype(kwargs: dict) -> dict:
     return {k: v for k, v in kwargs.items() if k != "torch_dtype"}
 
 
+# what each component's subfolder must hold: a config, and weights (any of these names, sharded or a variant)
+COMPONENT_FILES = {
+    "vae": ("config.json", ("diffusion_pytorch_model",)),
+    "unet": ("config.json", ("diffusion_pytorch_model",)),
+    "text_encoder": ("config.json", ("model", "pytorch_model")),
+    "tokenizer": (None, None),
+    "scheduler": ("scheduler_config.json", None),
+}
+
+
+def check_weights_file(path: Path) -> None:
+    """A ModelError unless `path` starts as a checkpoint does: a safetensors header (8-byte length, JSON, within the
+    file), a zip (torch.save) or a pickle. Cheap: reads the header only."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if path.suffix.lower() == ".safetensors" or path.name.endswith(".safetensors"):
+            n = int.from_bytes(head, "little") if len(head) == 8 else 0
+            header = f.read(n) if 2 <= n <= min(size - 8, 100_000_000) else b""
+            try:
+                meta = json.loads(header)
+                ends = [v["data_offsets"][1] for k, v in meta.items() if k != "__metadata__"]
+                ok = isinstance(meta, dict) and max(ends, default=0) <= size - 8 - n
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+                ok = False
+            if not ok:
+                raise ModelError(f"{path} is not a safetensors file (no valid header), or it is truncated ({size} bytes)")
+        elif not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+            raise ModelError(f"{path} is not a PyTorch checkpoint (neither a zip nor a pickle; {size} bytes)")
+
+
+def check_model_folder(path: Path) -> None:
+    """A ModelError naming the first component of a diffusers folder that is missing or unreadable: its subfolder,
+    its config, its weights (whose headers are checked), or the tokenizer's vocabulary."""
+    for name, (config, weights) in COMPONENT_FILES.items():
+        folder = path / name
+        if not folder.is_dir():
+            raise ModelError(f"model folder {path} has no {name} (missing folder {name}/)")
+        if config and not (folder / config).is_file():
+            raise ModelError(f"model folder {path}: the {name} has no {config}")
+        if config:
+            try:
+                json.loads((folder / config).read_text())
+            except (ValueError, UnicodeDecodeError) as e:
+                raise ModelError(f"model folder {path}: {name}/{config} is not valid JSON ({e})") from e
+        if name == "tokenizer" and not ((folder / "tokenizer.json").is_file() or (folder / "vocab.json").is_file()):
+            raise ModelError(f"model folder {path}: the tokenizer has no tokenizer.json or vocab.json")
+        if weights:
+            files = [f for f in folder.iterdir() if f.name.startswith(weights) and f.suffix in (".safetensors", ".bin")]
+            if not files:
+                raise ModelError(f"model folder {path}: the {name} has no weights ({weights[0]}.safetensors or .bin)")
+            for f in files:
+                check_weights_file(f)
+
+
 def embedded_model_path() -> Path:
     """Folder of the embedded ShapeWorld model inside the installed package."""
     return Path(str(resources.files("diffedit.shapeworld").joinpath("weights")))
 
 
-def _from_folder(path: str, **kwargs) -> Components:
+def _from_folder(path: str, hub: bool = False, **kwargs) -> Components:
+    """Each component from its subfolder; a failure names the component (for a hub id, an OSError passes: the
+    model is not in the local cache)."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    return Components(
-        vae=AutoencoderKL.from_pretrained(path, subfolder="vae", **kwargs),
-        unet=UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kwargs),
-        text_encoder=CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **kwargs),
-        tokenizer=CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **_without_dtype(kwargs)),
-        scheduler=DDIMScheduler.from_pretrained(path, subfolder="scheduler"),
-        name=str(path),
-    )
+    loaders = {
+        "vae": lambda: AutoencoderKL.from_pretrained(path, subfolder="vae", **kwargs),
+        "unet": lambda: UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kwargs),
+        "text_encoder": lambda: CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **kwargs),
+        "tokenizer": lambda: CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **_without_dtype(kwargs)),
+        "scheduler": lambda: DDIMScheduler.from_pretrained(path, subfolder="scheduler"),
+    }
+    parts = {}
+    for name, load in loaders.items():
+        try:
+            parts[name] = load()
+        except Exception as e:  # a corrupt config or weights of the wrong shapes: diffusers raises many kinds
+            if is_out_of_memory(e) or (hub and isinstance(e, OSError)):
+                raise
+            raise ModelError(f"cannot load the {name} of model {path}: {type(e).__name__}: {e}") from e
+    positions = getattr(parts["text_encoder"].config, "max_position_embeddings", None)
+    if positions and not 0 < parts["tokenizer"].model_max_length <= positions:  # a tokenizer without its config
+        parts["tokenizer"].model_max_length = positions  # says 1e30: pad prompts to what the encoder reads
+    return Components(**parts, name=str(path))
 
 
 def _from_single_file(path: Path, config: str | None, **kwargs) -> Components:
     """An original SD 1.x/2.x checkpoint through diffusers' `from_single_file` (configs from `config`, see below)."""
     if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
         raise ValueError(f"single-file checkpoints must be .safetensors or .ckpt, got {path.name}")
+    check_weights_file(path)
     from diffusers import StableDiffusionPipeline
 
     extra = {"config": config} if config else {}
@@ -58,6 +130,10 @@ def _from_single_file(path: Path, config: str | None, **kwargs) -> Components:
             f"could not load the single-file checkpoint {path.name} (configs: "
             f"{config or 'the hub model diffusers infers from its keys'}): {e}.{hint}"
         ) from e
+    except Exception as e:  # keys of another architecture, a config that does not fit: diffusers raises many kinds
+        if is_out_of_memory(e):
+            raise
+        raise ModelError(f"could not load the single-file checkpoint {path.name}: {type(e).__name__}: {e}") from e
     return Components(pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.scheduler, str(path))
 
 
@@ -98,13 +174,16 @@ def load_components(
     if path.is_dir():
         if not (path / "model_index.json").is_file() and not (path / "unet").is_dir():
             raise ValueError(f"{path} is not a diffusers model folder (no model_index.json or unet/)")
+        check_model_folder(path)
         return _from_folder(str(path), **kwargs)
     text = str(model)
     looks_like_path = text.startswith((".", "/", "~")) or text.count("/") != 1 or text.endswith(SINGLE_FILE_SUFFIXES)
     if looks_like_path:  # hub ids are "owner/name"
         raise FileNotFoundError(f"model path not found: {model}")
     try:
-        return _from_folder(str(model), **kwargs)
+        return _from_folder(str(model), hub=True, **kwargs)
+    except ModelError:
+        raise
     except OSError as e:
         raise FileNotFoundError(
             f"could not load model {model!r}: not a local file or folder, and not a hub id in the local "

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from .bounds import check_field
 from .images import DEFAULT_MAX_PIXELS
 
 __all__ = ["EditOptions", "MaskResult", "InversionResult", "EditResult", "OUTPUT_TYPES"]
@@ -62,53 +63,25 @@ class EditOptions:
     mask_snap: bool = False  # snap the pixel mask to the input's edges alone (trims a changed shape's new parts)
 
     def __post_init__(self) -> None:
+        """Every field on its own against bounds.BOUNDS (type, finite, range; normalised), then the fields together."""
         from .stages.registry import METHODS
 
+        for f in fields(self):
+            object.__setattr__(self, f.name, check_field(f.name, getattr(self, f.name)))
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; available: {', '.join(sorted(METHODS))}")
-        for name in ("extra_strengths", "noise_candidates", "rerank_levels"):  # lists (from JSON, the CLI) become tuples
-            value = getattr(self, name)
-            object.__setattr__(self, name, tuple(float(v) for v in ((value,) if isinstance(value, (int, float)) else value)))
-        if not isinstance(self.num_inference_steps, int) or self.num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be a positive integer, got {self.num_inference_steps}")
-        if not 0.0 < self.strength <= 1.0:
-            raise ValueError(f"strength must be in (0, 1], got {self.strength}")
-        if not 0.0 < self.mask_strength <= 1.0:
-            raise ValueError(f"mask_strength must be in (0, 1], got {self.mask_strength}")
         if int(self.num_inference_steps * self.strength) < 1:
             raise ValueError(
                 f"strength {self.strength} x {self.num_inference_steps} steps leaves no denoising step"
             )
-        if any(not 0.0 < r <= 1.0 for r in self.extra_strengths):
-            raise ValueError(f"extra_strengths must lie in (0, 1], got {self.extra_strengths}")
+        if int(self.num_inference_steps * self.mask_strength) < 1:
+            raise ValueError(
+                f"mask_strength {self.mask_strength} x {self.num_inference_steps} steps leaves the mask pass no step"
+            )
         if any(int(self.num_inference_steps * r) < 1 for r in self.extra_strengths):
             raise ValueError(
                 f"an extra strength in {self.extra_strengths} x {self.num_inference_steps} steps leaves no denoising step"
             )
-        if any(not 0.0 < s <= 1.0 for s in self.noise_candidates):
-            raise ValueError(f"noise_candidates are shares of fresh noise in (0, 1], got {self.noise_candidates}")
-        if self.rerank_unconditional < 0:
-            raise ValueError(f"rerank_unconditional must be >= 0, got {self.rerank_unconditional}")
-        if not isinstance(self.rerank_noises, int) or self.rerank_noises < 1:
-            raise ValueError(f"rerank_noises must be a positive integer, got {self.rerank_noises}")
-        if not self.rerank_levels or any(not 0.0 <= r < 1.0 for r in self.rerank_levels):
-            raise ValueError(f"rerank_levels must be a non-empty tuple of fractions in [0, 1), got {self.rerank_levels}")
-        if self.guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
-        if not isinstance(self.mask_noises, int) or self.mask_noises < 1:
-            raise ValueError(f"mask_noises must be a positive integer, got {self.mask_noises}")
-        if not 0.0 <= self.mask_threshold <= 1.0:
-            raise ValueError(f"mask_threshold must be in [0, 1], got {self.mask_threshold}")
-        if self.decode_threshold is not None and not 0.0 <= self.decode_threshold <= 1.0:
-            raise ValueError(f"decode_threshold must be in [0, 1], got {self.decode_threshold}")
-        if self.mask_clamp not in ("quantile", "mean_ratio"):
-            raise ValueError(f"mask_clamp must be 'quantile' or 'mean_ratio', got {self.mask_clamp!r}")
-        if self.mask_smooth < 0 or self.mask_dilate < 0 or self.feather < 0:
-            raise ValueError("mask_smooth, mask_dilate and feather must be >= 0")
-        if self.edit_trim < 0 or self.edit_cover < 0:
-            raise ValueError(f"edit_trim and edit_cover must be >= 0, got {self.edit_trim}, {self.edit_cover}")
-        if self.mask_batch_size is not None and self.mask_batch_size < 1:
-            raise ValueError(f"mask_batch_size must be >= 1, got {self.mask_batch_size}")
 
     def replace(self, **changes: Any) -> "EditOptions":
         """A copy with `changes`; unknown names raise a ValueError listing the known ones."""
@@ -141,10 +114,16 @@ class MaskResult:
     seed: int | None = None  # the base seed (None when seeds were given per image)
     seeds: list[int] = field(default_factory=list)  # per input image: the seed of its noise streams
     changes: list[list[str]] = field(default_factory=list)  # per job: the single-change prompts merged into its map
+    warnings: list[str] = field(default_factory=list)  # e.g. a job whose mask is empty: an edit with it changes nothing
 
     @property
     def mask_image(self) -> Image.Image:
         return self.mask_images[0]
+
+    @property
+    def empty(self) -> list[bool]:
+        """Per job: whether its mask is empty (no latent cell, or no pixel): an edit with it changes nothing."""
+        return [not (bool(m.any()) and bool(p.any())) for m, p in zip(self.mask, self.pixel)]
 
 
 @dataclass
@@ -190,6 +169,8 @@ class EditResult:
     candidate_scores: list[list[float]] = field(default_factory=list)  # per job: each candidate's score; [] for one
     mask_changes: list[list[str]] = field(default_factory=list)  # per job: the single-change prompts merged into its mask
     output_type: str = "pil"  # "pil", "np" (J, H, W, 3) floats in [0, 1], "pt" (J, 3, H, W), or "latent"
+    edited: list[bool] = field(default_factory=list)  # per job: False when the edit changed nothing (see warnings)
+    warnings: list[str] = field(default_factory=list)  # what went unedited and why, one line each
 
     @property
     def image(self) -> Image.Image:
@@ -215,4 +196,6 @@ class EditResult:
             "chosen": [self.candidates[c] for c in self.chosen] if self.candidates else [],
             "candidate_scores": [[round(v, 6) for v in row] for row in self.candidate_scores],
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
+            "edited": list(self.edited),
+            "warnings": list(self.warnings),
         }

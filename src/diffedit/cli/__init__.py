@@ -1,7 +1,8 @@
 """Command line: `diffedit edit`, `diffedit mask`, `diffedit demo`, `diffedit shapeworld ...`, `diffedit bench ...`.
 
-One module per group of commands (edit.py, shapeworld.py, bench.py), what they share in common.py; this
-module only assembles them into `app`, the console script `diffedit`.
+One module per group of commands (edit.py, shapeworld.py, bench.py), what they share in common.py, the checks
+made before a model loads in checks.py, exit codes and one-line errors in guard.py; this module only assembles
+them into `app`, the console script `diffedit`.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ import typer
 from diffedit.cli.bench import bench_app
 from diffedit.cli.common import fail, load_editor, quiet_libraries, resolve_device, resolve_dtype, set_threads
 from diffedit.cli.edit import demo, edit, mask_command
+from diffedit.cli.guard import GuardedGroup
 from diffedit.cli.shapeworld import shapeworld_app
 
 __all__ = ["app", "fail", "load_editor", "quiet_libraries", "resolve_device", "resolve_dtype", "set_threads"]
 
 app = typer.Typer(
+    cls=GuardedGroup,  # one-line errors and exit codes for everything a command raises (guard.py)
     add_completion=False,
     no_args_is_help=True,
     help="Text-driven semantic image editing with latent diffusion (DiffEdit).",

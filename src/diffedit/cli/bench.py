@@ -15,7 +15,8 @@ import typer
 from diffedit.bench import masks as masks_lib
 from diffedit.bench import quality as quality_lib
 from diffedit.bench import speed as speed_lib
-from diffedit.cli.common import edit_options, fail, quiet_libraries, require, resolve_device, resolve_dtype, set_threads
+from diffedit.cli.common import check_range, check_seed, edit_options, fail, quiet_libraries, require, resolve_device
+from diffedit.cli.common import resolve_dtype, set_threads
 
 bench_app = typer.Typer(
     no_args_is_help=True,
@@ -34,6 +35,23 @@ QUALITY = _defaults(quality_lib.run_quality)
 SPEED = _defaults(speed_lib.run_speed)
 MASKS = _defaults(masks_lib.run_mask_sweep)
 COMPOSITE = _defaults(masks_lib.run_composite_sweep)
+
+
+MAX_CASES = 100_000
+
+
+def _check_run(cases: int | None, seed: int | None, steps: int, batch: int, outputs: dict) -> None:
+    """A benchmark's counts and output files, before any model loads (exit 2 with the reason)."""
+    from diffedit.cli.checks import check_files
+    from diffedit.files import OutputFile
+
+    check_range(cases, "--cases", 1, MAX_CASES)
+    check_seed(seed)
+    check_range(steps, "--steps", 1, 1000)
+    check_range(batch, "--batch", 1, 4096)
+    images = {"--plot", "--panel"}
+    files = [OutputFile(p, flag, "RGB" if flag in images else None) for flag, p in outputs.items() if p is not None]
+    check_files(files, [], overwrite=False)
 
 
 @bench_app.callback()
@@ -75,7 +93,9 @@ def quality(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars and no table (use --json)."),
 ) -> None:
     """ShapeEdit quality of ours, its ablations and the baselines on the same cases and weights."""
+    _check_run(cases, seed, steps, batch, {"--json": json_path, "--plot": plot, "--markdown": markdown, "--panel": panel})
     set_threads(threads)
+    device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     if plot is not None:
         require("matplotlib", "bench", "--plot")
@@ -115,6 +135,11 @@ def speed(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the figures as JSON."),
 ) -> None:
     """Time our edit against diffusers' DiffEdit pipeline on one model: phases, total, ratio, memory."""
+    _check_run(None, None, steps, batch, {"--json": json_path})
+    check_range(size, "--size", 16, 8192)
+    check_range(strength, "--strength", 0.0, 1.0)
+    check_range(mask_noises, "--mask-noises", 1, 64)
+    check_range(repeats, "--repeats", 1, 1000)
     set_threads(threads)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype or "auto", device)
@@ -148,6 +173,8 @@ def masks(
     quiet: bool = SWEEP_QUIET,
 ) -> None:
     """Sweep the mask's post-processing (reference, clamp, smoothing, threshold, dilation) for mask IoU."""
+    _check_run(cases, seed, steps, batch, {"--json": json_path})
+    check_range(top, "--top", 1, None)
     set_threads(threads)
     try:
         report = masks_lib.run_mask_sweep(model, cases=cases, seed=seed, batch_size=batch, steps=steps,
@@ -169,6 +196,7 @@ def composite_sweep(
     quiet: bool = SWEEP_QUIET,
 ) -> None:
     """Sweep the pixel composite (mask dilation x feather width): background PSNR against edit success."""
+    _check_run(cases, seed, steps, batch, {"--json": json_path})
     set_threads(threads)
     try:
         report = masks_lib.run_composite_sweep(model, cases=cases, seed=seed, batch_size=batch, steps=steps,

@@ -8,6 +8,8 @@ from typing import Any
 
 import typer
 
+from diffedit.cli.guard import one_line
+
 DTYPES = ("auto", "fp32", "fp16", "bf16")  # diffedit.devices.DTYPES and "auto"
 SET_HELP = (
     "Advanced: any EditOptions field (see docs/options.md), as NAME=VALUE; repeatable, applied after the options "
@@ -16,9 +18,36 @@ SET_HELP = (
 
 
 def fail(message: str, code: int = 2) -> None:
-    """Print a one-line error (no traceback) and exit."""
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    """Print a one-line error (no traceback) and exit (2: the command cannot run as asked)."""
+    typer.secho(f"error: {one_line(message)}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    """Print a one-line warning on stderr (what ran but did not do what was asked)."""
+    typer.secho(f"warning: {one_line(message)}", fg=typer.colors.YELLOW, err=True)
+
+
+def check_seed(seed: int | None, flag: str = "--seed") -> None:
+    """Seeds are integers in [0, 2**62) (stages/noise.py): checked before any work."""
+    from diffedit.stages.noise import MAX_SEED
+
+    if seed is not None and not 0 <= seed < MAX_SEED:
+        fail(f"{flag} must be an integer in [0, 2**62), got {seed}")
+
+
+def check_range(value: float | None, flag: str, low: float | None = None, high: float | None = None) -> None:
+    """A CLI-only number (not an EditOptions field) within [low, high] and finite; None passes."""
+    import math
+
+    if value is None:
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        fail(f"{flag} must be a finite number, got {value}")
+    if low is not None and value < low:
+        fail(f"{flag} must be >= {low}, got {value}")
+    if high is not None and value > high:
+        fail(f"{flag} must be <= {high}, got {value}")
 
 
 def resolve_device(device: str | None) -> str:
@@ -61,10 +90,12 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+MAX_THREADS = 256  # more threads than cores only slow torch down; thousands would exhaust memory
+
+
 def set_threads(threads: int | None) -> None:
     if threads is not None:
-        if threads < 1:
-            fail(f"--threads must be >= 1, got {threads}")
+        check_range(threads, "--threads", 1, MAX_THREADS)
         import torch
 
         torch.set_num_threads(threads)
@@ -81,7 +112,8 @@ def parse_settings(settings: list[str] | None) -> dict[str, Any]:
         try:
             parsed[name] = json.loads(text)
         except ValueError:
-            parsed[name] = text
+            special = text.strip().lower().lstrip("+")
+            parsed[name] = float(text) if special in ("nan", "inf", "-inf", "infinity", "-infinity") else text
     return parsed
 
 
@@ -140,6 +172,10 @@ def load_editor(model: str | None, device: str | None, dtype: str, config: str |
     try:
         return DiffEditor.from_pretrained(model, device=device, torch_dtype=dtype, config=config, progress=not quiet)
     except (FileNotFoundError, ValueError, OSError) as e:
+        from diffedit.errors import is_out_of_memory
+
+        if is_out_of_memory(e):
+            raise
         fail(str(e))
 
 

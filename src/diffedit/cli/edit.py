@@ -8,7 +8,10 @@ from typing import Optional
 import typer
 
 from diffedit import EditOptions
-from diffedit.cli.common import SET_HELP, default_output, edit_options, fail, indexed, load_editor, set_threads
+from diffedit.cli.checks import check_files, check_prompts, nothing_to_edit, panel_size, read_image, read_user_mask
+from diffedit.cli.checks import unchanged, write_outputs
+from diffedit.cli.common import SET_HELP, check_seed, default_output, edit_options, indexed, load_editor, set_threads
+from diffedit.cli.common import resolve_device, resolve_dtype
 
 
 EDIT, MASK, OUTPUT, MODEL, ADVANCED = "Edit", "Mask", "Output", "Model and device", "Advanced"
@@ -39,6 +42,21 @@ SMOOTH_OPTION = typer.Option(
 DILATE_OPTION = typer.Option(
     DEFAULTS.mask_dilate, "--dilate", help="Grow the mask by this many latent cells.", rich_help_panel=MASK,
 )
+MAX_PIXELS_OPTION = typer.Option(DEFAULTS.max_pixels, "--max-pixels", help="Refuse larger images.", rich_help_panel=MODEL)
+OVERWRITE_OPTION = typer.Option(
+    False, "--overwrite", help="Allow an output to replace an input file (the image, --mask).", rich_help_panel=OUTPUT,
+)
+
+
+def _prepare(image: Path, source: str, targets: list[str], seed, options, mask: Path | None, device, dtype, threads):
+    """The inputs checked before the model loads (exit 2): the image (read once), prompts, seed, user mask, threads,
+    device and dtype. Returns (input image, user mask array or None, device, dtype)."""
+    input_image = read_image(image, options.max_pixels)
+    check_prompts(source, targets, seed)
+    user_mask = read_user_mask(mask, input_image.size)
+    set_threads(threads)
+    device = resolve_device(device)
+    return input_image, user_mask, device, resolve_dtype(dtype, device)
 
 
 def edit(
@@ -103,14 +121,18 @@ def edit(
     device: Optional[str] = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
     threads: Optional[int] = THREADS_OPTION,
-    max_pixels: int = typer.Option(DEFAULTS.max_pixels, "--max-pixels", help="Refuse larger images.", rich_help_panel=MODEL),
+    max_pixels: int = MAX_PIXELS_OPTION,
+    overwrite: bool = OVERWRITE_OPTION,
     settings: Optional[list[str]] = SET_OPTION,
 ) -> None:
-    """Edit IMAGE from --source to --target; writes the image, a JSON sidecar, and optionally mask and panel."""
-    from diffedit.images import load_image, make_panel, mask_overlay, save_image, save_json
+    """Edit IMAGE from --source to --target; writes the image, a JSON sidecar, and optionally mask and panel.
 
-    if not image.exists():
-        fail(f"image file not found: {image}")
+    Exit codes: 0 edited; 2 a bad input (nothing written); 3 nothing to edit (a warning says why); 4 out of memory
+    or NaN/inf (nothing written). Every output is checked before the model loads and written all or none.
+    """
+    from diffedit.files import OutputFile
+    from diffedit.images import make_panel, mask_overlay
+
     flags = dict(
         num_inference_steps=steps, strength=strength, guidance_scale=guidance, negative_prompt=negative_prompt,
         mask_threshold=threshold, decode_threshold=decode_threshold, mask_noises=mask_noises, mask_smooth=smooth,
@@ -118,40 +140,32 @@ def edit(
     )
     if one_candidate:
         flags.update(extra_strengths=(), noise_candidates=(), caption_candidate=False)
-    options = edit_options(flags, settings)
-    try:
-        load_image(image, max_pixels=options.max_pixels)  # fail on a bad image before loading the model
-    except (ValueError, FileNotFoundError) as e:
-        fail(str(e))
-    set_threads(threads)
+    options, targets = edit_options(flags, settings), list(target)
+    input_image, user_mask, device, dtype = _prepare(image, source, targets, seed, options, mask, device, dtype, threads)
+    output, n, size = output or default_output(image, "edited"), len(targets), input_image.size
+    outputs = [OutputFile(indexed(output, i, n), "output", "RGB", size) for i in range(n)]
+    outputs += [OutputFile(indexed(mask_output, i, n), "mask output", "L", size) for i in range(n)] if mask_output else []
+    outputs += [OutputFile(panel, "panel", "RGB", panel_size(size, n, 3))] if panel else []
+    outputs += [OutputFile(output.with_suffix(".json"), "sidecar")]
+    existing = check_files(outputs, [image, mask, model], overwrite)
+    nothing_to_edit(source, targets, mask, user_mask)
     editor = load_editor(model, device, dtype, config, quiet)
-    try:
-        result = editor.edit(image, source, list(target), mask=mask, seed=seed, options=options)
-    except (ValueError, FileNotFoundError) as e:
-        fail(str(e))
-    output = output or default_output(image, "edited")
-    n = len(result.images)
-    written = []
-    input_image = load_image(image, max_pixels=options.max_pixels)
-    for i, (out_image, mask_image) in enumerate(zip(result.images, result.mask_images)):
-        written.append(save_image(out_image, indexed(output, i, n)))
-        if mask_output:
-            written.append(save_image(mask_image, indexed(mask_output, i, n)))
+    result = editor.edit(input_image, source, targets, mask=mask, seed=seed, options=options)
+    contents = list(result.images) + (list(result.mask_images) if mask_output else [])
     if panel:
-        rows = [[input_image, mask_overlay(input_image, m), im] for im, m in zip(result.images, result.mask_images)]
-        written.append(save_image(make_panel(rows), panel))
-    sidecar = output.with_suffix(".json")
-    record = {"input": str(image), "outputs": [str(indexed(output, i, n)) for i in range(n)], **result.to_dict()}
+        contents.append(make_panel([[input_image, mask_overlay(input_image, m), im]
+                                    for im, m in zip(result.images, result.mask_images)]))
+    record = {"input": str(image), "outputs": [str(o.path) for o in outputs[:n]], **result.to_dict()}
     if mask is not None:
         record["user_mask"] = str(mask)
-    written.append(save_json(record, sidecar))
+    write_outputs(outputs, contents + [record], existing, quiet)
     if not quiet:
-        for path in written:
-            typer.echo(f"wrote {path}")
         typer.echo(f"seed {result.seed}; mask covers {', '.join(f'{m.float().mean():.1%}' for m in result.mask)}")
         if len(result.candidates) > 1:
             kept = ", ".join(result.candidates[c] for c in result.chosen)
             typer.echo(f"kept candidate {kept} of {', '.join(result.candidates)}")
+    if result.warnings:
+        unchanged(result.warnings)
 
 
 def mask_command(
@@ -177,36 +191,34 @@ def mask_command(
     device: Optional[str] = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
     threads: Optional[int] = THREADS_OPTION,
+    max_pixels: int = MAX_PIXELS_OPTION,
+    overwrite: bool = OVERWRITE_OPTION,
     settings: Optional[list[str]] = SET_OPTION,
 ) -> None:
-    """Compute the DiffEdit mask of IMAGE for --source -> --target and write it as a PNG."""
-    from diffedit.images import load_image, save_image, save_json
+    """Compute the DiffEdit mask of IMAGE for --source -> --target and write it as a PNG (exit 3: the mask is empty)."""
+    from diffedit.files import OutputFile
 
-    if not image.exists():
-        fail(f"image file not found: {image}")
-    flags = dict(mask_threshold=threshold, mask_noises=mask_noises, mask_smooth=smooth, mask_dilate=dilate)
+    flags = dict(mask_threshold=threshold, mask_noises=mask_noises, mask_smooth=smooth, mask_dilate=dilate,
+                 max_pixels=max_pixels)
     options = edit_options(flags, settings)
-    try:
-        load_image(image, max_pixels=options.max_pixels)
-    except (ValueError, FileNotFoundError) as e:
-        fail(str(e))
-    set_threads(threads)
-    editor = load_editor(model, device, dtype, config, quiet)
-    try:
-        result = editor.mask(image, source, target, seed=seed, options=options)
-    except (ValueError, FileNotFoundError) as e:
-        fail(str(e))
+    input_image, _, device, dtype = _prepare(image, source, [target], seed, options, None, device, dtype, threads)
     output = output or default_output(image, "mask")
-    save_image(result.mask_image, output)
-    if soft_output:
-        save_image(result.soft_images[0], soft_output)
-    save_json(
-        {"input": str(image), "source": source, "target": target, "seed": result.seed, "model": editor.name,
-         "options": options.to_dict(), "mask_fraction": float(result.mask.float().mean())},
-        output.with_suffix(".json"),
-    )
+    outputs = [OutputFile(output, "mask output", "L", input_image.size)]
+    outputs += [OutputFile(soft_output, "soft output", "L", input_image.size)] if soft_output else []
+    outputs += [OutputFile(output.with_suffix(".json"), "sidecar")]
+    existing = check_files(outputs, [image, model], overwrite)
+    nothing_to_edit(source, [target])
+    editor = load_editor(model, device, dtype, config, quiet)
+    result = editor.mask(input_image, source, target, seed=seed, options=options)
+    record = {"input": str(image), "source": source, "target": target, "seed": result.seed, "model": editor.name,
+              "options": options.to_dict(), "mask_fraction": float(result.mask.float().mean()),
+              "empty": result.empty[0], "warnings": result.warnings}
+    contents = [result.mask_image] + ([result.soft_images[0]] if soft_output else []) + [record]
+    write_outputs(outputs, contents, existing, quiet)
     if not quiet:
-        typer.echo(f"wrote {output} (seed {result.seed}, mask covers {result.mask.float().mean():.1%})")
+        typer.echo(f"seed {result.seed}, mask covers {result.mask.float().mean():.1%}")
+    if result.warnings:
+        unchanged(result.warnings)
 
 
 def demo(
@@ -221,35 +233,31 @@ def demo(
     import numpy as np
     from PIL import Image
 
-    from diffedit.images import make_panel, mask_overlay, save_image, save_json
+    from diffedit.files import OutputFile
+    from diffedit.images import make_panel, mask_overlay
     from diffedit.shapeworld.scoring import score_edit
     from diffedit.shapeworld.world import sample_edit
 
-    case = sample_edit(np.random.default_rng(seed), kind="color", num_objects=1)
+    check_seed(seed)
     set_threads(threads)
+    device = resolve_device(device)
+    case = sample_edit(np.random.default_rng(seed), kind="color", num_objects=1)
+    size = case.source_image.shape[1::-1]
+    names = {"input": "RGB", "mask": "L", "output": "RGB", "ground_truth": "RGB", "panel": "RGB", "json": None}
+    outputs = [OutputFile(output_dir / (f"{name}.png" if mode else "result.json"), name, mode,
+                          panel_size(size, 1, 4) if name == "panel" else size) for name, mode in names.items()]
+    existing = check_files(outputs, [model], overwrite=False)
     editor = load_editor(model, device, "auto", None, quiet)
     result = editor.edit(case.source_image, case.source, case.target, seed=seed)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    source_image = Image.fromarray(case.source_image)
-    paths = {
-        "input": save_image(source_image, output_dir / "input.png"),
-        "mask": save_image(result.mask_image, output_dir / "mask.png"),
-        "output": save_image(result.image, output_dir / "output.png"),
-        "ground_truth": save_image(Image.fromarray(case.target_image), output_dir / "ground_truth.png"),
-        "panel": save_image(
-            make_panel([[source_image, mask_overlay(source_image, result.mask_image), result.image,
-                         Image.fromarray(case.target_image)]]),
-            output_dir / "panel.png",
-        ),
-    }
-    pred_mask = np.asarray(result.mask_image) > 127
-    scores = score_edit(np.asarray(result.image), case, pred_mask)
+    source_image, target_image = Image.fromarray(case.source_image), Image.fromarray(case.target_image)
+    panel = make_panel([[source_image, mask_overlay(source_image, result.mask_image), result.image, target_image]])
+    scores = score_edit(np.asarray(result.image), case, np.asarray(result.mask_image) > 127)
     record = {"source": case.source, "target": case.target, "kind": case.kind, "scores": scores,
-              "files": {k: str(v) for k, v in paths.items()}, **result.to_dict()}
-    paths["json"] = save_json(record, output_dir / "result.json")
+              "files": {o.what: str(o.path) for o in outputs[:-1]}, **result.to_dict()}
+    write_outputs(outputs, [source_image, result.mask_image, result.image, target_image, panel, record], existing, True)
     typer.echo(f"edit: {case.source!r} -> {case.target!r}")
-    for name, path in paths.items():
-        typer.echo(f"  {name:13s} {path}")
+    for out in outputs:
+        typer.echo(f"  {out.what:13s} {out.path}")
     typer.echo(
         f"mask IoU {scores['mask_iou']:.3f}, background PSNR {scores['background_psnr']:.1f} dB, "
         f"target PSNR {scores['target_psnr']:.1f} dB, edit success {scores['success']}"
@@ -257,3 +265,5 @@ def demo(
     if len(result.candidates) > 1:
         kept = result.candidates[result.chosen[0]]
         typer.echo(f"kept candidate {kept} of {', '.join(result.candidates)} (scored by the model)")
+    if result.warnings:
+        unchanged(result.warnings)

@@ -8,7 +8,9 @@ from typing import Optional
 
 import typer
 
-from diffedit.cli.common import fail, quiet_libraries, require, resolve_device
+from diffedit.cli.common import check_range, check_seed, fail, quiet_libraries, require, resolve_device
+
+MAX_CASES = 100_000  # captions or scenes of an evaluation: each costs a generation or a round trip
 
 shapeworld_app = typer.Typer(no_args_is_help=True, help="The embedded model's synthetic world: train and evaluate.")
 
@@ -38,6 +40,14 @@ def shapeworld_train(
     """Train the embedded ShapeWorld model (VAE, then UNet + text encoder on precomputed latents)."""
     from diffedit.shapeworld.train import train
 
+    check_seed(seed)
+    check_range(minutes, "--minutes", 0.01, 7 * 24 * 60)
+    for value, flag in ((vae_steps, "--vae-steps"), (unet_steps, "--unet-steps"), (batch_size, "--batch-size"),
+                        (samples_every, "--samples-every")):
+        check_range(value, flag, 1, 10**9)
+    check_range(two_object_share, "--two-object-share", 0.0, 1.0)
+    if output.exists() and not output.is_dir():
+        fail(f"--output {output} is a file, not a folder")
     device = resolve_device(device)
     try:
         figures = train(output, config=config, device=device, minutes=minutes, vae_steps=vae_steps,
@@ -71,9 +81,19 @@ def shapeworld_evaluate(
     from diffedit.shapeworld.model import load_model
 
     require("scipy", "train", "shapeworld evaluate (its caption checker)")
+    check_range(captions, "--captions", 1, MAX_CASES)
+    check_range(scenes, "--scenes", 1, MAX_CASES)
+    check_range(steps, "--steps", 1, 1000)
+    check_range(guidance, "--guidance", 0.0, None)
+    check_seed(seed)
     path = model or embedded_model_path()
     if not (Path(path) / "model_index.json").is_file():
         fail(f"no model folder at {path} (model_index.json missing)")
+    if json_path is not None:
+        from diffedit.cli.checks import check_files
+        from diffedit.files import OutputFile
+
+        check_files([OutputFile(json_path, "--json")], [], overwrite=False)
     quiet_libraries()
     device = resolve_device(device)
     components = load_model(path, device=device, dtype=torch.float32)

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from ..bounds import check_prompt_text
 from ..components import Prompt
 from ..images import ImageInput, load_image, pad_to_multiple, pil_to_tensor
 
-__all__ = ["Batch", "prepare_batch", "same_prompt", "describe_prompt"]
+__all__ = ["Batch", "prepare_batch", "same_prompt", "describe_prompt", "normalize_prompt"]
 
 
 @dataclass
@@ -41,11 +42,20 @@ def _check_prompt(p, what: str) -> None:
             raise ValueError(f"{what} embeddings must be (L, D) or (1, L, D), got {tuple(p.shape)}")
     elif not isinstance(p, str):
         raise ValueError(f"{what} must be a string or prompt embeddings, got {type(p).__name__}")
+    else:
+        check_prompt_text(p, what)
+
+
+def normalize_prompt(text: str) -> str:
+    """A prompt as a CLIP tokenizer reads it: case folded, runs of white space (and control characters) as one space."""
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split()).casefold()
 
 
 def same_prompt(a: Prompt, b: Prompt) -> bool:
+    """Whether two prompts are the same to the text encoder: equal texts once case and spacing are ignored, or
+    equal embeddings."""
     if isinstance(a, str) and isinstance(b, str):
-        return a.strip() == b.strip()
+        return normalize_prompt(a) == normalize_prompt(b)
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
         return a.shape[-2:] == b.shape[-2:] and bool(torch.equal(a.reshape(b.shape[-2:]).cpu(), b.reshape(b.shape[-2:]).cpu()))
     return False
@@ -92,10 +102,13 @@ def prepare_batch(
         _check_prompt(sources[b], "source prompt")
         for t in ts:
             _check_prompt(t, "target prompt")
-            if isinstance(t, str) and not t.strip():
+            if isinstance(t, str) and not normalize_prompt(t):
                 raise ValueError("target prompt is empty: say what the edited image should show")
             if same_prompt(t, sources[b]):
-                raise ValueError(f"target prompt equals the source prompt ({describe_prompt(t)!r}): nothing to edit")
+                raise ValueError(
+                    f"target prompt equals the source prompt once case and spacing are ignored ({describe_prompt(t)!r} "
+                    f"and {describe_prompt(sources[b])!r}): nothing to edit"
+                )
             job_image.append(b)
             job_target.append(t)
     pixels = pad_to_multiple(pil_to_tensor(images), vae_scale_factor)
