@@ -148,6 +148,7 @@ def test_feathered_alpha_is_one_on_the_mask_and_ramps_outside():
     assert torch.equal(feathered_alpha(m, 0), m)
 
 
+@pytest.mark.slow  # ~6 s: five edits
 def test_seed_makes_runs_reproducible(editor, image):
     a = editor.edit(image, "a red square", "a blue circle", seed=11, **KW)
     b = editor.edit(image, "a red square", "a blue circle", seed=11, **KW)
@@ -247,6 +248,7 @@ def test_from_pretrained_folder_and_missing_embedded(tiny_model_dir, monkeypatch
         DiffEditor.from_pretrained(str(tmp_path))
 
 
+@pytest.mark.slow  # ~6 s: traces four shapes
 def test_traced_fast_path_equals_the_plain_path(editor, image):
     plain = editor.edit(image, "a red square", ["a blue circle", "a dog"], seed=4, **KW)
     editor.accelerate("trace")

@@ -43,7 +43,8 @@ from diffedit.images import DEFAULT_MAX_PIXELS, load_image
 from diffedit.stages.batch import normalize_prompt
 
 SCALE = float(os.environ.get("DIFFEDIT_FUZZ_SCALE", "1"))
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # PIL warns on the corrupt files it is fed
+# PIL warns on the corrupt files it is fed; ~40 s, so in the full suite (.ci/run) and not in the quick tier
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.slow]
 REACHED_MODEL = 99
 runner = CliRunner()
 
