@@ -418,3 +418,22 @@ def test_decode_threshold_widens_only_the_latent_mask(editor, image):
     assert torch.equal(plain.mask, base.mask)  # mask() gives the latent mask decoding would use
     with pytest.raises(ValueError, match="decode_threshold"):
         EditOptions(decode_threshold=1.5)
+
+
+def test_grow_into_object_takes_the_old_objects_whole_footprint():
+    from diffedit.masks import grow_into_object
+
+    image = torch.full((3, 24, 24), 0.5)
+    image[:, 6:14, 6:14] = torch.tensor([0.9, 0.1, 0.1])[:, None, None]  # the old object on gray
+    image[:, 18:22, 18:22] = torch.tensor([0.1, 0.1, 0.9])[:, None, None]  # another object, not connected
+    region = torch.zeros(24, 24, dtype=torch.bool)
+    region[2:23, 2:23] = True
+    ring = ~region
+    ring[0, 0] = True
+    mask = torch.zeros(24, 24, dtype=torch.bool)
+    mask[8:12, 8:12] = True  # the edit's mask stops short of the old object
+    grown = grow_into_object(mask, image, region, ring, 0.12)
+    old = torch.zeros_like(mask)
+    old[6:14, 6:14] = True
+    assert torch.equal(grown, old)  # all of the old object, no background, not the unconnected object
+    assert torch.equal(grow_into_object(mask, image, region, ring, 0.0), mask)  # 0: off

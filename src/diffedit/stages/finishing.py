@@ -54,7 +54,8 @@ def snap_to_edit(
         snapped = guided_filter(soft_px[j : j + 1, y0:y1, x0:x1], guide[j : j + 1, :, y0:y1, x0:x1], radius=f, eps=1e-2)
         out[j, y0:y1, x0:x1] = region[j, y0:y1, x0:x1] & (snapped[0] > threshold)
         out[j] = trim_to_background(out[j], guide[j], ring[j], trim)
-        out[j] = grow_into_object(out[j], guide[j, :3], region[j], ring[j], cover)
+        box = (slice(y0, y1), slice(x0, x1))  # the region and its ring lie inside: growing stays there
+        out[j][box] = grow_into_object(out[j][box], guide[j, :3][(slice(None), *box)], region[j][box], ring[j][box], cover)
     return out.cpu()
 
 
