@@ -86,7 +86,10 @@ def test_callback_on_step_end_sees_every_step_and_can_replace_latents(editor, im
     base = editor.edit(image, "a red square", "a blue circle", seed=3, callback_on_step_end=record, **KW)
     labels = base.candidates
     assert [s for s in seen if s[0] == labels[0]][0][1:] == (0, 701)  # r = 0.8 of 10 steps starts at timestep 701
-    assert len(seen) == 8 + 10 + 8 and [s[1] for s in seen[:8]] == list(range(8))
+    per = {label: [(step, t) for c, step, t in seen if c == label] for label in labels}
+    assert [len(per[c]) for c in labels] == [8, 10, 8] and len(seen) == 26  # the candidates decode as one batch
+    assert all([step for step, _ in per[c]] == list(range(len(per[c]))) for c in labels)
+    assert per[labels[1]][0] == (0, 901) and all(per[c][-1][1] == 1 for c in labels)  # each ends at timestep 1
 
     def zero(ed, step, timestep, kwargs):
         return {"latents": torch.zeros_like(kwargs["latents"])}
@@ -94,6 +97,8 @@ def test_callback_on_step_end_sees_every_step_and_can_replace_latents(editor, im
     zeroed = editor.edit(image, "a red square", "a blue circle", seed=3, callback_on_step_end=zero,
                          extra_strengths=(), caption_candidate=False, output_type="latent", **KW)
     assert float(zeroed.images.abs().max()) == 0.0
+    every = editor.edit(image, "a red square", "a blue circle", seed=3, callback_on_step_end=zero, output_type="latent", **KW)
+    assert float(every.images.abs().max()) == 0.0  # whichever candidate is kept, its rows were replaced
 
 
 def test_prompt_embeddings_in_place_of_text(editor, image):
@@ -133,7 +138,7 @@ def test_a_new_decoder_is_a_registered_stage_not_a_branch(editor, image):
     @register("decoder", "counting_ddim")
     class CountingDecoder(MaskedDDIMDecoder):
         def __call__(self, parts, levels, *args, **kwargs):
-            calls.append(levels.shape[0])
+            calls.append((levels.shape[0], kwargs["starts"]))
             return super().__call__(parts, levels, *args, **kwargs)
 
     METHODS["counting"] = Method("noise_difference", "ddim", "counting_ddim", "model_score", "composite")
@@ -142,6 +147,6 @@ def test_a_new_decoder_is_a_registered_stage_not_a_branch(editor, image):
         ref = editor.edit(image, "a red square", "a blue circle", seed=6, **KW)
     finally:
         del METHODS["counting"]
-    assert calls == [9, 11, 9] and _same(res.image, ref.image) and res.options.method == "counting"
+    assert calls == [(11, [8, 10, 8])] and _same(res.image, ref.image) and res.options.method == "counting"
     with pytest.raises(ValueError, match="unknown method 'counting'"):
         EditOptions(method="counting")

@@ -254,8 +254,9 @@ def test_traced_fast_path_equals_the_plain_path(editor, image):
     editor.accelerate("trace")
     fast = editor.edit(image, "a red square", ["a blue circle", "a dog"], seed=4, **KW)
     again = editor.edit(image, "a red square", ["a blue circle", "a dog"], seed=4, **KW)  # cached traces
-    # mask pass, inversions (batch 1), decodings (batch 2 x 2), candidate scoring (3 candidates x 2 prompts x 8 noises)
-    assert len(editor.denoiser._traces) == 4
+    # one trace per batch shape: mask pass, inversion (both walks, then the unconditional alone), decoding (the r = 1
+    # candidate's 2 jobs x 2 rows, then all three candidates'), candidate scoring (3 candidates x 2 prompts x 8 noises)
+    assert len(editor.denoiser._traces) == 6
     for a, b, c in zip(plain.images, fast.images, again.images):
         assert np.abs(np.asarray(a, int) - np.asarray(b, int)).max() <= 1
         assert np.array_equal(np.asarray(b), np.asarray(c))
@@ -397,10 +398,11 @@ def test_compiled_unet_marks_a_cuda_graph_step_per_call(editor, image, monkeypat
         steps.clear()
         res = editor.edit(image, "a red square", "a blue circle", seed=0, **KW)  # + candidates r = 1 and caption
         top = ddim_grid(editor.scheduler, res.options.num_inference_steps, 1.0).num_steps
-        assert len(steps) == 1 + (top + n) + (n + top + n) + len(res.options.rerank_levels)
+        # the walks share one batch (top calls), and so do the candidates' decodings
+        assert len(steps) == 1 + top + top + len(res.options.rerank_levels)
         steps.clear()
         res = editor.edit(image, "a red square", "a blue circle", seed=0, noise_candidates=(0.5,), **KW)  # + noise
-        assert len(steps) == 1 + (top + n) + (n + top + top + n) + len(res.options.rerank_levels)
+        assert len(steps) == 1 + top + top + len(res.options.rerank_levels)
     finally:
         editor.accelerate(None)
 

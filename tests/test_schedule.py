@@ -104,3 +104,28 @@ def test_inversion_error_shrinks_with_steps_for_a_smooth_model():
         errors.append(float((masked_denoise(unet, levels, torch.ones(1, 6, 6), cond, grid) - x0).abs().max()))
     assert errors[0] > errors[1] > errors[2]
     assert errors[2] < 0.5 * errors[1]  # roughly first order: 4x the steps, well under half the error
+
+
+def test_walks_and_decodings_of_several_ratios_in_one_batch_equal_separate_runs():
+    """ddim_invert's stops and masked_denoise's starts: rows of a lower ratio join or leave the batch at their
+    level, and each row ends exactly where a run of its own ratio would (a row-wise model, float64)."""
+    unet = LinearNoiseUNet((4, 6, 6))
+    sched = DDIMScheduler(**SD)
+    full, low = ddim_grid(sched, 10, 1.0), ddim_grid(sched, 10, 0.6)
+    x0 = torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    cond = torch.zeros(2, 3, 8)
+    joint = ddim_invert(unet, x0, cond, full, stops=[10, 6])
+    alone = ddim_invert(unet, x0[1:], cond[1:], low)
+    assert torch.allclose(joint[:7, 1:], alone) and torch.equal(joint[10, 1], joint[6, 1])  # kept above its stop
+    assert torch.allclose(joint[:, :1], ddim_invert(unet, x0[:1], cond[:1], full))
+    mask = (torch.rand(2, 6, 6, generator=torch.Generator().manual_seed(7)) > 0.5).float()
+    out = masked_denoise(unet, joint, mask, cond, full, uncond=None, starts=[10, 6])
+    assert torch.allclose(out[1:], masked_denoise(unet, alone, mask[1:], cond[1:], low, uncond=None))
+    assert torch.allclose(out[:1], masked_denoise(unet, joint[:, :1], mask[:1], cond[:1], full, uncond=None))
+    seen = []
+    masked_denoise(unet, joint, mask, cond, full, uncond=None, starts=[10, 6], callback=lambda k, x: seen.append(k))
+    assert seen == list(range(9, -1, -1))
+    with pytest.raises(ValueError, match="starts"):
+        masked_denoise(unet, joint, mask, cond, full, uncond=None, starts=[11, 6])
+    with pytest.raises(ValueError, match="stops"):
+        ddim_invert(unet, x0, cond, full, stops=[0, 6])

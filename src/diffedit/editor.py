@@ -270,15 +270,20 @@ class DiffEditor:
         plan = {"unconditional": (top, [options.inversion_prompt] * len(batch.images))}
         if any(c.caption for c in candidates):
             plan["caption"] = (options.strength, list(batch.sources))
-        walks, prompts = {}, {}
+        # One batch for every walk: the caption walk's rows leave it at their lower ratio
+        steps = {kind: ddim_grid(self.scheduler, options.num_inference_steps, r).num_steps for kind, (r, _) in plan.items()}
+        grid = ddim_grid(self.scheduler, options.num_inference_steps, max(r for r, _ in plan.values()))
+        prompts = [p for _, kind_prompts in plan.values() for p in kind_prompts]
+        stops = [steps[kind] for kind in plan for _ in batch.images]
         with self.components.timed(timings, "inversion"):
-            for kind, (strength, kind_prompts) in plan.items():
-                grid = ddim_grid(self.scheduler, options.num_inference_steps, strength)
-                walks[kind] = inverter(self.components, latents, kind_prompts, grid)  # (N + 1, B, C, h, w)
-                check_finite(walks[kind], "the inversion")
-                prompts[kind] = [describe_prompt(p) for p in kind_prompts]
-        grid = ddim_grid(self.scheduler, options.num_inference_steps, plan["unconditional"][0])
-        return InversionResult(walks, prompts, options.num_inference_steps, grid.timesteps, _fingerprint(batch.pixels))
+            rows = latents if len(plan) == 1 else torch.cat([latents] * len(plan))
+            levels = inverter(self.components, rows, prompts, grid, stops=stops)
+        check_finite(levels, "the inversion")
+        b = len(batch.images)
+        walks = {kind: levels[: steps[kind] + 1, i * b : (i + 1) * b] for i, kind in enumerate(plan)}  # (N_k + 1, B, ...)
+        described = {kind: [describe_prompt(p) for p in kind_prompts] for kind, (_, kind_prompts) in plan.items()}
+        top_grid = ddim_grid(self.scheduler, options.num_inference_steps, top)
+        return InversionResult(walks, described, options.num_inference_steps, top_grid.timesteps, _fingerprint(batch.pixels))
 
     def _check_inversion(
         self, inversion: InversionResult, batch: Batch, options: EditOptions, candidates: list[Candidate]
@@ -316,23 +321,43 @@ class DiffEditor:
             negative = [options.negative_prompt if options.negative_prompt is not None else s for s in batch.job_sources]
             cond = parts.encode_prompts(batch.job_target)
             uncond = parts.encode_prompts(negative) if options.guidance_scale != 1.0 else None
+        # Every candidate's jobs in one batch: row c * J + j decodes job j of candidate c from its own level
+        grid = ddim_grid(self.scheduler, options.num_inference_steps, max(c.strength for c in candidates))
+        levels, starts = self._stack_candidates(batch, walks, masks, candidates, options, noise, grid)
+        jobs, k = len(batch.job_image), len(candidates)
+        cond, uncond, latent_mask = (None if t is None else t.repeat(k, *[1] * (t.dim() - 1))
+                                     for t in (cond, uncond, masks.latent))
+        callback = _step_callback(self, callback_on_step_end, candidates, starts[::jobs], jobs, grid)
+        with parts.timed(timings, "decoding"):
+            edited = decoder(parts, levels, latent_mask, cond, uncond, grid, guidance_scale=options.guidance_scale,
+                             job_image=None, starts=starts, callback=callback)
         outputs, finals = [], []
-        for c in candidates:
-            grid = ddim_grid(self.scheduler, options.num_inference_steps, c.strength)
-            levels, job_image = walks["caption" if c.caption else "unconditional"][: grid.num_steps + 1], batch.job_image
-            if c.noise:  # per-job levels: each job's top level mixed with fresh noise inside its own mask
-                levels, job_image = noised_start(levels[:, job_image], masks.latent, c.noise, batch.job_image, noise), None
-            callback = _step_callback(self, callback_on_step_end, c.label)
-            with parts.timed(timings, "decoding"):
-                edited = decoder(parts, levels, masks.latent, cond, uncond, grid, guidance_scale=options.guidance_scale,
-                                 job_image=job_image, callback=callback)
-            check_finite(edited, f"the decoding of candidate {c.label}")
+        for i, c in enumerate(candidates):
+            latents = edited[i * jobs : (i + 1) * jobs]
+            check_finite(latents, f"the decoding of candidate {c.label}")
             with parts.timed(timings, "vae_decode"):
-                decoded = parts.decode_latents(edited)[:, :, :h, :w]  # (J, 3, H, W)
+                decoded = parts.decode_latents(latents)[:, :, :h, :w]  # (J, 3, H, W)
             check_finite(decoded, f"the VAE decoding of candidate {c.label}")
             outputs.append(finisher(parts, batch, decoded, masks, options))
-            finals.append(edited)
+            finals.append(latents)
         return outputs, finals
+
+
+    def _stack_candidates(
+        self, batch: Batch, walks: dict, masks: JobMasks, candidates: list[Candidate], options: EditOptions,
+        noise: NoiseStreams, grid,
+    ) -> tuple[torch.Tensor, list[int]]:
+        """Levels (N + 1, K * J, C, h, w) of every candidate's jobs, candidate-major, and the level each row starts at.
+        Rows of a lower ratio are padded above their start with their top level (the decoder never reads it)."""
+        levels, starts = [], []
+        for c in candidates:
+            n = ddim_grid(self.scheduler, options.num_inference_steps, c.strength).num_steps
+            walk = walks["caption" if c.caption else "unconditional"][: n + 1, batch.job_image]  # (n + 1, J, C, h, w)
+            if c.noise:  # each job's top level mixed with fresh noise inside its own mask
+                walk = noised_start(walk, masks.latent, c.noise, batch.job_image, noise)
+            levels.append(torch.cat([walk, walk[-1:].expand(grid.num_steps - n, *walk.shape[1:])]))
+            starts += [n] * len(batch.job_image)
+        return torch.cat(levels, dim=1), starts
 
 
 def _is_dtype_name(text: str) -> bool:
@@ -346,13 +371,27 @@ def _fingerprint(pixels: torch.Tensor) -> str:
     return hashlib.sha1(pixels.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
-def _step_callback(editor: DiffEditor, callback_on_step_end, label: str):
+def _step_callback(editor: DiffEditor, callback_on_step_end, candidates: list[Candidate], starts: list[int], jobs: int,
+                   grid) -> Callable | None:
+    """The decoder's callback(level, latents of all rows) as diffusers' callback_on_step_end, once per candidate
+    decoding at that level: step counted from the candidate's own start, the UNet timestep just evaluated, and the
+    candidate's rows; latents it returns replace those rows."""
     if callback_on_step_end is None:
         return None
 
-    def call(step: int, timestep: int, latents: torch.Tensor):
-        out = callback_on_step_end(editor, step, timestep, {"latents": latents, "candidate": label})
-        return out.get("latents") if isinstance(out, dict) else None
+    def call(level: int, latents: torch.Tensor):
+        out = latents
+        for i, (c, start) in enumerate(zip(candidates, starts)):
+            if start <= level:
+                continue
+            rows = slice(i * jobs, (i + 1) * jobs)
+            got = callback_on_step_end(editor, start - 1 - level, int(grid.timesteps[level + 1]),
+                                       {"latents": out[rows], "candidate": c.label})
+            replaced = got.get("latents") if isinstance(got, dict) else None
+            if replaced is not None:
+                out = out.clone() if out is latents else out
+                out[rows] = replaced
+        return None if out is latents else out
 
     return call
 

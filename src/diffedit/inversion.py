@@ -39,20 +39,37 @@ def ddim_invert(
     *,
     uncond: torch.Tensor | None = None,
     guidance_scale: float = 1.0,
+    stops: list[int] | None = None,
     callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Walk clean latents (B, C, h, w) up the grid with deterministic DDIM; returns every level.
 
     Level k is reached from level k-1 with the UNet evaluated at grid.timesteps[k] (DDIM eq. 12 run
     forwards). cond is (B, L, D): the empty prompt for the paper's unconditional encoding, or a caption.
+    stops[b]: the level row b stops at (default N): walks of several ratios run as one batch, a row leaving it
+    at its top level, which it then keeps in the levels above.
     Returns (N + 1, B, C, h, w): [x_0 (the input), x_1, ..., x_N].
     """
+    n = grid.num_steps
+    stops = [n] * latents.shape[0] if stops is None else list(stops)
+    if len(stops) != latents.shape[0] or not all(1 <= s <= n for s in stops):
+        raise ValueError(f"stops must give each of the {latents.shape[0]} rows a level in 1..{n}, got {stops}")
+    end = torch.tensor(stops, device=latents.device)
     levels = [latents]
     x = latents
-    for k in range(1, grid.num_steps + 1):
-        out = guided_unet_output(unet, x, int(grid.timesteps[k]), cond, uncond, guidance_scale)
-        x = ddim_step(out, x, float(grid.alphas[k - 1]), float(grid.alphas[k]), grid.prediction_type)
+    for k in range(1, max(stops) + 1):
+        on = (end >= k).nonzero().flatten()  # the rows still walking
+        rows = slice(None) if len(on) == len(stops) else on
+        c, u = cond[rows], None if uncond is None else uncond[rows]
+        out = guided_unet_output(unet, x[rows], int(grid.timesteps[k]), c, u, guidance_scale)
+        step = ddim_step(out, x[rows], float(grid.alphas[k - 1]), float(grid.alphas[k]), grid.prediction_type)
+        if isinstance(rows, slice):
+            x = step
+        else:
+            x = x.clone()
+            x[rows] = step
         levels.append(x)
         if callback is not None:
             callback(k, x)
+    levels += [x] * (n - max(stops))
     return torch.stack(levels)

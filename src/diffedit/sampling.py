@@ -31,26 +31,41 @@ def masked_denoise(
     uncond: torch.Tensor | None = None,
     guidance_scale: float = 7.5,
     job_image: list[int] | None = None,
+    starts: list[int] | None = None,
     callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """Decode from the top inverted level to level 0, blending the background at every level.
 
     inverted: (N + 1, B, C, h, w) levels from `ddim_invert`. mask: (J, h, w) or (J, 1, h, w), 1 = edit.
     cond, uncond: (J, L, D), the target prompt and the negative prompt of each job (uncond None: no
-    guidance). job_image[j] says which image job j edits (default: job j edits image j).
-    All J jobs run as one batch (2J rows with guidance). Returns (J, C, h, w) latents at level 0.
+    guidance). job_image[j] says which image job j edits (default: job j edits image j). starts[j]: the level
+    job j starts from (default N, the top): decodings of several encoding ratios share one walk, a job joining
+    the batch once the walk reaches its level. All jobs at or below the current level run as one batch (2 rows
+    each with guidance). Returns (J, C, h, w) latents at level 0.
     """
     n, b = grid.num_steps, inverted.shape[1]
     if inverted.shape[0] != n + 1:
         raise ValueError(f"inverted holds {inverted.shape[0]} levels, the grid needs {n + 1}")
     job_image = list(range(b)) if job_image is None else list(job_image)
+    starts = [n] * len(job_image) if starts is None else list(starts)
+    if len(starts) != len(job_image) or not all(1 <= s <= n for s in starts):
+        raise ValueError(f"starts must give each of the {len(job_image)} jobs a level in 1..{n}, got {starts}")
     index = torch.tensor(job_image, device=inverted.device)
     m = mask.reshape(len(job_image), 1, *inverted.shape[-2:]).to(inverted.dtype)  # (J, 1, h, w)
-    x = inverted[n][index]  # (J, C, h, w)
-    for k in range(n, 0, -1):
-        out = guided_unet_output(unet, x, int(grid.timesteps[k]), cond, uncond, guidance_scale)
-        x = ddim_step(out, x, float(grid.alphas[k]), float(grid.alphas[k - 1]), grid.prediction_type)
-        x = m * x + (1 - m) * inverted[k - 1][index]  # same level: x and the background are both at k-1
+    begin = torch.tensor(starts, device=inverted.device)
+    x = inverted[n][index] if min(starts) == n else inverted[begin, index]  # (J, C, h, w): each job's top level
+    for k in range(max(starts), 0, -1):
+        on = (begin >= k).nonzero().flatten()  # the jobs decoding at this level
+        rows = slice(None) if len(on) == len(job_image) else on  # a slice keeps the usual path copy-free
+        c, u = cond[rows], None if uncond is None else uncond[rows]
+        out = guided_unet_output(unet, x[rows], int(grid.timesteps[k]), c, u, guidance_scale)
+        step = ddim_step(out, x[rows], float(grid.alphas[k]), float(grid.alphas[k - 1]), grid.prediction_type)
+        landed = m[rows] * step + (1 - m[rows]) * inverted[k - 1][index[rows]]  # same level k-1 for x and background
+        if isinstance(rows, slice):
+            x = landed
+        else:  # a new tensor every step, as a callback may keep the last one
+            x = x.clone()
+            x[rows] = landed
         if callback is not None:  # it may return replacement latents (diffusers' callback_on_step_end)
             replaced = callback(k - 1, x)
             if replaced is not None:

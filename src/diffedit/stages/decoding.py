@@ -1,6 +1,8 @@
 """Decoders (DiffEdit step 3): walk each job from its top inverted level down to a clean latent.
 
-Protocol: `decoder(parts, levels, mask, cond, uncond, grid, *, guidance_scale, job_image, callback) -> (J, C, h, w)`.
+Protocol: `decoder(parts, levels, mask, cond, uncond, grid, *, guidance_scale, job_image, starts, callback) -> (J, C, h, w)`:
+row j of the batch decodes from level starts[j] (the editor stacks every candidate's jobs into one batch), and
+callback(level, latents) follows each step, with the level just reached; it may return replacement latents.
 `masked_ddim` is the paper's decoding: DDIM with the target prompt, the background replaced at every step by
 the inverted latent of the same level (sampling.masked_denoise).
 """
@@ -36,19 +38,18 @@ class MaskedDDIMDecoder:
         *,
         guidance_scale: float,
         job_image: list[int] | None,
-        callback: Callable[[int, int, torch.Tensor], torch.Tensor | None] | None = None,
+        starts: list[int] | None = None,
+        callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
-        with parts.bar(grid.num_steps, "denoise") as bar:
+        with parts.bar(max(starts) if starts else grid.num_steps, "denoise") as bar:
 
             def step_end(k: int, x: torch.Tensor):
                 bar.update()
-                if callback is not None:  # step index from 0, the UNet timestep just evaluated, the latents
-                    return callback(grid.num_steps - 1 - k, int(grid.timesteps[k + 1]), x)
-                return None
+                return None if callback is None else callback(k, x)
 
             return masked_denoise(
                 parts.denoiser, levels, mask, cond, grid, uncond=uncond, guidance_scale=guidance_scale,
-                job_image=job_image, callback=step_end,
+                job_image=job_image, starts=starts, callback=step_end,
             )
 
 
