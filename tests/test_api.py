@@ -150,3 +150,19 @@ def test_a_new_decoder_is_a_registered_stage_not_a_branch(editor, image):
     assert calls == [(11, [8, 10, 8])] and _same(res.image, ref.image) and res.options.method == "counting"
     with pytest.raises(ValueError, match="unknown method 'counting'"):
         EditOptions(method="counting")
+
+
+def test_presets_are_options_over_the_defaults(editor, image):
+    from diffedit.results import PRESETS
+
+    assert set(PRESETS) == {"fast", "default", "quality"} and EditOptions.preset("default") == EditOptions()
+    for name, fields in PRESETS.items():
+        options = EditOptions.preset(name)
+        assert all(getattr(options, k) == EditOptions(**{k: v}).__getattribute__(k) for k, v in fields.items())
+    assert EditOptions.preset("fast", num_inference_steps=7).num_inference_steps == 7
+    res = editor.edit(image, "a red square", "a blue circle", seed=1, preset="fast", num_inference_steps=6)
+    assert res.options == EditOptions.preset("fast", num_inference_steps=6)
+    with pytest.raises(ValueError, match="unknown preset 'warp'"):
+        editor.edit(image, "a red square", "a blue circle", preset="warp")
+    with pytest.raises(ValueError, match="not both"):
+        editor.mask(image, "a red square", "a blue circle", preset="fast", options=EditOptions())

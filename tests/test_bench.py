@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from diffedit.bench.baselines import diffusers_edit, diffusers_pipeline, sdedit
 from diffedit.cli.bench import bench_app
 from diffedit.bench.quality import METHODS, format_quality, format_quality_markdown, run_quality
-from diffedit.bench.speed import _PeakMemory, run_speed
+from diffedit.bench.speed import _PeakMemory, format_speed, run_speed
 from diffedit.results import EditOptions
 
 
@@ -25,27 +25,39 @@ def shapeworld_tiny_dir(tmp_path_factory):
     return save_model(build_components("tiny"), tmp_path_factory.mktemp("sw_tiny") / "model", dtype=torch.float32)
 
 
-def test_run_speed_times_both_methods(tmp_path):
+def test_run_speed_times_the_default_one_decoding_and_diffusers(tmp_path):
     report = run_speed("tiny", size=32, steps=4, repeats=1, json_path=tmp_path / "speed.json", verbose=False)
-    assert set(report["ours"]["phases_s"]) >= {"vae_encode", "mask", "inversion", "decoding", "vae_decode"}
-    assert set(report["diffusers"]["phases_s"]) >= {"generate_mask", "invert", "call"}
-    assert all(v >= 0 for v in report["ours"]["phases_s"].values() if v is not None)
-    assert report["ratio"] > 0 and report["ours"]["total_s"] > 0 and report["diffusers"]["total_s"] > 0
-    # by design: fewer UNet rows (2n mask rows instead of 4n, batch-1 inversion) and one VAE encode instead of n + 1
-    ours, theirs = report["ours"]["rows_per_call"], report["diffusers"]["rows_per_call"]
+    ours, one, theirs = (report["methods"][m] for m in ("default", "one_decoding", "diffusers"))
+    assert set(ours["phases_s"]) >= {"vae_encode", "mask", "inversion", "decoding", "vae_decode", "rerank"}
+    assert set(theirs["phases_s"]) >= {"generate_mask", "invert", "call"}
+    assert all(v >= 0 for f in (ours, one) for v in f["phases_s"].values())
+    for m in ("default", "one_decoding"):
+        assert report["ratios"][m] == pytest.approx(theirs["total_s"] / report["methods"][m]["total_s"], rel=1e-3)
+    # one_decoding does diffusers' work in fewer rows (2n mask rows instead of 4n, batch-1 inversion) and one VAE
+    # encode instead of n + 1
+    rows_one, rows_theirs = one["rows_per_call"], theirs["rows_per_call"]
     n, steps = 10, int(4 * 0.8)
-    assert ours["unet"] == 2 * n + steps + 2 * steps
-    assert theirs["unet"] == 4 * n + 2 * steps + 2 * steps
-    assert (ours["vae_encoder"], theirs["vae_encoder"]) == (1, n + 1)
-    assert json.loads((tmp_path / "speed.json").read_text())["ratio"] == report["ratio"]
+    assert rows_one["unet"] == 2 * n + steps + 2 * steps
+    assert rows_theirs["unet"] == 4 * n + 2 * steps + 2 * steps
+    assert (rows_one["vae_encoder"], rows_theirs["vae_encoder"]) == (1, n + 1)
+    # the default is what EditOptions() runs: its own steps and candidates, scored (a VAE decode per candidate)
+    default = EditOptions()
+    assert report["options"]["default"]["num_inference_steps"] == default.num_inference_steps
+    assert ours["rows_per_call"]["vae_decoder"] == 1 + len(default.extra_strengths) + int(default.caption_candidate)
+    assert json.loads((tmp_path / "speed.json").read_text())["ratios"] == report["ratios"]
+    text = format_speed(report)
+    assert "diffusers / x" in text and "one_decoding" in text and "rerank" in text
 
 
 def test_run_speed_batch_counts_edits_per_second():
-    report = run_speed("tiny", size=32, steps=2, mask_noises=2, batch=2, repeats=1, verbose=False)
-    assert report["ours"]["rows_per_call"]["vae_encoder"] == 2  # one call encodes both images once
-    assert report["diffusers"]["rows_per_call"]["vae_encoder"] == 2 * (2 + 1)
-    for name in ("ours", "diffusers"):
-        assert report[name]["edits_per_s"] == pytest.approx(2 / report[name]["total_s"], rel=1e-2)
+    report = run_speed("tiny", size=32, steps=2, mask_noises=2, batch=2, repeats=1, verbose=False,
+                       methods=("one_decoding", "diffusers"))
+    assert report["methods"]["one_decoding"]["rows_per_call"]["vae_encoder"] == 2  # one call encodes both images once
+    assert report["methods"]["diffusers"]["rows_per_call"]["vae_encoder"] == 2 * (2 + 1)
+    for name in ("one_decoding", "diffusers"):
+        assert report["methods"][name]["edits_per_s"] == pytest.approx(2 / report["methods"][name]["total_s"], rel=1e-2)
+    with pytest.raises(ValueError, match="methods"):
+        run_speed("tiny", size=32, steps=2, repeats=1, methods=("default",), verbose=False)
 
 
 def test_run_speed_refuses_compile_on_cpu():
@@ -116,9 +128,12 @@ def test_diffusers_edit_returns_image_and_latent_mask(editor, image):
 def test_cli_speed_and_quality(shapeworld_tiny_dir, tmp_path):
     runner = CliRunner()
     res = runner.invoke(bench_app, ["speed", "--model", "tiny", "--device", "cpu", "--size", "32", "--steps", "2",
-                                    "--mask-noises", "2", "--repeats", "1", "--json", str(tmp_path / "s.json")])
+                                    "--mask-noises", "2", "--repeats", "1", "--methods", "fast,diffusers",
+                                    "--json", str(tmp_path / "s.json")])
     assert res.exit_code == 0, res.output
-    assert "diffusers / ours" in res.output and (tmp_path / "s.json").exists()
+    assert "diffusers / x" in res.output and set(json.loads((tmp_path / "s.json").read_text())["ratios"]) == {"fast"}
+    res = runner.invoke(bench_app, ["speed", "--model", "tiny", "--device", "cpu", "--methods", "default,warp,diffusers"])
+    assert res.exit_code == 2 and "warp" in res.output
 
     res = runner.invoke(bench_app, ["quality", "--model", str(shapeworld_tiny_dir), "--cases", "3", "--steps", "2",
                                     "--methods", "ours,sdedit", "--json", str(tmp_path / "q.json"),

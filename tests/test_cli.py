@@ -12,6 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import diffedit
+from diffedit import EditOptions
 from diffedit.cli import app
 
 from conftest import scene
@@ -69,6 +70,14 @@ def test_edit_candidate_options(tmp_path, tiny_model_dir):
     assert res.exit_code == 2 and "extra_strengths" in res.output
     res = runner.invoke(app, base + ["--set", "noise_candidates=0"])
     assert res.exit_code == 2 and "noise_candidates" in res.output
+    # a preset is the base the flags change: --steps 4 stays, the rest is the preset's
+    res = runner.invoke(app, base + ["--preset", "quality", "--mask-noises", "3"])
+    assert res.exit_code == 0, res.output
+    sidecar = json.loads((tmp_path / "photo_edited.json").read_text())
+    quality = EditOptions.preset("quality", num_inference_steps=4, mask_noises=3).to_dict()
+    assert sidecar["options"] == json.loads(json.dumps(quality))
+    res = runner.invoke(app, base + ["--preset", "warp"])
+    assert res.exit_code == 2 and "unknown preset 'warp'" in res.output
 
 
 def test_edit_defaults_are_the_librarys_and_set_reaches_every_field(tmp_path, tiny_model_dir):
@@ -191,6 +200,7 @@ import sys
 sys.modules.update(scipy=None, matplotlib=None)  # as after `pip install diffedit` without the extras
 import numpy as np
 from typer.testing import CliRunner
+from diffedit import EditOptions
 from diffedit.cli import app
 from diffedit.shapeworld.scoring import score_edit
 from diffedit.shapeworld.world import sample_edit

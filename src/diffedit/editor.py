@@ -27,7 +27,7 @@ from .devices import parse_dtype
 from .errors import check_finite
 from .images import ImageInput
 from .loading import load_components
-from .results import OUTPUT_TYPES, EditOptions, EditResult, InversionResult, MaskResult
+from .results import OUTPUT_TYPES, EditOptions, EditResult, InversionResult, MaskResult, resolve_options
 from .schedule import ddim_grid, ddim_scheduler
 from .stages import (
     Batch, Candidate, JobMasks, NoiseStreams, PrecomputedMask, UserMask, mask_images, method, noised_start,
@@ -135,7 +135,7 @@ class DiffEditor:
         **overrides,
     ) -> MaskResult:
         """DiffEdit step 1 alone: the mask of each (image, target) job; `edit(..., mask=result)` edits with it."""
-        options = (options or EditOptions()).replace(**overrides)
+        options = resolve_options(options, overrides)
         batch = self._batch(image, source, target, options)
         base, seeds = resolve_seeds(seed, generator, len(batch.images))
         latents = self.components.encode_images(batch.pixels)
@@ -158,7 +158,7 @@ class DiffEditor:
         """DiffEdit step 2 alone: every inversion an edit with these options needs (the unconditional walk up to
         the highest candidate ratio; with a source prompt and the caption candidate, the caption walk too).
         `edit(image, source, target, inversion=result)` then skips the VAE encoding and the inversion."""
-        options = (options or EditOptions()).replace(**overrides)
+        options = resolve_options(options, overrides)
         batch = self._batch(image, source, None, options, check_targets=False)
         latents = self.components.encode_images(batch.pixels)
         check_finite(latents, "the VAE encoding")
@@ -189,12 +189,13 @@ class DiffEditor:
         inversion: an `InversionResult` from `invert()` of the same images. seed: an int (image b uses seed + b)
         or one per image; generator: one, or one per image (the seeds drawn from them are recorded).
         callback_on_step_end(editor, step, timestep, {"latents", "candidate"}) may return {"latents": ...}.
-        Options: an EditOptions and/or its fields as keywords (num_inference_steps=..., strength=...).
+        Options: an EditOptions or preset="fast" | "default" | "quality", and/or EditOptions fields as keywords
+        (num_inference_steps=..., strength=...).
         """
         timings: dict[str, float] = {}
         parts = self.components
         # 1. Check inputs, read the images, form the jobs, and resolve the seeds of every noise stream
-        options = (options or EditOptions()).replace(**overrides)
+        options = resolve_options(options, overrides)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
         batch = self._batch(image, source, target, options)

@@ -11,7 +11,7 @@ from PIL import Image
 from .bounds import check_field
 from .images import DEFAULT_MAX_PIXELS
 
-__all__ = ["EditOptions", "MaskResult", "InversionResult", "EditResult", "OUTPUT_TYPES"]
+__all__ = ["EditOptions", "MaskResult", "InversionResult", "EditResult", "OUTPUT_TYPES", "PRESETS", "resolve_options"]
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
@@ -83,6 +83,13 @@ class EditOptions:
                 f"an extra strength in {self.extra_strengths} x {self.num_inference_steps} steps leaves no denoising step"
             )
 
+    @classmethod
+    def preset(cls, name: str, **changes: Any) -> "EditOptions":
+        """The options of a preset (PRESETS: "fast", "default", "quality"), then `changes`."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+        return cls(**PRESETS[name]).replace(**changes)
+
     def replace(self, **changes: Any) -> "EditOptions":
         """A copy with `changes`; unknown names raise a ValueError listing the known ones."""
         known = {f.name for f in fields(self)}
@@ -100,6 +107,25 @@ class EditOptions:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# Presets: speed against quality in one word (`edit(..., preset="fast")`, `diffedit edit --preset fast`); each is a
+# set of EditOptions fields over the defaults. docs/benchmarks.md has their seconds and ShapeEdit figures.
+PRESETS: dict[str, dict[str, Any]] = {
+    "fast": {},  # filled below from the issue-24 tuning
+    "default": {},  # EditOptions() itself
+    "quality": {},  # filled below
+}
+
+
+def resolve_options(options: EditOptions | None, overrides: dict[str, Any]) -> EditOptions:
+    """An edit's options: `options` or the preset named by overrides["preset"] (default "default"), then the
+    other overrides (EditOptions fields)."""
+    overrides = dict(overrides)
+    preset = overrides.pop("preset", None)
+    if preset is not None and options is not None:
+        raise ValueError("give either options= or preset=, not both (EditOptions.preset(name) gives a preset's options)")
+    return (options or EditOptions.preset(preset or "default")).replace(**overrides)
 
 
 @dataclass

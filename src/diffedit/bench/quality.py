@@ -39,23 +39,27 @@ METHODS = (
 )
 
 
+BASELINE_STEPS = 50  # diffusers' pipeline and SDEdit decode with diffusers' default steps unless `steps` is given
+
+
 def _chunks(n: int, size: int):
     for start in range(0, n, size):
         yield start, min(n, start + size)
 
 
 def _edit_method(
-    method: str, editor: DiffEditor, cases: list[EditCase], *, seed: int, options: EditOptions, batch_size: int, bar
+    method: str, editor: DiffEditor, cases: list[EditCase], *, seed: int, options: EditOptions, batch_size: int, bar,
+    baseline_steps: int = BASELINE_STEPS,
 ) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """(edited uint8 (128, 128, 3), predicted bool (128, 128) mask or None) for every case."""
+    """(edited uint8 (128, 128, 3), predicted bool (128, 128) mask or None) for every case; diffusers' pipeline and
+    SDEdit decode with `baseline_steps`, ours, its ablations and gt_mask with the options' own steps."""
     out: list[tuple[np.ndarray, np.ndarray | None]] = []
     if method == "diffusers":  # diffusers' pipeline takes one image per call
         pipe = diffusers_pipeline(editor)
         for i, case in enumerate(cases):
             image, latent_mask = diffusers_edit(
                 pipe, case.source_image, case.source, case.target, seed=seed + i,
-                num_inference_steps=options.num_inference_steps, strength=options.strength,
-                mask_noises=options.mask_noises,
+                num_inference_steps=baseline_steps, strength=options.strength, mask_noises=options.mask_noises,
             )
             out.append((np.asarray(image), upsample_nearest(latent_mask, case.mask.shape)))
             bar.update(1)
@@ -67,7 +71,7 @@ def _edit_method(
         if method == "sdedit":
             edited = sdedit(
                 editor, images, targets, sources=sources, strength=options.strength, seed=seed + start,
-                num_inference_steps=options.num_inference_steps, guidance_scale=options.guidance_scale,
+                num_inference_steps=baseline_steps, guidance_scale=options.guidance_scale,
             )
             out += [(np.asarray(im), None) for im in edited]
         else:
@@ -96,7 +100,7 @@ def run_quality(
     seed: int = 0,
     methods: Sequence[str] | None = None,
     batch_size: int = 8,
-    steps: int = EditOptions.num_inference_steps,
+    steps: int | None = None,
     options: EditOptions | None = None,
     device: str = "cpu",
     dtype: str = "fp32",
@@ -110,8 +114,9 @@ def run_quality(
 
     model: a DiffEditor, a model path / hub id, or None for the embedded ShapeWorld model (loaded at
     `dtype` on `device`; fp32 by default, where diffusers' pipeline can share the VAE). options: our
-    EditOptions (steps overrides num_inference_steps); the baselines take strength, guidance and mask
-    noises from it. Ours, its ablations, gt_mask and SDEdit run `batch_size` cases per call. panel_path: a PNG of
+    EditOptions (default: EditOptions()); steps, when given, overrides every method's steps, else diffusers' pipeline
+    and SDEdit decode with BASELINE_STEPS (their defaults); the baselines take strength, guidance and mask noises
+    from the options. Ours, its ablations, gt_mask and SDEdit run `batch_size` cases per call. panel_path: a PNG of
     the first method's 8 cases with the most ghost pixels (input | truth | edit | ghosts in magenta).
     """
     # 1. Check inputs, load the model and the cases
@@ -123,7 +128,9 @@ def run_quality(
         raise ValueError("cases and batch_size must be >= 1")
     if plot_path is not None:
         _matplotlib()  # before the edits, not after them
-    options = (options or EditOptions()).replace(num_inference_steps=steps)
+    options = options or EditOptions()
+    options = options if steps is None else options.replace(num_inference_steps=steps)
+    baseline_steps = BASELINE_STEPS if steps is None else steps
     editor = model if isinstance(model, DiffEditor) else load_bench_editor(
         None if model is None else str(model), device=device, dtype=dtype
     )
@@ -132,7 +139,8 @@ def run_quality(
 
     # 2. Edit and score, method by method
     report: dict = {
-        "model": editor.name, "cases": cases, "seed": seed, "steps": steps, "batch_size": batch_size,
+        "model": editor.name, "cases": cases, "seed": seed, "steps": options.num_inference_steps,
+        "baseline_steps": baseline_steps, "batch_size": batch_size,
         "options": options.to_dict(), "device": str(editor.device), "threads": torch.get_num_threads(),
         "psnr_cap_db": PSNR_CAP, "methods": {},
     }
@@ -140,7 +148,8 @@ def run_quality(
         with tqdm(total=cases, desc=method, disable=not progress, leave=False, dynamic_ncols=True) as bar:
             timings: dict[str, float] = {}
             with timed(timings, method, editor.device):
-                edits = _edit_method(method, editor, case_list, seed=seed, options=options, batch_size=batch_size, bar=bar)
+                edits = _edit_method(method, editor, case_list, seed=seed, options=options, batch_size=batch_size, bar=bar,
+                                     baseline_steps=baseline_steps)
             seconds = timings[method]
         rows = []
         for i, (case, (edited, mask)) in enumerate(zip(case_list, edits)):
@@ -175,7 +184,8 @@ def format_quality(report: dict) -> str:
     """Text tables of a run_quality report: overall figures, then edit success by group."""
     r = report
     lines = [
-        f"ShapeEdit: model {r['model']}, {r['cases']} cases (seed {r['seed']}), {r['steps']} steps, "
+        f"ShapeEdit: model {r['model']}, {r['cases']} cases (seed {r['seed']}), {r['steps']} steps "
+        f"(baselines {r.get('baseline_steps', r['steps'])}), "
         f"strength {r['options']['strength']}, guidance {r['options']['guidance_scale']}, PSNR capped at {r['psnr_cap_db']:g} dB",
         f"  {'method':<19}{'mask IoU':>9}{'bg PSNR':>9}{'tgt PSNR':>9}{'success':>9}{'no ghost':>9}{'clean':>9}"
         f"{'ghost px':>9}{'s/edit':>9}",

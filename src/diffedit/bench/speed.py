@@ -1,11 +1,12 @@
-"""Speed: our edit against diffusers' StableDiffusionDiffEditPipeline, same model, steps, strength and noises.
+"""Speed: our presets (the edit a user gets) and our single decoding against diffusers' StableDiffusionDiffEditPipeline.
 
-Both run in one process on the same modules: a warm-up edit each (excluded), then `repeats` timed edits
-each, interleaved so that a busy machine slows both alike; the figures are medians. Our phases come
+Every method runs in one process on the same modules: a warm-up edit each (excluded), then `repeats` timed edits
+each, interleaved so that a busy machine slows all alike; the figures are medians. diffusers' pipeline and our
+`one_decoding` run at its defaults (50 steps, strength 0.8, 10 mask noises), the presets with their own options. Our phases come
 from `EditResult.timings`; diffusers' are its three calls (generate_mask, invert, __call__), each of
-which runs the VAE it needs. By design ours runs fewer network rows per edit: the mask pass without
-guidance (2n UNet rows, diffusers 4n), the inversion unconditional (batch 1, diffusers 2), and the VAE
-encoder once (diffusers n + 1 times); the counts are measured and reported as `rows`.
+which runs the VAE it needs. By design `one_decoding` runs fewer network rows than diffusers for the same work: the
+mask pass without guidance (2n UNet rows, diffusers 4n), the inversion unconditional (batch 1, diffusers 2), and
+the VAE encoder once (diffusers n + 1 times); the counts are measured and reported as `rows`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ __all__ = ["run_speed", "format_speed"]
 # ShapeWorld captions; tokenizers too short for them (the tiny test model's 16 tokens) get the short forms
 PROMPTS = ("a red circle on a gray background", "a blue square on a gray background")
 SHORT_PROMPTS = ("a red circle", "a blue square")
-OUR_PHASES = ("vae_encode", "mask", "inversion", "decoding", "vae_decode")
+OUR_PHASES = ("vae_encode", "mask", "inversion", "decoding", "vae_decode", "rerank")
 DIFFUSERS_PHASES = ("generate_mask", "invert", "call")
 
 
@@ -128,47 +129,60 @@ def _median_phases(runs: list[dict[str, float]], names: tuple[str, ...]) -> dict
     return {k: statistics.median(r.get(k, 0.0) for r in runs) for k in (*names, "other", "total")}
 
 
+OUR_METHODS = ("fast", "default", "quality", "one_decoding")  # the presets, and the paper's single decoding
+METHODS = (*OUR_METHODS, "diffusers")
+
+
+def _our_options(name: str, steps: int, strength: float, mask_noises: int) -> EditOptions:
+    """A preset's options; "one_decoding": the work diffusers' pipeline does (one decoding at `steps` and `strength`,
+    the target prompt's map alone from `mask_noises` noises, no candidates)."""
+    if name == "one_decoding":
+        return EditOptions(num_inference_steps=steps, strength=strength, mask_noises=mask_noises, max_pixels=None,
+                           extra_strengths=(), noise_candidates=(), caption_candidate=False, mask_per_change=False)
+    return EditOptions.preset(name, max_pixels=None)
+
+
 def run_speed(
     model: str | None = "shapeworld",
     *,
     device: str = "cpu",
     dtype: str = "fp32",
     size: int = 512,
-    steps: int = EditOptions.num_inference_steps,  # the edit's defaults (dataclass fields' defaults)
-    strength: float = EditOptions.strength,
-    mask_noises: int = EditOptions.mask_noises,
+    steps: int = 50,  # diffusers' pipeline's defaults: 50 steps, strength 0.8, 10 mask noises
+    strength: float = 0.8,
+    mask_noises: int = 10,
     batch: int = 1,
     repeats: int = 3,
     compile: bool = False,
     accel: str | None = None,
-    candidates: bool = False,
+    methods: tuple[str, ...] = ("default", "one_decoding", "diffusers"),
     json_path: str | Path | None = None,
     verbose: bool = True,
 ) -> dict:
-    """Time our edit and diffusers' DiffEdit pipeline side by side; returns (and prints) the figures.
+    """Time our presets and diffusers' DiffEdit pipeline side by side; returns (and prints) the figures.
 
     model: "tiny", "shapeworld" (the embedded model), "sd15-random" (SD 1.5's architecture with random
     weights) or a model path / hub id. batch > 1: ours edits the B images in one call, diffusers in a loop.
-    candidates False times ours with one decoding and the target prompt's map alone (no per-change maps),
-    the work diffusers' pipeline does; True with the editor's defaults (extra encoding ratios and the caption
-    inversion, scored by the model, and the per-change maps of a several-word change).
+    methods: presets ("fast", "default", "quality": candidates, scoring and per-change maps as a user gets them),
+    "one_decoding" (the work diffusers' pipeline does, at `steps`, `strength` and `mask_noises`), and "diffusers"
+    (its pipeline at `steps`, `strength`, `mask_noises`: by default its own defaults). Ratios: diffusers / method.
     """
     # 1. Check inputs
     if repeats < 1 or batch < 1 or steps < 1:
         raise ValueError("repeats, batch and steps must be >= 1")
     if size % 8 or size < 16:
         raise ValueError(f"size must be a multiple of 8 and >= 16, got {size}")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or "diffusers" not in methods or len(methods) < 2:
+        raise ValueError(f"methods: diffusers and at least one of {', '.join(OUR_METHODS)}; unknown: {unknown}")
     dev = torch.device(resolve_device(device))
     if compile and dev.type != "cuda":
         raise ValueError("--compile is CUDA only: on CPU, compiling the UNet takes minutes for a few % per step")
     if compile and accel not in (None, "compile"):
         raise ValueError(f"--compile and --accel {accel} are two fast paths for our UNet; choose one")
     accel = "compile" if compile else accel
-    options = EditOptions(num_inference_steps=steps, strength=strength, mask_noises=mask_noises, max_pixels=None)
-    if not candidates:  # the work diffusers' pipeline does: one decoding, and the target prompt's map alone
-        options = options.replace(extra_strengths=(), noise_candidates=(), caption_candidate=False, mask_per_change=False)
 
-    # 2. Load the model once for both methods; diffusers' pipeline shares the editor's modules
+    # 2. Load the model once for every method; diffusers' pipeline shares the editor's modules
     editor = load_bench_editor(model, device=dev, dtype=dtype)
     notes = []
     if editor.vae.dtype != editor.unet.dtype:  # an upcast fp16 VAE: diffusers' pipeline cannot mix dtypes
@@ -182,12 +196,12 @@ def run_speed(
                      "diffusers' pipeline runs the plain UNet, as its defaults do")
     images = _images(size, batch)
     source, target = _prompts(editor.tokenizer)
-
-    ours, theirs = _edit_runners(editor, pipe, images, source, target, options, dev)
+    options = {m: _our_options(m, steps, strength, mask_noises) for m in methods if m != "diffusers"}
+    runners = {m: _our_runner(editor, images, source, target, o, dev) for m, o in options.items()}
+    runners["diffusers"] = _diffusers_runner(pipe, images, source, target, steps, strength, mask_noises, dev)
 
     # 3. Warm-up (excluded), counting the network rows of one call of each; 4. timed runs, interleaved
-    methods = {"ours": ours, "diffusers": theirs}
-    rows, runs, peaks = _measure(methods, editor, dev, repeats, counted=accel is None)
+    rows, runs, peaks = _measure(runners, editor, dev, repeats, counted=accel is None)
 
     # 5. Report
     report = {
@@ -195,12 +209,14 @@ def run_speed(
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "dtype": str(editor.dtype).replace("torch.", ""), "size": size, "steps": steps, "strength": strength,
         "mask_noises": mask_noises, "batch": batch, "repeats": repeats, "compile": compile, "accel": accel,
-        "candidates": candidates, "threads": torch.get_num_threads(), "prompts": [source, target],
-        "torch": torch.__version__, "notes": notes,
+        "threads": torch.get_num_threads(), "prompts": [source, target], "torch": torch.__version__, "notes": notes,
+        "options": {m: {k: o.to_dict()[k] for k in _SHOWN} for m, o in options.items()}, "methods": {},
     }
-    for name, phases in (("ours", OUR_PHASES), ("diffusers", DIFFUSERS_PHASES)):
-        report[name] = _method_figures(runs[name], peaks[name], rows[name], phases, batch)
-    report["ratio"] = round(report["diffusers"]["total_s"] / report["ours"]["total_s"], 4)
+    for name in methods:
+        phases = DIFFUSERS_PHASES if name == "diffusers" else OUR_PHASES
+        report["methods"][name] = _method_figures(runs[name], peaks[name], rows[name], phases, batch)
+    theirs = report["methods"]["diffusers"]["total_s"]
+    report["ratios"] = {m: round(theirs / f["total_s"], 4) for m, f in report["methods"].items() if m != "diffusers"}
     if verbose:
         print(format_speed(report))
     if json_path is not None:
@@ -208,9 +224,13 @@ def run_speed(
     return report
 
 
-def _edit_runners(editor, pipe, images: list, source: str, target: str, options: EditOptions, dev: torch.device):
-    """Two callables that run one timed edit of `images` each: ours (one call for the batch) and diffusers' pipeline
-    (a loop, one image at a time); each returns its phase timings and "total"."""
+# the options that set an edit's cost, shown per method in the report
+_SHOWN = ("num_inference_steps", "strength", "extra_strengths", "caption_candidate", "rerank_noises", "rerank_levels",
+          "mask_noises", "mask_per_change")
+
+
+def _our_runner(editor, images: list, source: str, target: str, options: EditOptions, dev: torch.device):
+    """A callable that runs one timed edit of `images` (one call for the batch); returns its phases and "total"."""
     batch = len(images)
 
     def ours() -> dict[str, float]:
@@ -224,16 +244,23 @@ def _edit_runners(editor, pipe, images: list, source: str, target: str, options:
         t["other"] = t["total"] - sum(result.timings.values())
         return t
 
+    return ours
+
+
+def _diffusers_runner(pipe, images: list, source: str, target: str, steps: int, strength: float, mask_noises: int,
+                      dev: torch.device):
+    """A callable that runs diffusers' pipeline on `images` (a loop, one image at a time)."""
+
     def theirs() -> dict[str, float]:
         t: dict[str, float] = {}
         with timed(t, "total", dev):
             for i, image in enumerate(images):  # diffusers' pipeline takes one image at a time
-                diffusers_edit(pipe, image, source, target, seed=i, num_inference_steps=options.num_inference_steps,
-                               strength=options.strength, mask_noises=options.mask_noises, timings=t)
+                diffusers_edit(pipe, image, source, target, seed=i, num_inference_steps=steps,
+                               strength=strength, mask_noises=mask_noises, timings=t)
         t["other"] = t["total"] - sum(t[k] for k in DIFFUSERS_PHASES)
         return t
 
-    return ours, theirs
+    return theirs
 
 
 def _measure(methods: dict, editor, dev: torch.device, repeats: int, *, counted: bool) -> tuple[dict, dict, dict]:
@@ -242,7 +269,7 @@ def _measure(methods: dict, editor, dev: torch.device, repeats: int, *, counted:
     their peak memory. Returns (rows, runs, peaks) by method name."""
     rows: dict[str, dict | None] = {}
     for name, fn in methods.items():
-        if not counted and name == "ours":
+        if not counted and name != "diffusers":
             fn()
             rows[name] = None
             continue
@@ -274,37 +301,38 @@ def _method_figures(runs: list, peaks: list, rows: dict | None, phases, batch: i
 
 
 def format_speed(report: dict) -> str:
-    """A text table of a run_speed report."""
-    r = report
+    """A text table of a run_speed report: one column per method, then ratios, memory and network rows."""
+    r, methods = report, report["methods"]
     lines = [
         f"diffedit bench speed: model {r['model']}, {r['device_name']} {r['dtype']}, {r['size']}x{r['size']}, "
-        f"{r['steps']} steps, strength {r['strength']}, {r['mask_noises']} mask noises, batch {r['batch']}, "
-        f"median of {r['repeats']} (warm-up excluded), {r['threads']} threads, ours with "
-        f"{'its defaults (candidates, per-change maps)' if r.get('candidates') else 'one decoding, one map (as diffusers)'}",
+        f"batch {r['batch']}, median of {r['repeats']} (warm-up excluded), {r['threads']} threads; diffusers and "
+        f"one_decoding at {r['steps']} steps, strength {r['strength']}, {r['mask_noises']} mask noises",
     ]
-    ours, theirs = r["ours"], r["diffusers"]
-    a, b = list(ours["phases_s"].items()), list(theirs["phases_s"].items())
-    lines.append(f"  {'ours':<14}{'s':>9}    {'diffusers':<14}{'s':>9}")
-    for i in range(max(len(a), len(b))):
-        left = f"{a[i][0]:<14}{a[i][1]:9.3f}" if i < len(a) else " " * 23
-        right = f"{b[i][0]:<14}{b[i][1]:9.3f}" if i < len(b) else ""
-        lines.append(f"  {left}    {right}")
-    lines.append(f"  {'total':<14}{ours['total_s']:9.3f}    {'total':<14}{theirs['total_s']:9.3f}")
-    lines.append(f"diffusers / ours: {r['ratio']:.2f}x")
+    for name, o in r["options"].items():
+        if name != "one_decoding":
+            cands = 1 + len(o["extra_strengths"]) + int(o["caption_candidate"])
+            lines.append(f"  {name}: {o['num_inference_steps']} steps, {cands} candidate(s)"
+                         + (f" scored at {len(o['rerank_levels'])} levels x {o['rerank_noises']} noises" if cands > 1 else "")
+                         + f", {o['mask_noises']} mask noises")
+    names = list(methods)
+    phases = list(dict.fromkeys(k for f in methods.values() for k in f["phases_s"]))
+    lines.append(f"  {'seconds':<14}" + "".join(f"{n:>14}" for n in names))
+    for ph in phases:
+        cells = [methods[n]["phases_s"].get(ph) for n in names]
+        lines.append(f"  {ph:<14}" + "".join(f"{'':>14}" if c is None else f"{c:14.3f}" for c in cells))
+    lines.append(f"  {'total':<14}" + "".join(f"{methods[n]['total_s']:14.3f}" for n in names))
+    lines.append(f"  {'diffusers / x':<14}" + "".join(f"{r['ratios'][n]:13.2f}x" if n in r["ratios"] else f"{'':>14}"
+                                                     for n in names))
     if r["batch"] > 1:
-        lines.append(
-            f"edits per second: ours {ours['edits_per_s']:.3f} (one call of {r['batch']}), "
-            f"diffusers {theirs['edits_per_s']:.3f} (a loop)"
-        )
-    mem = lambda m: "n/a" if m is None else f"{m:.3f} GiB"  # noqa: E731
-    kind = "max allocated" if r["device"].startswith("cuda") else "resident-set growth"
-    lines.append(f"peak memory ({kind}): ours {mem(ours['peak_memory_gib'])}, diffusers {mem(theirs['peak_memory_gib'])}")
-    ro, rd = ours["rows_per_call"], theirs["rows_per_call"]
-    if ro is not None and rd is not None:
-        lines.append(
-            f"rows per call (ours vs diffusers): UNet {ro['unet']} vs {rd['unet']} "
-            f"(in {ro['unet_calls']} vs {rd['unet_calls']} forwards), "
-            f"VAE encoder {ro['vae_encoder']} vs {rd['vae_encoder']}, VAE decoder {ro['vae_decoder']} vs {rd['vae_decoder']}"
-        )
+        lines.append(f"  {'edits / s':<14}" + "".join(f"{methods[n]['edits_per_s']:14.3f}" for n in names))
+    kind = "GPU max allocated" if r["device"].startswith("cuda") else "CPU resident-set growth"
+    mem = ["n/a" if methods[n]["peak_memory_gib"] is None else f"{methods[n]['peak_memory_gib']:.3f}" for n in names]
+    lines.append(f"  {'peak GiB':<14}" + "".join(f"{m:>14}" for m in mem) + f"   ({kind})")
+    counted = [n for n in names if methods[n]["rows_per_call"] is not None]
+    if counted:
+        lines.append("  UNet rows (forwards): " + ", ".join(
+            f"{n} {methods[n]['rows_per_call']['unet']} ({methods[n]['rows_per_call']['unet_calls']})" for n in counted))
+        lines.append("  VAE encoder / decoder rows: " + ", ".join(
+            f"{n} {methods[n]['rows_per_call']['vae_encoder']} / {methods[n]['rows_per_call']['vae_decoder']}" for n in counted))
     lines += [f"note: {n}" for n in r["notes"]]
     return "\n".join(lines)

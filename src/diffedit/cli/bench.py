@@ -72,7 +72,10 @@ def quality(
         help="Comma-separated methods to run, or 'all' (every method of diffedit.bench.quality.METHODS: ours, "
         "diffusers, sdedit, gt_mask and our ablations).",
     ),
-    steps: int = typer.Option(QUALITY["steps"], "--steps", help="DDIM steps over the full noise range."),
+    steps: Optional[int] = typer.Option(
+        None, "--steps", help="DDIM steps of every method (default: ours its options', the baselines diffusers' 50).",
+    ),
+    preset: str = typer.Option("default", "--preset", help="Our options: fast | default | quality, then --set."),
     batch: int = typer.Option(
         QUALITY["batch_size"], "--batch", "-b", help="Cases per call for ours, its ablations, gt_mask and SDEdit.",
     ),
@@ -100,7 +103,7 @@ def quality(
     if plot is not None:
         require("matplotlib", "bench", "--plot")
     names = None if methods.strip() == "all" else [m.strip() for m in methods.split(",") if m.strip()]
-    options = edit_options({}, settings)
+    options = edit_options({}, settings, preset)
     try:
         quality_lib.run_quality(model, cases=cases, seed=seed, methods=names, batch_size=batch, steps=steps, device=device,
                                 dtype=dtype, options=options, json_path=json_path, plot_path=plot, markdown_path=markdown,
@@ -119,22 +122,22 @@ def speed(
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32 | fp16 | bf16 (default: fp16 on cuda, fp32 on cpu)."),
     size: int = typer.Option(SPEED["size"], "--size", help="Image side in pixels (random images)."),
-    steps: int = typer.Option(SPEED["steps"], "--steps", help="DDIM steps over the full noise range."),
-    strength: float = typer.Option(SPEED["strength"], "--strength", "-r", help="Encoding ratio r."),
-    mask_noises: int = typer.Option(SPEED["mask_noises"], "--mask-noises", help="Noises of the mask pass (both methods)."),
+    steps: int = typer.Option(SPEED["steps"], "--steps", help="Steps of diffusers and one_decoding (presets: their own)."),
+    strength: float = typer.Option(SPEED["strength"], "--strength", "-r", help="Encoding ratio r of diffusers and one_decoding."),
+    mask_noises: int = typer.Option(SPEED["mask_noises"], "--mask-noises", help="Mask noises of diffusers and one_decoding."),
     batch: int = typer.Option(SPEED["batch"], "--batch", "-b", help="Images per edit: ours in one call, diffusers in a loop."),
     repeats: int = typer.Option(SPEED["repeats"], "--repeats", help="Timed runs per method (median); a warm-up run is excluded."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the UNet (CUDA only)."),
     accel: Optional[str] = typer.Option(None, "--accel", help="Our fast path: 'trace' (TorchScript per shape)."),
-    candidates: bool = typer.Option(
-        False, "--candidates",
-        help="Time ours with its defaults (extra encoding ratio, caption inversion, scoring; per-change maps) instead of "
-        "one decoding and one map, the work diffusers' pipeline does.",
+    methods: str = typer.Option(
+        ",".join(SPEED["methods"]), "--methods",
+        help="Comma-separated: presets fast, default, quality (as a user gets them); one_decoding (the work diffusers' "
+        "pipeline does, at --steps); diffusers (its pipeline at --steps, --strength, --mask-noises: its defaults).",
     ),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the figures as JSON."),
 ) -> None:
-    """Time our edit against diffusers' DiffEdit pipeline on one model: phases, total, ratio, memory."""
+    """Time our presets and diffusers' DiffEdit pipeline on one model: phases, totals, ratios, memory."""
     _check_run(None, None, steps, batch, {"--json": json_path})
     check_range(size, "--size", 16, 8192)
     check_range(strength, "--strength", 0.0, 1.0)
@@ -146,7 +149,7 @@ def speed(
     try:
         speed_lib.run_speed(model, device=device, dtype=dtype, size=size, steps=steps, strength=strength,
                             mask_noises=mask_noises, batch=batch, repeats=repeats, compile=compile, accel=accel,
-                            candidates=candidates, json_path=json_path)
+                            methods=tuple(m.strip() for m in methods.split(",") if m.strip()), json_path=json_path)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     if json_path is not None:

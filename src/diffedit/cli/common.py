@@ -144,8 +144,9 @@ def _fits(value: Any, annotation: str) -> bool:
     return False
 
 
-def edit_options(flags: dict[str, Any], settings: list[str] | None):
-    """EditOptions from the defaults, the command's own flags, then `--set` items; a bad one is a one-line error."""
+def edit_options(flags: dict[str, Any], settings: list[str] | None, preset: str = "default"):
+    """EditOptions from a preset, the command's own flags (None: the preset's), then `--set` items; a bad one is a
+    one-line error."""
     from dataclasses import fields
 
     from diffedit import EditOptions
@@ -157,7 +158,8 @@ def edit_options(flags: dict[str, Any], settings: list[str] | None):
             fail(f"--set {name}={json.dumps(value)}: {name} takes {annotations[name]} "
                  "(JSON: true/false, null, numbers, [lists]; anything else is a string)")
     try:
-        return EditOptions().replace(**{**flags, **extra})
+        given = {k: v for k, v in flags.items() if v is not None}
+        return EditOptions.preset(preset).replace(**{**given, **extra})
     except ValueError as e:
         fail(str(e))
 

@@ -34,7 +34,12 @@ SET_OPTION = typer.Option(None, "--set", metavar="NAME=VALUE", help=SET_HELP, ri
 SEED_OPTION = typer.Option(None, "--seed", help="Seed of the mask noises (default: random, saved in the sidecar).")
 QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress bars.", rich_help_panel=OUTPUT)
 MASK_NOISES_OPTION = typer.Option(
-    DEFAULTS.mask_noises, "--mask-noises", help="Noises averaged for the mask.", rich_help_panel=MASK,
+    None, "--mask-noises", help=f"Noises averaged for the mask (default: the preset's; {DEFAULTS.mask_noises} by default).",
+    rich_help_panel=MASK,
+)
+PRESET_OPTION = typer.Option(
+    "default", "--preset", help="fast | default | quality: speed against quality (docs/benchmarks.md has their figures).",
+    rich_help_panel=EDIT,
 )
 SMOOTH_OPTION = typer.Option(
     DEFAULTS.mask_smooth, "--smooth", help="Gaussian sigma of mask smoothing, latent cells (0: off).", rich_help_panel=MASK,
@@ -74,8 +79,10 @@ def edit(
         None, "--panel", help="Also write a panel: input | mask overlay | output.", rich_help_panel=OUTPUT,
     ),
     quiet: bool = QUIET_OPTION,
-    steps: int = typer.Option(
-        DEFAULTS.num_inference_steps, "--steps", help="DDIM steps over the full noise range.", rich_help_panel=EDIT,
+    preset: str = PRESET_OPTION,
+    steps: Optional[int] = typer.Option(
+        None, "--steps", help=f"DDIM steps over the full noise range (default: the preset's; {DEFAULTS.num_inference_steps} "
+        "by default).", rich_help_panel=EDIT,
     ),
     strength: float = typer.Option(
         DEFAULTS.strength, "--strength", "-r", help="Encoding ratio r in (0, 1]: how far the image is inverted.",
@@ -140,7 +147,7 @@ def edit(
     )
     if one_candidate:
         flags.update(extra_strengths=(), noise_candidates=(), caption_candidate=False)
-    options, targets = edit_options(flags, settings), list(target)
+    options, targets = edit_options(flags, settings, preset), list(target)
     input_image, user_mask, device, dtype = _prepare(image, source, targets, seed, options, mask, device, dtype, threads)
     output, n, size = output or default_output(image, "edited"), len(targets), input_image.size
     outputs = [OutputFile(indexed(output, i, n), "output", "RGB", size) for i in range(n)]
@@ -180,6 +187,7 @@ def mask_command(
         None, "--soft-output", help="Also write the soft map PNG.", rich_help_panel=OUTPUT,
     ),
     quiet: bool = QUIET_OPTION,
+    preset: str = PRESET_OPTION,
     threshold: float = typer.Option(
         DEFAULTS.mask_threshold, "--threshold", help="Mask threshold in [0, 1].", rich_help_panel=MASK,
     ),
@@ -200,7 +208,7 @@ def mask_command(
 
     flags = dict(mask_threshold=threshold, mask_noises=mask_noises, mask_smooth=smooth, mask_dilate=dilate,
                  max_pixels=max_pixels)
-    options = edit_options(flags, settings)
+    options = edit_options(flags, settings, preset)
     input_image, _, device, dtype = _prepare(image, source, [target], seed, options, None, device, dtype, threads)
     output = output or default_output(image, "mask")
     outputs = [OutputFile(output, "mask output", "L", input_image.size)]
