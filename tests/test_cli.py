@@ -41,10 +41,10 @@ def test_edit_end_to_end(tmp_path, tiny_model_dir):
     assert Image.open(tmp_path / "panel.png").size == (3 * 37 + 8, 45)
     sidecar = json.loads((tmp_path / "photo_edited.json").read_text())
     assert sidecar["seed"] == 7 and sidecar["model"] == str(tiny_model_dir)
-    assert sidecar["options"]["num_inference_steps"] == 6 and sidecar["options"]["strength"] == 0.8
+    assert sidecar["options"]["num_inference_steps"] == 6 and sidecar["options"]["strength"] == 1.0
     assert sidecar["options"]["feather"] == 0 and sidecar["options"]["composite"] is True
     assert sidecar["jobs"][0]["target"] == "a blue circle" and sidecar["outputs"] == [str(out)]
-    assert sidecar["candidates"] == ["r=0.8", "r=1", "r=0.8 caption"] and len(sidecar["candidate_scores"][0]) == 3
+    assert sidecar["candidates"] == ["r=1", "r=0.8 caption"] and len(sidecar["candidate_scores"][0]) == 2
     assert sidecar["chosen"][0] == sidecar["candidates"][int(np.argmax(sidecar["candidate_scores"][0]))]
     # the same command again gives the same pixels (the seed is all the randomness)
     first = np.asarray(Image.open(out)).copy()
@@ -57,15 +57,15 @@ def test_edit_candidate_options(tmp_path, tiny_model_dir):
     src = _write_input(tmp_path)
     base = ["edit", str(src), "-s", "a red square", "-t", "a blue circle", "-m", str(tiny_model_dir), "--steps", "4", "-q"]
     for flags, expected in [
-        (["--one-candidate"], ["r=0.8"]),
-        (["--set", "noise_candidates=0.5"], ["r=0.8", "r=1", "r=1 noise 0.5", "r=0.8 caption"]),
-        (["--set", "caption_candidate=false", "--set", "extra_strengths=[0.9, 1.0]"], ["r=0.8", "r=0.9", "r=1"]),
+        (["--one-candidate"], ["r=1"]),
+        (["--set", "noise_candidates=0.5"], ["r=1", "r=1 noise 0.5", "r=0.8 caption"]),
+        (["--set", "caption_candidate=false", "--set", "extra_strengths=[0.9, 0.8]"], ["r=1", "r=0.9", "r=0.8"]),
     ]:
         res = runner.invoke(app, base + flags)
         assert res.exit_code == 0, res.output
         sidecar = json.loads((tmp_path / "photo_edited.json").read_text())
         assert sidecar["candidates"] == expected
-    assert sidecar["options"]["extra_strengths"] == [0.9, 1.0] and sidecar["options"]["caption_candidate"] is False
+    assert sidecar["options"]["extra_strengths"] == [0.9, 0.8] and sidecar["options"]["caption_candidate"] is False
     res = runner.invoke(app, base + ["--set", "extra_strengths=[1.5]"])
     assert res.exit_code == 2 and "extra_strengths" in res.output
     res = runner.invoke(app, base + ["--set", "noise_candidates=0"])

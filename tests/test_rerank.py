@@ -58,24 +58,23 @@ def test_denoising_errors_average_inside_the_region():
 
 
 def test_the_chosen_candidate_is_that_decoding_alone(editor, image):
-    """The kept image is bit for bit what a single decoding with the chosen candidate's settings gives."""
+    """The kept image is what a single decoding with the chosen candidate's settings gives, up to the rounding of a
+    batched UNet call (the candidates decode as one batch)."""
     res = editor.edit(image, "a red square", "a blue circle", seed=3, **KW)  # one job: same batch shapes alone
-    assert res.candidates == ["r=0.8", "r=1", "r=0.8 caption"]
-    alone = {
-        "r=0.8": dict(),
-        "r=1": dict(strength=1.0),
-        "r=0.8 caption": dict(inversion_prompt="a red square"),
-    }
+    assert res.candidates == ["r=1", "r=0.8 caption"]
+    alone = {"r=1": dict(strength=1.0), "r=0.8 caption": dict(strength=0.8, inversion_prompt="a red square")}
     (chosen,), (scores,) = res.chosen, res.candidate_scores
-    assert len(scores) == 3 and chosen == int(np.argmax(scores))
+    assert len(scores) == 2 and chosen == int(np.argmax(scores))
     images = {}
     for label, extra in alone.items():
         single = editor.edit(image, "a red square", "a blue circle", seed=3, **ONE, **extra, **KW)
         assert single.candidates == [label.replace(" caption", "")] and single.candidate_scores == []
         images[label] = (np.asarray(single.image), np.asarray(single.mask_image))
     kept = images[res.candidates[chosen]]
-    assert np.array_equal(kept[0], np.asarray(res.image)) and np.array_equal(kept[1], np.asarray(res.mask_image))
-    assert not np.array_equal(images["r=0.8"][0], images["r=1"][0])  # the candidates do differ
+    diff = np.abs(kept[0].astype(int) - np.asarray(res.image, dtype=int))
+    assert diff.max() <= 2 and (diff == 0).mean() >= 0.98, (diff.max(), (diff == 0).mean())
+    assert (kept[1] == np.asarray(res.mask_image)).mean() >= 0.99
+    assert not np.array_equal(images["r=0.8 caption"][0], images["r=1"][0])  # the candidates do differ
 
 
 def test_scores_do_not_depend_on_the_batch(editor):
@@ -90,13 +89,14 @@ def test_scores_do_not_depend_on_the_batch(editor):
 
 def test_one_candidate_skips_the_scoring(editor, image):
     res = editor.edit(image, "a red square", "a blue circle", seed=0, **ONE, **KW)
-    assert res.candidates == ["r=0.8"] and res.chosen == [0] and res.candidate_scores == []
+    assert res.candidates == ["r=1"] and res.chosen == [0] and res.candidate_scores == []
     assert "rerank" not in res.timings
-    no_caption = editor.edit(image, "", "a blue circle", seed=0, **KW)  # nothing to invert with
-    assert no_caption.candidates == ["r=0.8", "r=1"]
-    duplicate = editor.edit(image, "a red square", "a blue circle", seed=0, strength=1.0, noise_candidates=(0.5,), **KW)
+    no_caption = editor.edit(image, "", "a blue circle", seed=0, extra_strengths=(0.8,), **KW)  # nothing to invert with
+    assert no_caption.candidates == ["r=1", "r=0.8"]
+    duplicate = editor.edit(image, "a red square", "a blue circle", seed=0, extra_strengths=(1.0,), noise_candidates=(0.5,),
+                            caption_strength=None, **KW)
     assert duplicate.candidates == ["r=1", "r=1 noise 0.5", "r=1 caption"]
-    low = editor.edit(image, "a red square", "a blue circle", seed=0, extra_strengths=(), noise_candidates=(1.0,), **KW)
+    low = editor.edit(image, "a red square", "a blue circle", seed=0, strength=0.8, noise_candidates=(1.0,), **KW)
     assert low.candidates == ["r=0.8", "r=0.8 noise 1", "r=0.8 caption"]  # from the top of the inversion there is
 
 

@@ -265,12 +265,13 @@ class DiffEditor:
         self, batch: Batch, latents: torch.Tensor, options: EditOptions, candidates: list[Candidate], timings: dict
     ) -> InversionResult:
         """Every walk the candidates need: unconditional up to the highest ratio (lower ratios read its lower
-        levels) and, for the caption candidate, one with the source prompts at `strength`."""
+        levels) and, for the caption candidate, one with the source prompts at `caption_strength`."""
         inverter = stage("inverter", method(options.method).inverter)()
         top = max(c.strength for c in candidates if not c.caption)
         plan = {"unconditional": (top, [options.inversion_prompt] * len(batch.images))}
-        if any(c.caption for c in candidates):
-            plan["caption"] = (options.strength, list(batch.sources))
+        for c in candidates:
+            if c.caption:
+                plan["caption"] = (c.strength, list(batch.sources))
         # One batch for every walk: the caption walk's rows leave it at their lower ratio
         steps = {kind: ddim_grid(self.scheduler, options.num_inference_steps, r).num_steps for kind, (r, _) in plan.items()}
         grid = ddim_grid(self.scheduler, options.num_inference_steps, max(r for r, _ in plan.values()))

@@ -23,17 +23,18 @@ class EditOptions:
 
     method: str = "diffedit"  # which stages run (stages/registry.py METHODS)
     # decoding (DiffEdit step 3)
-    num_inference_steps: int = 50  # DDIM steps over the full noise range (paper: 50)
-    strength: float = 0.8  # encoding ratio r: how far up the noise levels the image is inverted (paper: 0.5-0.8)
+    num_inference_steps: int = 20  # DDIM steps over the full noise range (paper: 50; 20 keeps ShapeEdit's success)
+    strength: float = 1.0  # encoding ratio r of the unconditional candidate: how far up the image is inverted (paper: 0.5-0.8)
     guidance_scale: float = 7.5  # classifier-free guidance of the decoding (paper: 7.5)
     negative_prompt: str | None = None  # what the decoding steers away from; None: the source prompt
     # inversion (step 2)
     inversion_prompt: str = ""  # "": unconditional encoding (paper); or a caption of the input
     # candidates, one kept per edit by the model's own score (stages/candidates.py)
-    extra_strengths: tuple[float, ...] = (1.0,)  # also decode from these ratios; () with no caption candidate: one decoding
+    extra_strengths: tuple[float, ...] = ()  # also decode from these ratios; () with no caption candidate: one decoding
     caption_candidate: bool = True  # also decode from an inversion with the source prompt (the paper's caption encoding)
-    rerank_noises: int = 8  # noises per level when scoring candidates
-    rerank_levels: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.8)  # noise levels (fractions of training steps) of the score
+    caption_strength: float | None = 0.8  # encoding ratio of the caption candidate; None: strength
+    rerank_noises: int = 4  # noises per level when scoring candidates
+    rerank_levels: tuple[float, ...] = (0.4, 0.6, 0.8)  # noise levels (fractions of training steps) of the score
     # mask (step 1)
     mask_noises: int = 10  # noises averaged for the map (paper: n = 10)
     mask_strength: float = 0.5  # noise level of the mask pass (paper: 50 %)
@@ -78,9 +79,10 @@ class EditOptions:
             raise ValueError(
                 f"mask_strength {self.mask_strength} x {self.num_inference_steps} steps leaves the mask pass no step"
             )
-        if any(int(self.num_inference_steps * r) < 1 for r in self.extra_strengths):
+        if any(int(self.num_inference_steps * r) < 1 for r in (*self.extra_strengths, self.caption_strength or 1.0)):
             raise ValueError(
-                f"an extra strength in {self.extra_strengths} x {self.num_inference_steps} steps leaves no denoising step"
+                f"an extra or caption strength in {self.extra_strengths}, {self.caption_strength} x {self.num_inference_steps} "
+                "steps leaves no denoising step"
             )
 
     @classmethod
@@ -112,9 +114,12 @@ class EditOptions:
 # Presets: speed against quality in one word (`edit(..., preset="fast")`, `diffedit edit --preset fast`); each is a
 # set of EditOptions fields over the defaults. docs/benchmarks.md has their seconds and ShapeEdit figures.
 PRESETS: dict[str, dict[str, Any]] = {
-    "fast": {},  # filled below from the issue-24 tuning
-    "default": {},  # EditOptions() itself
-    "quality": {},  # filled below
+    "fast": dict(num_inference_steps=10, strength=0.9, caption_candidate=False),  # one decoding in 10 steps, no scoring
+    "default": {},  # EditOptions() itself: two candidates over 20 steps, scored at 3 levels x 4 noises
+    "quality": dict(  # the default until 2026-12-02: three candidates over 50 steps, scored at 5 levels x 8 noises
+        num_inference_steps=50, strength=0.8, extra_strengths=(1.0,), caption_strength=None, rerank_noises=8,
+        rerank_levels=(0.4, 0.5, 0.6, 0.7, 0.8),
+    ),
 }
 
 
@@ -157,7 +162,7 @@ class InversionResult:
     """DDIM inversions of some images, every level kept; `DiffEditor.edit(..., inversion=result)` reuses them.
 
     walks["unconditional"] is inverted with `EditOptions.inversion_prompt` ("" by default) up to the highest
-    ratio the candidates need, walks["caption"] with the source prompts at `strength` (when the caption
+    ratio the candidates need, walks["caption"] with the source prompts at `caption_strength` (when the caption
     candidate is on). Level 0 of a walk is the clean latent, level k the latent at UNet timestep timesteps[k].
     """
 

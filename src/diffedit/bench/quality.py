@@ -40,6 +40,7 @@ METHODS = (
 
 
 BASELINE_STEPS = 50  # diffusers' pipeline and SDEdit decode with diffusers' default steps unless `steps` is given
+BASELINE_STRENGTH = 0.8  # and from diffusers' default encoding ratio
 
 
 def _chunks(n: int, size: int):
@@ -59,7 +60,7 @@ def _edit_method(
         for i, case in enumerate(cases):
             image, latent_mask = diffusers_edit(
                 pipe, case.source_image, case.source, case.target, seed=seed + i,
-                num_inference_steps=baseline_steps, strength=options.strength, mask_noises=options.mask_noises,
+                num_inference_steps=baseline_steps, strength=BASELINE_STRENGTH, mask_noises=options.mask_noises,
             )
             out.append((np.asarray(image), upsample_nearest(latent_mask, case.mask.shape)))
             bar.update(1)
@@ -70,7 +71,7 @@ def _edit_method(
         sources, targets = [c.source for c in batch], [c.target for c in batch]
         if method == "sdedit":
             edited = sdedit(
-                editor, images, targets, sources=sources, strength=options.strength, seed=seed + start,
+                editor, images, targets, sources=sources, strength=BASELINE_STRENGTH, seed=seed + start,
                 num_inference_steps=baseline_steps, guidance_scale=options.guidance_scale,
             )
             out += [(np.asarray(im), None) for im in edited]
@@ -115,7 +116,7 @@ def run_quality(
     model: a DiffEditor, a model path / hub id, or None for the embedded ShapeWorld model (loaded at
     `dtype` on `device`; fp32 by default, where diffusers' pipeline can share the VAE). options: our
     EditOptions (default: EditOptions()); steps, when given, overrides every method's steps, else diffusers' pipeline
-    and SDEdit decode with BASELINE_STEPS (their defaults); the baselines take strength, guidance and mask noises
+    and SDEdit decode with BASELINE_STEPS from BASELINE_STRENGTH (their defaults); they take guidance and mask noises
     from the options. Ours, its ablations, gt_mask and SDEdit run `batch_size` cases per call. panel_path: a PNG of
     the first method's 8 cases with the most ghost pixels (input | truth | edit | ghosts in magenta).
     """

@@ -36,15 +36,16 @@ class Candidate:
 
 
 def plan_candidates(options, sources: list) -> list[Candidate]:
-    """The paper's decoding first, then the extra ratios, noise candidates (from the top unconditional level)
-    and the caption candidate (only when every source prompt says something and no inversion prompt is set)."""
+    """The unconditional decoding at `strength` first, then the extra ratios, noise candidates (from the top
+    unconditional level) and the caption candidate at `caption_strength` (only when every source prompt says
+    something and no inversion prompt is set)."""
     out = [Candidate(options.strength)]
     out += [c for c in dict.fromkeys(Candidate(r) for r in options.extra_strengths) if c not in out]
     top = max(c.strength for c in out)
     out += [c for c in dict.fromkeys(Candidate(top, noise=s) for s in options.noise_candidates) if c not in out]
     spoken = all(not isinstance(s, str) or s.strip() for s in sources)
     if options.caption_candidate and spoken and not options.inversion_prompt:
-        out.append(Candidate(options.strength, caption=True))
+        out.append(Candidate(options.caption_strength or options.strength, caption=True))
     return out
 
 
