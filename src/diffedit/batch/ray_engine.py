@@ -10,6 +10,8 @@ A worker that dies has its groups retried on another; a retried group writes onl
 from __future__ import annotations
 
 import json
+import math
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,8 +35,9 @@ def run_ray(
     except ImportError:
         raise ValueError("the Ray engine needs ray, which the core install leaves out: pip install 'diffedit[cluster]'") from None
     started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    if started:  # a local instance gets a CPU per worker even on a smaller machine (else the pool would wait)
+        cpus = None if address else max(os.cpu_count() or 1, math.ceil(workers * cpus_per_worker))
+        ray.init(address=address, num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         import logging
 

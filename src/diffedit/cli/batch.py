@@ -64,6 +64,8 @@ def batch(
         fail(f"--engine must be local or ray, got {engine!r}")
     if engine == "ray":
         require("ray.data", "cluster", "--engine ray")
+    elif address is not None or workers != 1 or gpus_per_worker:
+        fail("--address, --workers and --gpus-per-worker are for --engine ray")
     else:  # the device is the workers' own on a cluster
         device = resolve_device(device)
         resolve_dtype(dtype, device)
