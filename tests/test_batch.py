@@ -81,6 +81,8 @@ def test_csv_and_folder_manifests(tmp_path):
         ("im0.png", "a dog"), ("im0.png", "a bowl"), ("im1.png", "a dog"), ("im1.png", "a bowl")]
     with pytest.raises(ValueError, match="give --source and --target"):
         read_jobs(tmp_path)
+    with pytest.raises(ValueError, match="is the folder of input images"):
+        run_batch(tmp_path, tmp_path, source="a cat", targets=["a dog"])
 
 
 def test_job_keys_follow_what_decides_the_output(tmp_path):

@@ -148,6 +148,8 @@ def run_batch(
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     manifest, output_dir = Path(manifest), Path(output_dir)
+    if manifest.is_dir() and output_dir.resolve() == manifest.resolve():
+        raise ValueError(f"--output-dir {output_dir} is the folder of input images: its edits would be read as inputs next time")
     jobs, bad = read_jobs(manifest, options=options, seed=seed, model=model, source=source, targets=targets)
     if not jobs and not bad:
         raise ValueError(f"{manifest} holds no job")

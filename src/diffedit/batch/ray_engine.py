@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -55,8 +56,19 @@ def run_ray(
             BatchEditor, fn_constructor_kwargs=editor_kwargs, batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers),
             num_gpus=gpus_per_worker or None, num_cpus=cpus_per_worker,  # Ray Data restarts dead actors, retries their tasks
         )
-        for row in dataset.iter_rows():
-            yield json.loads(row["result"])
+        try:
+            for row in dataset.iter_rows():
+                yield json.loads(row["result"])
+        except Exception as e:  # noqa: BLE001 - Ray wraps a worker's error; say it in one line
+            if type(e).__name__ != "ActorDiedError" or "creation task" not in str(e):
+                raise
+            raise ValueError(f"a Ray worker could not start: {_last_error(str(e))}") from None
     finally:
         if started:
             ray.shutdown()
+
+
+def _last_error(text: str) -> str:
+    """The innermost "SomeError: message" of a traceback Ray put in an error's text."""
+    found = re.findall(r"\b([A-Z]\w*(?:Error|Exception)): (.+?)(?=\s+File \"|$)", text)
+    return f"{found[-1][0]}: {found[-1][1].strip()}" if found else text.splitlines()[0]
