@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from diffedit.cli.common import SET_HELP, check_range, check_seed, edit_options, fail, require, resolve_device, resolve_dtype
-from diffedit.cli.edit import CONFIG_OPTION, DEFAULTS, DTYPE_OPTION, MODEL_OPTION, QUIET_OPTION, THREADS_OPTION
+from diffedit.cli.edit import CONFIG_OPTION, DEFAULTS, DEVICE_OPTION, DTYPE_OPTION, MODEL_OPTION, QUIET_OPTION, THREADS_OPTION
 
 EXIT_SOME_FAILED = 5  # the run finished, but some jobs failed (results.jsonl says why)
 CLUSTER = "Ray engine"
@@ -30,7 +30,7 @@ def batch(
     settings: Optional[list[str]] = typer.Option(None, "--set", metavar="NAME=VALUE", help=SET_HELP),
     model: Optional[str] = MODEL_OPTION,
     config: Optional[str] = CONFIG_OPTION,
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
+    device: Optional[str] = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
     threads: Optional[int] = THREADS_OPTION,
     quiet: bool = QUIET_OPTION,
