@@ -5,8 +5,6 @@ The model runs are the embedded ShapeWorld model at 4 steps, one candidate, 2 ma
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +35,12 @@ def _results(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "diffedit.cli", *args], capture_output=True, text=True)
+def _cli(*args: str):
+    from typer.testing import CliRunner
+
+    from diffedit.cli import app
+
+    return CliRunner().invoke(app, list(args))
 
 
 # ---------------------------------------------------------------- manifests and plans (no model)
@@ -175,14 +177,14 @@ def test_cli_batch_reports_bad_rows_and_exit_codes(tmp_path):
         {"image": "gone.png", "source": "a red square", "target": "a blue square"},
     ])
     done = _cli("batch", str(manifest), "--output-dir", str(tmp_path / "out"), *CLI_FAST)
-    assert done.returncode == 5, done.stderr
-    assert "1 done, 0 skipped, 1 failed of 2 jobs" in done.stdout
+    assert done.exit_code == 5, done.output
+    assert "1 done, 0 skipped, 1 failed of 2 jobs" in done.output
     statuses = sorted((r["row"], r["status"]) for r in _results(tmp_path / "out"))
     assert statuses == [(1, "done"), (2, "failed")]
     missing = _cli("batch", str(tmp_path / "nope.jsonl"), "--output-dir", str(tmp_path / "out2"))
-    assert missing.returncode == 2 and "manifest not found" in missing.stderr and not (tmp_path / "out2").exists()
+    assert missing.exit_code == 2 and "manifest not found" in missing.output and not (tmp_path / "out2").exists()
     option = _cli("batch", str(manifest), "--output-dir", str(tmp_path / "out3"), "--set", "strength=2")
-    assert option.returncode == 2 and "strength" in option.stderr
+    assert option.exit_code == 2 and "strength" in option.output
 
 
 # ---------------------------------------------------------------- crashes and the Ray engine
