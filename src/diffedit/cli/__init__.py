@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import typer
 
+from diffedit.cli.batch import batch
 from diffedit.cli.bench import bench_app
 from diffedit.cli.common import fail, load_editor, quiet_libraries, resolve_device, resolve_dtype, set_threads
 from diffedit.cli.edit import demo, edit, mask_command
@@ -27,6 +28,7 @@ app = typer.Typer(
 app.command("edit")(edit)
 app.command("mask")(mask_command)
 app.command("demo")(demo)
+app.command("batch")(batch)
 app.add_typer(shapeworld_app, name="shapeworld")
 app.add_typer(bench_app, name="bench")
 

@@ -1,4 +1,5 @@
-"""`diffedit bench quality` (ShapeEdit), `speed` (ours against diffusers' pipeline), `masks` and `composite` (sweeps).
+"""`diffedit bench quality` (ShapeEdit), `speed` (ours against diffusers' pipeline), `masks` and `composite` (sweeps),
+`batch` and `resume` (diffedit batch: throughput against one process per job; kill and resume).
 
 Every default is the library function's own (read from its signature), so the CLI and `run_quality(...)` & co.
 cannot drift apart. The benchmark modules import light (diffusers' pipelines, scipy and matplotlib only when used).
@@ -7,6 +8,7 @@ cannot drift apart. The benchmark modules import light (diffusers' pipelines, sc
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -207,3 +209,84 @@ def composite_sweep(
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     typer.echo(masks_lib.format_composite_sweep(report))
+
+
+# options the two batch benchmarks share
+BATCH_STEPS = typer.Option(50, "--steps", help="DDIM steps over the full noise range.")
+BATCH_SIZE = typer.Option(8, "--batch-size", "-b", help="Jobs per model call of diffedit batch.")
+BATCH_ONE = typer.Option(False, "--one-candidate", help="One decoding per edit, no scoring (both sides).")
+BATCH_WORKDIR = typer.Option(
+    None, "--workdir", help="Keep the manifest, images and outputs in this new folder (default: a temporary one).",
+)
+
+
+def _workdir(path: Path | None):
+    """A fresh folder for a batch benchmark: the given one (which must not exist or be empty), or a temporary one."""
+    import tempfile
+    from contextlib import nullcontext
+
+    if path is None:
+        return tempfile.TemporaryDirectory(prefix="diffedit-bench-batch-")
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        fail(f"--workdir {path} exists and is not an empty folder")
+    path.mkdir(parents=True, exist_ok=True)
+    return nullcontext(str(path))
+
+
+@bench_app.command("batch")
+def batch_throughput(
+    model: Optional[str] = SWEEP_MODEL,
+    jobs: int = typer.Option(8, "--jobs", "-n", help="ShapeWorld jobs (case i edited with seed + i)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the cases."),
+    steps: int = BATCH_STEPS,
+    batch_size: int = BATCH_SIZE,
+    one_candidate: bool = BATCH_ONE,
+    targets_per_image: int = typer.Option(1, "--targets-per-image", help="Edits of each scene (they share a mask pass)."),
+    threads: Optional[int] = SWEEP_THREADS,
+    workdir: Optional[Path] = BATCH_WORKDIR,
+    json_path: Optional[Path] = SWEEP_JSON,
+) -> None:
+    """Edits per second of `diffedit batch` against one `diffedit edit` process per job, on the same jobs."""
+    from diffedit.bench.batch import format_throughput, run_throughput
+
+    _check_run(jobs, seed, steps, batch_size, {"--json": json_path})
+    check_range(targets_per_image, "--targets-per-image", 1, 16)
+    check_range(threads, "--threads", 1, 256)
+    with _workdir(workdir) as folder:
+        report = run_throughput(Path(folder), jobs=jobs, seed=seed, model=model, steps=steps, batch_size=batch_size,
+                                one_candidate=one_candidate, threads=threads, targets_per_image=targets_per_image)
+    typer.echo(format_throughput(report))
+    if json_path is not None:
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+@bench_app.command("resume")
+def batch_resume(
+    model: Optional[str] = SWEEP_MODEL,
+    jobs: int = typer.Option(200, "--jobs", "-n", help="ShapeWorld jobs."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the cases."),
+    kill_seed: Optional[int] = typer.Option(None, "--kill-seed", help="Seed of the kill's moment (default: random)."),
+    steps: int = BATCH_STEPS,
+    batch_size: int = BATCH_SIZE,
+    one_candidate: bool = BATCH_ONE,
+    targets_per_image: int = typer.Option(2, "--targets-per-image", help="Edits of each scene."),
+    threads: Optional[int] = SWEEP_THREADS,
+    workdir: Optional[Path] = BATCH_WORKDIR,
+    json_path: Optional[Path] = SWEEP_JSON,
+) -> None:
+    """Kill `diffedit batch` (SIGKILL) at a random moment, run it again: every job written once, no partial file."""
+    from diffedit.bench.batch import format_resume, resume_ok, run_resume
+
+    _check_run(jobs, seed, steps, batch_size, {"--json": json_path})
+    check_range(jobs, "--jobs", 2, None)
+    check_range(targets_per_image, "--targets-per-image", 1, 16)
+    check_range(threads, "--threads", 1, 256)
+    with _workdir(workdir) as folder:
+        report = run_resume(Path(folder), jobs=jobs, seed=seed, kill_seed=kill_seed, model=model, steps=steps,
+                            batch_size=batch_size, one_candidate=one_candidate, threads=threads,
+                            targets_per_image=targets_per_image)
+    typer.echo(format_resume(report))
+    if json_path is not None:
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+    if not resume_ok(report):
+        raise typer.Exit(1)

@@ -1,0 +1,74 @@
+"""The Ray engine: the planned groups as a Ray Dataset, `map_batches` over an actor pool of BatchEditor (the
+class the local engine runs), so each worker loads the model once; the driver streams the result rows back.
+
+Ray is imported here only (`pip install 'diffedit[cluster]'`). With no address, a local Ray instance is started
+(and stopped after); with one ("auto", "ray://head:10001"), the run joins that cluster, whose workers must
+import this package and read the inputs and write the output folder at the same paths (a shared file system).
+A worker that dies has its groups retried on another; a retried group writes only the jobs not yet written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from .runner import BatchEditor
+
+__all__ = ["run_ray"]
+
+
+def run_ray(
+    groups: list[dict[str, Any]],
+    editor_kwargs: dict[str, Any],
+    *,
+    address: str | None = None,
+    workers: int = 1,
+    gpus_per_worker: float = 0.0,
+    cpus_per_worker: float = 1.0,
+) -> Iterator[dict[str, Any]]:
+    """Result rows of every group, in the order they finish, from `workers` actors (one model each)."""
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("the Ray engine needs ray, which the core install leaves out: pip install 'diffedit[cluster]'") from None
+    started = not ray.is_initialized()
+    if started:  # a local instance gets a CPU per worker even on a smaller machine (else the pool would wait)
+        cpus = None if address else max(os.cpu_count() or 1, math.ceil(workers * cpus_per_worker))
+        ray.init(address=address, num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        import logging
+
+        import ray.data
+
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # the batch's own bar counts jobs
+        context.execution_options.preserve_order = False
+        if gpus_per_worker and editor_kwargs.get("device") in (None, "auto"):
+            editor_kwargs = {**editor_kwargs, "device": "cuda"}
+        items = [{"group": json.dumps(g)} for g in groups]
+        dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            BatchEditor, fn_constructor_kwargs=editor_kwargs, batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers),
+            num_gpus=gpus_per_worker or None, num_cpus=cpus_per_worker,  # Ray Data restarts dead actors, retries their tasks
+        )
+        try:
+            for row in dataset.iter_rows():
+                yield json.loads(row["result"])
+        except Exception as e:  # noqa: BLE001 - Ray wraps a worker's error; say it in one line
+            if type(e).__name__ != "ActorDiedError" or "creation task" not in str(e):
+                raise
+            raise ValueError(f"a Ray worker could not start: {_last_error(str(e))}") from None
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _last_error(text: str) -> str:
+    """The innermost "SomeError: message" of a traceback Ray put in an error's text."""
+    found = re.findall(r"\b([A-Z]\w*(?:Error|Exception)): (.+?)(?=\s+File \"|$)", text)
+    return f"{found[-1][0]}: {found[-1][1].strip()}" if found else text.splitlines()[0]

@@ -1,0 +1,224 @@
+"""`diffedit batch` (issue 22): manifests read into jobs with per-row errors, the plan, the local engine's outputs
+and results, resume after a crash (a real subprocess killed with SIGKILL), and the Ray engine against the local one.
+
+The model runs are the embedded ShapeWorld model at 4 steps, one candidate, 2 mask noises (about 0.1 s an edit)."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffedit import DiffEditor, EditOptions
+from diffedit.batch import plan_batch, read_jobs, run_batch
+from diffedit.batch.plan import job_state
+from diffedit.bench.batch import resume_ok, run_resume, write_shapeworld_manifest
+
+FAST = EditOptions(num_inference_steps=4, extra_strengths=(), caption_candidate=False, mask_noises=2)
+CLI_FAST = ["--steps", "4", "--one-candidate", "--set", "mask_noises=2", "--quiet"]
+
+
+def _images(folder: Path, n: int = 3, size: int = 32) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
+
+
+def _write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def _results(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
+
+
+def _cli(*args: str):
+    from typer.testing import CliRunner
+
+    from diffedit.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+# ---------------------------------------------------------------- manifests and plans (no model)
+def test_jsonl_rows_become_jobs_and_bad_rows_say_why(tmp_path):
+    _images(tmp_path)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    manifest = _write_jsonl(tmp_path / "m.jsonl", [
+        {"image": "im0.png", "source": "a cat", "target": ["a dog", "a red bowl"]},  # two jobs, one entry
+        {"image": "im1.png", "source": "a cat", "target": "a dog", "seed": 7, "strength": 0.6, "id": "mine"},
+        {"image": "missing.png", "source": "a cat", "target": "a dog"},
+        {"image": "im1.png", "source": "a cat", "target": "A  CAT"},
+        {"image": "im1.png", "source": "a cat", "target": "a dog", "options": {"strength": 3}},
+        {"image": "im1.png", "source": "a cat", "target": "a dog", "colour": "red"},
+        {"image": "im1.png", "source": "a cat", "target": "a dog", "seed": -1},
+        {"image": "im1.png", "source": "a cat", "target": "a dog", "id": "../escape"},
+        "{not json",
+        {"image": "broken.png", "source": "a cat", "target": "a dog"},  # read only when it runs
+    ])
+    jobs, bad = read_jobs(manifest, options=FAST)
+    assert [(j.row, j.target) for j in jobs] == [(1, "a dog"), (1, "a red bowl"), (2, "a dog"), (10, "a dog")]
+    assert jobs[2].id == "mine" and jobs[2].seed == 7 and jobs[2].options.strength == 0.6 and jobs[0].seed == 0
+    assert jobs[0].options.num_inference_steps == 4 and jobs[0].id.startswith("im0-") and jobs[0].id != jobs[1].id
+    reasons = {b.row: b.reason for b in bad}
+    assert sorted(reasons) == [3, 4, 5, 6, 7, 8, 9]
+    assert "image not found" in reasons[3] and "nothing to edit" in reasons[4] and "strength must be <= 1" in reasons[5]
+    assert "colour" in reasons[6] and "seed" in reasons[7] and "id must be a plain file name" in reasons[8]
+    assert "not a JSON object" in reasons[9]
+
+
+def test_csv_and_folder_manifests(tmp_path):
+    _images(tmp_path, 2)
+    (tmp_path / "m.csv").write_text("image,source,target,seed,strength\nim0.png,a cat,a dog,3,0.7\nim1.png,,a dog,,\n")
+    jobs, bad = read_jobs(tmp_path / "m.csv", options=FAST, seed=11)
+    assert not bad and [(j.row, j.seed, j.options.strength, j.source) for j in jobs] == [(2, 3, 0.7, "a cat"), (3, 11, 0.8, "")]
+    (tmp_path / "bad.csv").write_text("picture,source,target\nim0.png,a,b\n")
+    with pytest.raises(ValueError, match="CSV columns must include image"):
+        read_jobs(tmp_path / "bad.csv")
+    jobs, bad = read_jobs(tmp_path, source="a cat", targets=["a dog", "a bowl"])
+    assert not bad and [(Path(j.image).name, j.target) for j in jobs] == [
+        ("im0.png", "a dog"), ("im0.png", "a bowl"), ("im1.png", "a dog"), ("im1.png", "a bowl")]
+    with pytest.raises(ValueError, match="give --source and --target"):
+        read_jobs(tmp_path)
+    with pytest.raises(ValueError, match="is the folder of input images"):
+        run_batch(tmp_path, tmp_path, source="a cat", targets=["a dog"])
+
+
+def test_job_keys_follow_what_decides_the_output(tmp_path):
+    _images(tmp_path, 1)
+    manifest = _write_jsonl(tmp_path / "m.jsonl", [{"image": "im0.png", "source": "a cat", "target": "a dog"}])
+    key = read_jobs(manifest, options=FAST)[0][0].key
+    assert read_jobs(manifest, options=FAST)[0][0].key == key  # stable
+    assert read_jobs(manifest, options=FAST.replace(strength=0.5))[0][0].key != key
+    assert read_jobs(manifest, options=FAST, seed=1)[0][0].key != key
+    assert read_jobs(manifest, options=FAST, model="other")[0][0].key != key
+
+
+def test_plan_groups_shares_entries_skips_duplicates_and_refuses_clashing_ids(tmp_path):
+    _images(tmp_path)
+    manifest = _write_jsonl(tmp_path / "m.jsonl", [
+        {"image": "im0.png", "source": "a cat", "target": ["a dog", "a bowl", "a red cat"]},
+        {"image": "im1.png", "source": "a cat", "target": "a dog"},
+        {"image": "im2.png", "source": "a cat", "target": "a dog", "strength": 0.5},  # other options: another group
+        {"image": "im1.png", "source": "a cat", "target": "a dog"},  # the same job again
+        {"image": "im2.png", "source": "a cat", "target": "a dog", "id": "x"},
+        {"image": "im1.png", "source": "a cat", "target": "a bowl", "id": "x"},  # another edit, same id
+    ])
+    plan = plan_batch(*read_jobs(manifest, options=FAST), tmp_path / "out", batch_size=4)
+    shapes = [[(Path(e["image"]).name, len(e["jobs"])) for e in g["entries"]] for g in plan.groups]
+    assert shapes == [[("im0.png", 3), ("im1.png", 1)], [("im2.png", 1)], [("im2.png", 1)]]
+    assert [row for _, row in plan.duplicates] == [2] and [b.row for b in plan.bad] == [6] and plan.todo == 6
+    # a sidecar of another edit under a job's id is never overwritten
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x.json").write_text(json.dumps({"batch": {"key": "something else"}}))
+    plan = plan_batch(*read_jobs(manifest, options=FAST), tmp_path / "out", batch_size=4)
+    assert {b.row for b in plan.bad} == {5, 6} and "holds another edit" in next(b.reason for b in plan.bad if b.row == 5)
+
+
+# ---------------------------------------------------------------- the local engine
+@pytest.fixture(scope="module")
+def shapeworld(tmp_path_factory):
+    """Six ShapeWorld jobs (three scenes, two edits each), the local engine's outputs, and its summary."""
+    folder = tmp_path_factory.mktemp("batch")
+    manifest = write_shapeworld_manifest(folder / "inputs", 6, seed=3, targets_per_image=2)
+    summary = run_batch(manifest, folder / "local", options=FAST, batch_size=4, progress=False)
+    return manifest, folder, summary
+
+
+def test_local_engine_writes_each_edit_with_its_sidecar_and_a_results_line(shapeworld):
+    manifest, folder, summary = shapeworld
+    out = folder / "local"
+    assert summary["done"] == 6 and summary["failed"] == summary["skipped"] == 0
+    rows = _results(out)
+    assert len(rows) == 6 and {r["status"] for r in rows} == {"done"} and len({r["id"] for r in rows}) == 6
+    assert not list(out.glob(".*.part"))
+    first = json.loads((out / "case0000_1.json").read_text())
+    assert first["seed"] == 3 and first["options"]["num_inference_steps"] == 4 and first["jobs"][0]["target"] == rows[0]["target"]
+    # the two edits of a scene share one call (one mask pass, one inversion); a group of 4 jobs holds 2 scenes
+    assert first["batch"]["jobs_in_call"] == 4 and first["batch"]["images_in_call"] == 2
+
+
+def test_local_engine_outputs_are_the_editors_own(shapeworld):
+    """Job k of a call is written from the call's k-th result: compare with the editor called directly."""
+    manifest, folder, _ = shapeworld
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()][:2]
+    editor = DiffEditor.from_pretrained(progress=False)
+    result = editor.edit([str(manifest.parent / r["image"]) for r in rows], [r["source"] for r in rows],
+                         [r["target"] for r in rows], seed=[r["seed"] for r in rows], options=FAST)
+    names = ["case0000_1", "case0000_2", "case0001_1", "case0001_2"]
+    for name, image in zip(names, result.images):
+        assert np.array_equal(np.asarray(Image.open(folder / "local" / f"{name}.png")), np.asarray(image))
+
+
+def test_rerun_skips_everything_and_a_half_finished_group_redoes_only_its_missing_job(shapeworld, tmp_path):
+    manifest, folder, _ = shapeworld
+    out = tmp_path / "out"
+    run_batch(manifest, out, options=FAST, batch_size=4, progress=False)
+    again = run_batch(manifest, out, options=FAST, batch_size=4, progress=False)
+    assert again["done"] == 0 and again["skipped"] == 6 and {r["reason"] for r in _results(out)} == {"done already"}
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("case*")}
+    pixels = (out / "case0001_1.png").read_bytes()
+    (out / "case0001_1.json").unlink()  # as if killed between the image's rename and the sidecar's
+    resumed = run_batch(manifest, out, options=FAST, batch_size=4, progress=False)
+    assert resumed["done"] == 1 and resumed["skipped"] == 5
+    after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("case*")}
+    changed = sorted(n for n in before if before[n] != after.get(n))
+    assert changed == ["case0001_1.json", "case0001_1.png"] and (out / "case0001_1.json").is_file()
+    assert (out / "case0001_1.png").read_bytes() == pixels  # the group ran whole: the same bytes
+
+
+def test_cli_batch_reports_bad_rows_and_exit_codes(tmp_path):
+    _images(tmp_path, 1)
+    manifest = _write_jsonl(tmp_path / "m.jsonl", [
+        {"image": "im0.png", "source": "a red square", "target": "a blue square"},
+        {"image": "gone.png", "source": "a red square", "target": "a blue square"},
+    ])
+    done = _cli("batch", str(manifest), "--output-dir", str(tmp_path / "out"), *CLI_FAST)
+    assert done.exit_code == 5, done.output
+    assert "1 done, 0 skipped, 1 failed of 2 jobs" in done.output
+    statuses = sorted((r["row"], r["status"]) for r in _results(tmp_path / "out"))
+    assert statuses == [(1, "done"), (2, "failed")]
+    missing = _cli("batch", str(tmp_path / "nope.jsonl"), "--output-dir", str(tmp_path / "out2"))
+    assert missing.exit_code == 2 and "manifest not found" in missing.output and not (tmp_path / "out2").exists()
+    option = _cli("batch", str(manifest), "--output-dir", str(tmp_path / "out3"), "--set", "strength=2")
+    assert option.exit_code == 2 and "strength" in option.output
+
+
+# ---------------------------------------------------------------- crashes and the Ray engine
+@pytest.mark.slow
+def test_killed_batch_resumes_with_every_job_once_and_no_partial_file(tmp_path):
+    """A real `diffedit batch` process SIGKILLed at a random point, then run again (diffedit bench resume)."""
+    report = run_resume(tmp_path, jobs=16, seed=5, kill_seed=int.from_bytes(os.urandom(4), "little"), steps=4,
+                        batch_size=4, one_candidate=True, targets_per_image=2)
+    assert resume_ok(report), report
+    assert report["results_lines"] == 16 and report["partial"] == [] and report["redone_after_commit"] == []
+
+
+@pytest.fixture
+def local_ray():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_ray_engine_writes_the_local_engines_bytes_and_redoes_a_killed_workers_jobs(shapeworld, local_ray, tmp_path):
+    manifest, folder, _ = shapeworld
+    out = tmp_path / "ray"
+    summary = run_batch(manifest, out, options=FAST, batch_size=4, engine="ray", cluster={"workers": 2}, progress=False,
+                        editor_kwargs={"crash_after": 1, "crash_marker": str(tmp_path / "crashed")})
+    assert (tmp_path / "crashed").exists()  # a worker was SIGKILLed after writing its first job
+    assert summary["done"] == 6 and summary["failed"] == 0
+    rows = _results(out)
+    assert len(rows) == 6 and len({r["id"] for r in rows}) == 6 and {r["status"] for r in rows} == {"done"}
+    local = sorted(p.name for p in (folder / "local").glob("case*.png"))
+    assert sorted(p.name for p in out.glob("case*.png")) == local
+    for name in local:
+        assert (out / name).read_bytes() == (folder / "local" / name).read_bytes()
+    assert not list(out.glob(".*.part"))
+    assert all(job_state(out, r["id"], json.loads((out / f"{r['id']}.json").read_text())["batch"]["key"]) == "done"
+               for r in rows)
