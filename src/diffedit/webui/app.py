@@ -165,7 +165,7 @@ def _mask_column(page) -> None:
                              allow_custom_value=False)
     page.editor = gr.ImageEditor(
         label="Mask preview", type="numpy", image_mode="RGBA", format="png", sources=(), transforms=(), layers=False,
-        brush=gr.Brush(colors=[ADD_COLOR, REMOVE_COLOR], default_color=ADD_COLOR, color_mode="fixed"),
+        brush=gr.Brush(colors=[ADD_COLOR, REMOVE_COLOR], default_color=ADD_COLOR, color_mode="fixed", default_size=10),
         eraser=gr.Eraser(), canvas_size=(512, 512), height=420, elem_id="mask-editor",
     )
     gr.Markdown(BRUSH_HELP)
@@ -177,7 +177,7 @@ def _result_column(page) -> None:
     page.compare = gr.ImageSlider(label="Before / after", type="pil", elem_id="compare", max_height=420)
     page.gallery = gr.Gallery(label="Results, one per target (select one to compare it)", columns=4, height=150,
                               object_fit="contain", elem_id="results")
-    page.candidates = gr.Dataframe(headers=["target", "candidate", "score", "kept"], label="Candidates the model scored "
+    page.candidates = gr.Dataframe(headers=["target", "candidate", "score", "chosen"], label="Candidates the model scored "
                                    "(higher: more like the target)", interactive=False, elem_id="candidates")
     page.shown_results = gr.State()  # [input, result 1, ...] as displayed
     page.download = gr.File(label="Download: image and JSON sidecar", file_count="multiple", interactive=False,
