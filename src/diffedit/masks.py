@@ -35,6 +35,7 @@ __all__ = [
     "erode",
     "threshold_maps",
     "finish_mask",
+    "finish_normalized",
     "latent_mask_from_pixels",
     "upsample_mask",
 ]
@@ -231,6 +232,16 @@ def finish_mask(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw difference maps (J, h, w) -> (soft map in [0, 1], binary mask): clamp, rescale, smooth, threshold, dilate."""
     soft = normalize_maps(maps, clamp=clamp, quantile=quantile, mean_ratio=mean_ratio, per_image=per_image)
+    return finish_normalized(soft, smooth=smooth, threshold=threshold, dilate_cells=dilate_cells)
+
+
+def finish_normalized(
+    soft: torch.Tensor, *, smooth: float = 0.0, threshold: float = 0.5, dilate_cells: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """finish_mask's second half: rescaled maps (J, h, w) -> (soft map, binary mask): smooth, threshold, dilate.
+
+    A map stored unsmoothed (`DiffEditor.mask(..., mask_smooth=0)` keeps the rescaled map itself) can be smoothed
+    and thresholded again here, without the model: the result is the one the mask pass gives with those options."""
     if smooth > 0:  # blurring lowers the peaks: rescale again so the threshold keeps its meaning
         soft = normalize_maps(gaussian_blur(soft, smooth), clamp="quantile", quantile=1.0)
     return soft, dilate(threshold_maps(soft, threshold), dilate_cells)

@@ -14,6 +14,7 @@ from diffedit.cli.bench import bench_app
 from diffedit.cli.common import fail, load_editor, quiet_libraries, resolve_device, resolve_dtype, set_threads
 from diffedit.cli.edit import demo, edit, mask_command
 from diffedit.cli.guard import GuardedGroup
+from diffedit.cli.serve import serve
 from diffedit.cli.shapeworld import shapeworld_app
 
 __all__ = ["app", "fail", "load_editor", "quiet_libraries", "resolve_device", "resolve_dtype", "set_threads"]
@@ -29,6 +30,7 @@ app.command("edit")(edit)
 app.command("mask")(mask_command)
 app.command("demo")(demo)
 app.command("batch")(batch)
+app.command("serve")(serve)
 app.add_typer(shapeworld_app, name="shapeworld")
 app.add_typer(bench_app, name="bench")
 

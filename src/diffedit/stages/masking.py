@@ -13,14 +13,15 @@ import torch
 
 from ..components import Components
 from ..images import load_mask
-from ..masks import finish_mask, guided_filter, latent_mask_from_pixels, merge_change_maps, noise_difference_maps, upsample_mask
+from ..masks import finish_normalized, guided_filter, latent_mask_from_pixels, merge_change_maps, noise_difference_maps
+from ..masks import normalize_maps, upsample_mask
 from ..prompts import single_changes
 from ..schedule import ddim_grid
 from .batch import Batch
 from .noise import NoiseStreams
 from .registry import register
 
-__all__ = ["JobMasks", "NoiseDifferenceMask", "UserMask", "PrecomputedMask", "mask_changes"]
+__all__ = ["JobMasks", "NoiseDifferenceMask", "UserMask", "PrecomputedMask", "mask_changes", "threshold_normalized"]
 
 
 @dataclass
@@ -46,28 +47,41 @@ def mask_changes(batch: Batch, options) -> list[list[str]]:
     return out
 
 
+def threshold_normalized(
+    normalized: torch.Tensor, options, padded: tuple[int, int], size: tuple[int, int], guide: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rescaled maps (J, h, w) -> (soft maps, latent masks (J, h, w), pixel masks (J, H, W)) by the options' smoothing,
+    thresholds and dilation: the mask pass after its model calls. A map stored unsmoothed (a `MaskResult` of
+    mask_smooth=0) is thresholded again with other options here, without the model. padded: the input's size padded
+    to the VAE grid; size: its own (H, W); guide: the job images (J, 3, Hp, Wp) in [0, 1], needed for mask_snap."""
+    soft, latent = finish_normalized(
+        normalized, smooth=options.mask_smooth, threshold=options.latent_threshold, dilate_cells=options.mask_dilate
+    )
+    (hp, wp), (h, w) = padded, size
+    pixel = upsample_mask(latent, (hp, wp)) > 0.5  # (J, Hp, Wp): the latent cells, blocky
+    if options.mask_refine or options.mask_snap:  # trim the cells' edges with the soft map, upsampled smoothly
+        soft_px = upsample_mask(soft, (hp, wp), soft=True)
+        if options.mask_snap:  # ... made to follow the input's colour edges
+            if guide is None:
+                raise ValueError("mask_snap needs the images (guide) to threshold a map again")
+            soft_px = guided_filter(soft_px, guide.to(soft_px.device), radius=hp // soft.shape[-2])
+        pixel &= soft_px > options.mask_threshold
+    return soft, latent, pixel[:, :h, :w]
+
+
 @register("mask", "noise_difference")
 class NoiseDifferenceMask:
     """|eps(target) - eps(reference)| at mask_strength, averaged over n noises, then clamp, rescale, smooth,
-    threshold (masks.finish_mask); the pixel mask is the latent cells trimmed by the soft map, upsampled."""
+    threshold (threshold_normalized); the pixel mask is the latent cells trimmed by the soft map, upsampled."""
 
     def __call__(self, parts: Components, batch: Batch, latents: torch.Tensor, options, noise: NoiseStreams) -> JobMasks:
         changes = mask_changes(batch, options)
         maps = self.noise_maps(parts, batch, latents, options, noise, changes)
-        soft, latent = finish_mask(
-            maps, clamp=options.mask_clamp, quantile=options.mask_quantile, mean_ratio=options.mask_mean_ratio,
-            per_image=options.mask_per_image, smooth=options.mask_smooth, threshold=options.latent_threshold,
-            dilate_cells=options.mask_dilate,
-        )
-        (hp, wp), (h, w) = batch.pixels.shape[-2:], batch.size
-        pixel = upsample_mask(latent, (hp, wp)) > 0.5  # (J, Hp, Wp): the latent cells, blocky
-        if options.mask_refine or options.mask_snap:  # trim the cells' edges with the soft map, upsampled smoothly
-            soft_px = upsample_mask(soft, (hp, wp), soft=True)
-            if options.mask_snap:  # ... made to follow the input's colour edges
-                guide = (batch.pixels[batch.job_image].to(soft_px.device) + 1.0) / 2.0
-                soft_px = guided_filter(soft_px, guide, radius=parts.vae_scale_factor)
-            pixel &= soft_px > options.mask_threshold
-        return JobMasks(soft, latent, pixel[:, :h, :w], changes)
+        normalized = normalize_maps(maps, clamp=options.mask_clamp, quantile=options.mask_quantile,
+                                    mean_ratio=options.mask_mean_ratio, per_image=options.mask_per_image)
+        guide = (batch.pixels[batch.job_image] + 1.0) / 2.0 if options.mask_snap else None
+        soft, latent, pixel = threshold_normalized(normalized, options, tuple(batch.pixels.shape[-2:]), batch.size, guide)
+        return JobMasks(soft, latent, pixel, changes)
 
     @staticmethod
     def noise_maps(
