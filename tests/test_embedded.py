@@ -61,4 +61,4 @@ def test_demo_writes_every_file(tmp_path):
     outside = np.asarray(Image.open(tmp_path / "d" / "mask.png")) == 0
     assert np.array_equal(inp[outside], out[outside])  # the composite keeps the background exact
     assert "mask IoU" in res.output
-    assert f"kept candidate {record['chosen'][0]} of r=0.8, r=1, r=0.8 caption" in res.output
+    assert f"kept candidate {record['chosen'][0]} of r=1, r=0.8 caption" in res.output

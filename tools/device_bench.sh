@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The GPU figures of issue 5 (speed) and, given a model folder, issue 4's quality benchmark on it, in
+# The GPU figures of issues 5 and 24 (speed: the presets fast and default, our single decoding and diffusers'
+# pipeline in one run, peak GPU memory; single edits and batches of 8) and, given a model folder, issue 4's
+# quality benchmark on it, in
 # one call of a lent GPU machine (the `device` tool's `run`; carry ".whl", and the model's folder):
 #
 #   bash tools/device_bench.sh [MODEL_DIR]
@@ -17,7 +19,8 @@ log="$OUT/bench.log"
 bench() { python3 -m diffedit.cli bench "$@" 2>&1 | tee -a "$log" || echo "FAILED: bench $*" | tee -a "$log"; }
 
 if [ "${SPEED:-1}" = "1" ]; then
-    common=(--model "${SPEED_MODEL:-sd15-random}" --device "$device" --size "$size" --steps "${STEPS:-50}")
+    common=(--model "${SPEED_MODEL:-sd15-random}" --device "$device" --size "$size" --steps "${STEPS:-50}"
+            --methods fast,default,one_decoding,diffusers)
     [ "$device" = cuda ] && common+=(--dtype fp16)
     bench speed "${common[@]}" --json "$OUT/speed_single.json"
     compile=()

@@ -30,8 +30,8 @@ from .loading import load_components
 from .results import OUTPUT_TYPES, EditOptions, EditResult, InversionResult, MaskResult, resolve_options
 from .schedule import ddim_grid, ddim_scheduler
 from .stages import (
-    Batch, Candidate, JobMasks, NoiseStreams, PrecomputedMask, UserMask, mask_images, method, noised_start,
-    plan_candidates, prepare_batch, resolve_seeds, stage,
+    Batch, Candidate, JobMasks, NoiseStreams, PrecomputedMask, UserMask, mask_images, method, plan_candidates,
+    prepare_batch, resolve_seeds, stack_candidates, stage,
 )
 from .stages.batch import describe_prompt
 from .stages.report import empty_mask_warnings, job_changes
@@ -325,7 +325,8 @@ class DiffEditor:
             uncond = parts.encode_prompts(negative) if options.guidance_scale != 1.0 else None
         # Every candidate's jobs in one batch: row c * J + j decodes job j of candidate c from its own level
         grid = ddim_grid(self.scheduler, options.num_inference_steps, max(c.strength for c in candidates))
-        levels, starts = self._stack_candidates(batch, walks, masks, candidates, options, noise, grid)
+        levels, starts = stack_candidates(walks, candidates, batch.job_image, masks.latent, noise, grid,
+                                          options.num_inference_steps)
         jobs, k = len(batch.job_image), len(candidates)
         cond, uncond, latent_mask = (None if t is None else t.repeat(k, *[1] * (t.dim() - 1))
                                      for t in (cond, uncond, masks.latent))
@@ -343,23 +344,6 @@ class DiffEditor:
             outputs.append(finisher(parts, batch, decoded, masks, options))
             finals.append(latents)
         return outputs, finals
-
-
-    def _stack_candidates(
-        self, batch: Batch, walks: dict, masks: JobMasks, candidates: list[Candidate], options: EditOptions,
-        noise: NoiseStreams, grid,
-    ) -> tuple[torch.Tensor, list[int]]:
-        """Levels (N + 1, K * J, C, h, w) of every candidate's jobs, candidate-major, and the level each row starts at.
-        Rows of a lower ratio are padded above their start with their top level (the decoder never reads it)."""
-        levels, starts = [], []
-        for c in candidates:
-            n = ddim_grid(self.scheduler, options.num_inference_steps, c.strength).num_steps
-            walk = walks["caption" if c.caption else "unconditional"][: n + 1, batch.job_image]  # (n + 1, J, C, h, w)
-            if c.noise:  # each job's top level mixed with fresh noise inside its own mask
-                walk = noised_start(walk, masks.latent, c.noise, batch.job_image, noise)
-            levels.append(torch.cat([walk, walk[-1:].expand(grid.num_steps - n, *walk.shape[1:])]))
-            starts += [n] * len(batch.job_image)
-        return torch.cat(levels, dim=1), starts
 
 
 def _is_dtype_name(text: str) -> bool:

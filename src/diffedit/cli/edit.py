@@ -84,8 +84,10 @@ def edit(
         None, "--steps", help=f"DDIM steps over the full noise range (default: the preset's; {DEFAULTS.num_inference_steps} "
         "by default).", rich_help_panel=EDIT,
     ),
-    strength: float = typer.Option(
-        DEFAULTS.strength, "--strength", "-r", help="Encoding ratio r in (0, 1]: how far the image is inverted.",
+    strength: Optional[float] = typer.Option(
+        None, "--strength", "-r",
+        help=f"Encoding ratio r in (0, 1]: how far the image is inverted (default: the preset's; {DEFAULTS.strength} "
+        "by default).",
         rich_help_panel=EDIT,
     ),
     guidance: float = typer.Option(
@@ -97,7 +99,7 @@ def edit(
     ),
     one_candidate: bool = typer.Option(
         False, "--one-candidate",
-        help="The paper's single decoding at --strength: no extra candidates, no scoring (about 3x faster).",
+        help="The paper's single decoding at --strength: no extra candidates, no scoring.",
         rich_help_panel=EDIT,
     ),
     mask: Optional[Path] = typer.Option(

@@ -5,7 +5,7 @@ Importing this package registers every built-in stage.
 """
 
 from .batch import Batch, prepare_batch
-from .candidates import Candidate, ModelScoreSelector, plan_candidates
+from .candidates import Candidate, ModelScoreSelector, plan_candidates, stack_candidates
 from .decoding import MaskedDDIMDecoder, noised_start
 from .finishing import CompositeFinisher, mask_images, snap_to_edit
 from .inverting import DDIMInverter
@@ -14,7 +14,8 @@ from .noise import STREAMS, NoiseStreams, resolve_seeds
 from .registry import KINDS, METHODS, Method, method, register, stage
 
 __all__ = [
-    "Batch", "prepare_batch", "Candidate", "ModelScoreSelector", "plan_candidates", "MaskedDDIMDecoder", "noised_start",
+    "Batch", "prepare_batch", "Candidate", "ModelScoreSelector", "plan_candidates", "stack_candidates", "MaskedDDIMDecoder",
+    "noised_start",
     "CompositeFinisher", "mask_images", "snap_to_edit", "DDIMInverter", "JobMasks", "NoiseDifferenceMask",
     "PrecomputedMask", "UserMask", "mask_changes", "STREAMS", "NoiseStreams", "resolve_seeds", "KINDS", "METHODS",
     "Method", "method", "register", "stage",

@@ -15,11 +15,13 @@ from ..components import Components
 from ..images import from_uint8, pad_to_multiple
 from ..masks import dilate
 from ..rerank import denoising_errors, rerank_scores
+from ..schedule import DDIMGrid
 from .batch import Batch
+from .decoding import noised_start
 from .noise import NoiseStreams
 from .registry import register
 
-__all__ = ["Candidate", "plan_candidates", "ModelScoreSelector"]
+__all__ = ["Candidate", "plan_candidates", "stack_candidates", "ModelScoreSelector"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,24 @@ def plan_candidates(options, sources: list) -> list[Candidate]:
     if options.caption_candidate and spoken and not options.inversion_prompt:
         out.append(Candidate(options.caption_strength or options.strength, caption=True))
     return out
+
+
+def stack_candidates(
+    walks: dict[str, torch.Tensor], candidates: list[Candidate], job_image: list[int], latent_mask: torch.Tensor,
+    noise: NoiseStreams, grid: DDIMGrid, num_inference_steps: int,
+) -> tuple[torch.Tensor, list[int]]:
+    """Levels (N + 1, K * J, C, h, w) of every candidate's jobs, candidate-major, for one batched decoding on `grid`
+    (the highest ratio's), and the level each row starts at. Rows of a lower ratio are padded above their start with
+    their top level, which the decoder never reads."""
+    levels, starts = [], []
+    for c in candidates:
+        n = min(int(num_inference_steps * c.strength), num_inference_steps)  # its own grid's steps (schedule.ddim_grid)
+        walk = walks["caption" if c.caption else "unconditional"][: n + 1, job_image]  # (n + 1, J, C, h, w)
+        if c.noise:  # each job's top level mixed with fresh noise inside its own mask
+            walk = noised_start(walk, latent_mask, c.noise, job_image, noise)
+        levels.append(torch.cat([walk, walk[-1:].expand(grid.num_steps - n, *walk.shape[1:])]))
+        starts += [n] * len(job_image)
+    return torch.cat(levels, dim=1), starts
 
 
 @register("selector", "model_score")
