@@ -255,7 +255,7 @@ def test_traced_fast_path_equals_the_plain_path(editor, image):
     fast = editor.edit(image, "a red square", ["a blue circle", "a dog"], seed=4, **KW)
     again = editor.edit(image, "a red square", ["a blue circle", "a dog"], seed=4, **KW)  # cached traces
     # one trace per batch shape: mask pass, inversion (both walks, then the unconditional alone), decoding (the r = 1
-    # candidate's 2 jobs x 2 rows, then all three candidates'), candidate scoring (3 candidates x 2 prompts x 8 noises)
+    # candidate's 2 jobs x 2 rows, then both candidates'), candidate scoring (2 candidates x 2 prompts x 4 noises)
     assert len(editor.denoiser._traces) == 6
     for a, b, c in zip(plain.images, fast.images, again.images):
         assert np.abs(np.asarray(a, int) - np.asarray(b, int)).max() <= 1
@@ -266,6 +266,36 @@ def test_traced_fast_path_equals_the_plain_path(editor, image):
     assert editor.accelerate(None).denoiser is editor.unet
     with pytest.raises(ValueError, match="accelerate"):
         editor.accelerate("warp")
+
+
+def test_auto_acceleration_traces_repeated_small_cpu_shapes_with_the_same_outputs(editor, image):
+    """The default: plain calls until a shape repeats `after` times, then an unfrozen trace, bit for bit the plain UNet's
+    outputs; another attention processor retraces; inputs above max_cells are never traced."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    from diffedit.accel import AUTO_AFTER, AUTO_CELLS, TracedUNet
+
+    assert DiffEditor.from_components(editor.components).acceleration == "auto"
+    assert editor.denoiser.after == AUTO_AFTER and not editor.denoiser.freeze and editor.denoiser.max_cells == AUTO_CELLS
+    plain = editor.accelerate(None).edit(image, "a red square", "a blue circle", seed=4, **KW)
+    editor.components.denoiser = auto = TracedUNet(editor.unet, after=3, freeze=False, max_cells=AUTO_CELLS)
+    first = editor.edit(image, "a red square", "a blue circle", seed=4, **KW)  # traces the shapes called 4+ times
+    traced = len(auto._traces)
+    again = editor.edit(image, "a red square", "a blue circle", seed=4, **KW)
+    assert traced >= 2 and len(auto._traces) > traced  # the shapes called once or thrice an edit join on the second
+    for res in (first, again):
+        assert np.array_equal(np.asarray(res.image), np.asarray(plain.image)) and torch.equal(res.soft, plain.soft)
+    x, e = torch.randn(1, 4, 8, 8), editor.components.encode_prompts(["a dog"])
+    before = len(auto._traces)
+    for _ in range(5):
+        auto(x, 10, encoder_hidden_states=e)
+    editor.unet.set_attn_processor(AttnProcessor())  # another processor: the old trace would run the old one
+    for _ in range(5):
+        auto(x, 10, encoder_hidden_states=e)
+    assert len(auto._traces) == before + 2
+    large = TracedUNet(editor.unet, after=0, max_cells=8 * 8 - 1)
+    large(x, 10, encoder_hidden_states=e)
+    assert not large._traces
 
 
 def test_guided_filter_snaps_a_blurred_map_to_the_guide_edge():

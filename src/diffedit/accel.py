@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["TracedUNet", "CompiledUNet"]
+__all__ = ["TracedUNet", "CompiledUNet", "auto_traced", "AUTO_AFTER", "AUTO_CELLS"]
 
 
 @dataclass
@@ -35,28 +35,57 @@ class _Positional(torch.nn.Module):
 
 
 class TracedUNet:
-    """Callable like a UNet2DConditionModel (`unet(x, t, encoder_hidden_states=e).sample`), traced per shape."""
+    """Callable like a UNet2DConditionModel (`unet(x, t, encoder_hidden_states=e).sample`), traced per shape.
 
-    def __init__(self, unet):
+    after: plain calls of a shape before it is traced (0: at once). freeze: inline the weights (a little faster;
+    the trace then keeps the weights of its moment). max_cells: trace only CPU inputs of at most this many latent
+    cells (None: any input), where a forward is Python-bound. A trace is keyed by the input's shape and by the
+    UNet's parameters and attention processors (and, frozen, their versions), so swapping either retraces.
+    """
+
+    def __init__(self, unet, *, after: int = 0, freeze: bool = True, max_cells: int | None = None):
         self.unet = unet
+        self.after, self.freeze, self.max_cells = after, freeze, max_cells
         self._traces: dict[tuple, torch.jit.ScriptModule] = {}
+        self._calls: dict[tuple, int] = {}
+        self._attention = [m for m in unet.modules() if hasattr(m, "processor")]
 
     def __getattr__(self, name):  # config, device, dtype ... come from the wrapped UNet
         return getattr(self.unet, name)
 
+    def _state(self) -> tuple:
+        params = list(self.unet.parameters())
+        versions = sum(p._version for p in params) if self.freeze else 0  # in-place changes reach an unfrozen trace
+        return tuple(id(m.processor) for m in self._attention), tuple(id(p) for p in params), versions
+
     @torch.no_grad()
     def __call__(self, sample, timestep, encoder_hidden_states=None, **kwargs) -> _Output:
-        if kwargs:  # cross_attention_kwargs and the like: not traced
+        small = self.max_cells is None or (sample.device.type == "cpu" and sample.shape[-2] * sample.shape[-1] <= self.max_cells)
+        if kwargs or not small:  # cross_attention_kwargs and the like, or a compute-bound input: not traced
             return _Output(self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, **kwargs).sample)
         t = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(sample.shape[0]).to(torch.long)
-        key = (tuple(sample.shape), tuple(encoder_hidden_states.shape), sample.dtype, str(sample.device))
+        key = (tuple(sample.shape), tuple(encoder_hidden_states.shape), sample.dtype, str(sample.device), self._state())
         trace = self._traces.get(key)
         if trace is None:
+            self._calls[key] = calls = self._calls.get(key, 0) + 1
+            if calls <= self.after:
+                return _Output(self.unet(sample, t, encoder_hidden_states=encoder_hidden_states).sample)
             with warnings.catch_warnings():  # shape checks frozen into the trace: it is keyed by shape
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 trace = torch.jit.trace(_Positional(self.unet).eval(), (sample, t, encoder_hidden_states), check_trace=False)
-            trace = self._traces[key] = torch.jit.freeze(trace.eval())
+            trace = self._traces[key] = torch.jit.freeze(trace.eval()) if self.freeze else trace
         return _Output(trace(sample, t, encoder_hidden_states))
+
+
+def auto_traced(unet) -> TracedUNet:
+    """The editor's default on every device: on a CPU, inputs of at most AUTO_CELLS latent cells are traced once a
+    shape has run AUTO_AFTER times (a long-lived editor: a batch, the web UI, a loop of edits), unfrozen (the weights
+    stay shared); anything else runs the plain UNet. The outputs are the plain UNet's, bit for bit."""
+    return TracedUNet(unet, after=AUTO_AFTER, freeze=False, max_cells=AUTO_CELLS)
+
+
+AUTO_AFTER = 48  # a shape's calls before it is traced: three default edits; a one-off edit (16 calls a shape) never traces
+AUTO_CELLS = 32 * 32  # latents of 256 x 256 px and less: Python-bound forwards (the embedded model's are 16 x 16)
 
 
 class CompiledUNet:

@@ -52,6 +52,7 @@ class DiffEditor:
         self.components = Components(vae, unet, text_encoder, tokenizer, ddim_scheduler(scheduler), name)
         self.components.progress = {"disable": not progress}
         self.acceleration: str | None = None  # the method behind `denoiser`, re-applied after .to()
+        self.accelerate("auto")  # bit-identical outputs; a long-lived editor's small CPU edits get traced UNet calls
 
     # ------------------------------------------------------------------ construction and placement
     @classmethod
@@ -95,13 +96,14 @@ class DiffEditor:
         return self.accelerate(self.acceleration)  # traces hold the old device/dtype: take them again
 
     def accelerate(self, method: str | None = "trace") -> "DiffEditor":
-        """Route UNet calls through a faster equivalent: "trace" (TorchScript per shape, accel.py), "compile"
-        (torch.compile; CUDA graphs on CUDA; minutes to compile), or None for the plain UNet."""
-        if method not in (None, "trace", "compile"):
-            raise ValueError(f"accelerate method must be 'trace', 'compile' or None, got {method!r}")
-        from .accel import CompiledUNet, TracedUNet
+        """Route UNet calls through a faster equivalent: "auto" (the default: small CPU inputs traced once a shape
+        repeats, accel.auto_traced), "trace" (TorchScript per shape at once), "compile" (torch.compile; CUDA graphs
+        on CUDA; minutes to compile), or None for the plain UNet."""
+        if method not in (None, "auto", "trace", "compile"):
+            raise ValueError(f"accelerate method must be 'auto', 'trace', 'compile' or None, got {method!r}")
+        from .accel import CompiledUNet, TracedUNet, auto_traced
 
-        wrap = {None: lambda unet: unet, "trace": TracedUNet, "compile": CompiledUNet}[method]
+        wrap = {None: lambda unet: unet, "auto": auto_traced, "trace": TracedUNet, "compile": CompiledUNet}[method]
         self.components.denoiser = wrap(self.components.unet)
         self.acceleration = method
         return self

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from diffedit.bench.baselines import diffusers_edit, diffusers_pipeline
+from diffedit.accel import AUTO_AFTER
 from diffedit.bench.models import load_bench_editor
 from diffedit.devices import resolve_device
 from diffedit.images import save_json
@@ -133,6 +134,22 @@ OUR_METHODS = ("fast", "default", "quality", "one_decoding")  # the presets, and
 METHODS = (*OUR_METHODS, "diffusers")
 
 
+def _accelerate(editor, accel: str | None, dev: torch.device) -> str:
+    """Put our UNet behind `accel` (None: the editor's default); returns the report's note on it."""
+    if accel is None:
+        if editor.acceleration == "auto" and dev.type == "cpu":
+            return ("ours runs its default accelerate('auto'): small CPU inputs traced once a shape has run "
+                    f"{AUTO_AFTER} times, so the warm-up repeats ours until nothing new is traced (a long-lived editor; "
+                    "a one-off edit runs the plain UNet: --accel none times that); diffusers runs the plain UNet")
+        return "ours runs the plain UNet here (its default 'auto' traces only small CPU inputs)"
+    editor.accelerate(None if accel == "none" else accel)
+    if accel == "none":
+        return "ours runs the plain UNet (accelerate(None)), as a one-off edit does"
+    what = "compiled (CUDA graphs on CUDA)" if accel == "compile" else "traced"
+    return (f"ours runs the UNet through accelerate({accel!r}), {what} in the warm-up; "
+            "diffusers' pipeline runs the plain UNet, as its defaults do")
+
+
 def _our_options(name: str, steps: int, strength: float, mask_noises: int) -> EditOptions:
     """A preset's options; "one_decoding": the work diffusers' pipeline does (one decoding at `steps` and `strength`,
     the target prompt's map alone from `mask_noises` noises, no candidates)."""
@@ -189,11 +206,7 @@ def run_speed(
         notes.append(f"VAE cast from {editor.vae.dtype} to {editor.unet.dtype} for both methods (diffusers needs one dtype)")
         editor.vae.to(editor.unet.dtype)
     pipe = diffusers_pipeline(editor)  # built before acceleration: diffusers always runs the plain UNet
-    if accel is not None:
-        editor.accelerate(accel)
-        what = "compiled (CUDA graphs on CUDA)" if accel == "compile" else "traced"
-        notes.append(f"ours runs the UNet through accelerate({accel!r}), {what} in the warm-up; "
-                     "diffusers' pipeline runs the plain UNet, as its defaults do")
+    notes.append(_accelerate(editor, accel, dev))
     images = _images(size, batch)
     source, target = _prompts(editor.tokenizer)
     options = {m: _our_options(m, steps, strength, mask_noises) for m in methods if m != "diffusers"}
@@ -201,7 +214,7 @@ def run_speed(
     runners["diffusers"] = _diffusers_runner(pipe, images, source, target, steps, strength, mask_noises, dev)
 
     # 3. Warm-up (excluded), counting the network rows of one call of each; 4. timed runs, interleaved
-    rows, runs, peaks = _measure(runners, editor, dev, repeats, counted=accel is None)
+    rows, runs, peaks = _measure(runners, editor, dev, repeats, counted=accel in (None, "none"))
 
     # 5. Report
     report = {
@@ -264,8 +277,9 @@ def _diffusers_runner(pipe, images: list, source: str, target: str, steps: int, 
 
 
 def _measure(methods: dict, editor, dev: torch.device, repeats: int, *, counted: bool) -> tuple[dict, dict, dict]:
-    """Warm each method up once (counting its network rows unless a fast path hides the calls from hooks: traced
-    calls are not seen, and a compiled UNet would trace the hooks in), then time `repeats` interleaved runs with
+    """Warm each method up once (counting its network rows on the plain UNet: traced calls are not seen by hooks, and
+    a compiled UNet would trace the hooks in; skipped under an explicit fast path), warm ours up until the default
+    "auto" acceleration has traced every shape it will (a long-lived editor), then time `repeats` interleaved runs with
     their peak memory. Returns (rows, runs, peaks) by method name."""
     rows: dict[str, dict | None] = {}
     for name, fn in methods.items():
@@ -273,9 +287,21 @@ def _measure(methods: dict, editor, dev: torch.device, repeats: int, *, counted:
             fn()
             rows[name] = None
             continue
-        with _RowCounter(editor) as counter:
-            fn()
+        denoiser, editor.components.denoiser = editor.components.denoiser, editor.unet
+        try:
+            with _RowCounter(editor) as counter:
+                fn()
+        finally:
+            editor.components.denoiser = denoiser
         rows[name] = counter.rows
+    traces = getattr(editor.denoiser, "_traces", None)
+    for _ in range(8 if traces is not None else 0):  # until a round of every method traces nothing new
+        before = len(traces)
+        for name, fn in methods.items():
+            if name != "diffusers":
+                fn()
+        if len(traces) == before:
+            break
     runs: dict[str, list] = {name: [] for name in methods}
     peaks: dict[str, list] = {name: [] for name in methods}
     for _ in range(repeats):

@@ -130,7 +130,10 @@ def speed(
     batch: int = typer.Option(SPEED["batch"], "--batch", "-b", help="Images per edit: ours in one call, diffusers in a loop."),
     repeats: int = typer.Option(SPEED["repeats"], "--repeats", help="Timed runs per method (median); a warm-up run is excluded."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the UNet (CUDA only)."),
-    accel: Optional[str] = typer.Option(None, "--accel", help="Our fast path: 'trace' (TorchScript per shape)."),
+    accel: Optional[str] = typer.Option(
+        None, "--accel", help="Our UNet: 'none' (plain, as a one-off edit), 'trace' (TorchScript per shape at once); "
+        "default: the editor's own 'auto' (small CPU inputs traced once a shape repeats).",
+    ),
     methods: str = typer.Option(
         ",".join(SPEED["methods"]), "--methods",
         help="Comma-separated: presets fast, default, quality (as a user gets them); one_decoding (the work diffusers' "
