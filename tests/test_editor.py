@@ -268,9 +268,14 @@ def test_traced_fast_path_equals_the_plain_path(editor, image):
         editor.accelerate("warp")
 
 
+def first_calls(result) -> int:
+    """UNet calls of one default edit with KW's 10 steps: a mask pass, 10 inversion and 10 decoding steps, scoring."""
+    return 1 + 10 + 10 + 1
+
+
 def test_auto_acceleration_traces_repeated_small_cpu_shapes_with_the_same_outputs(editor, image):
-    """The default: plain calls until a shape repeats `after` times, then an unfrozen trace, bit for bit the plain UNet's
-    outputs; another attention processor retraces; inputs above max_cells are never traced."""
+    """The default: plain calls until the editor has made `after` of them, then unfrozen traces, bit for bit the plain
+    UNet's outputs; another attention processor retraces; inputs above max_cells are never traced."""
     from diffusers.models.attention_processor import AttnProcessor
 
     from diffedit.accel import AUTO_AFTER, AUTO_CELLS, TracedUNet
@@ -278,11 +283,11 @@ def test_auto_acceleration_traces_repeated_small_cpu_shapes_with_the_same_output
     assert DiffEditor.from_components(editor.components).acceleration == "auto"
     assert editor.denoiser.after == AUTO_AFTER and not editor.denoiser.freeze and editor.denoiser.max_cells == AUTO_CELLS
     plain = editor.accelerate(None).edit(image, "a red square", "a blue circle", seed=4, **KW)
-    editor.components.denoiser = auto = TracedUNet(editor.unet, after=3, freeze=False, max_cells=AUTO_CELLS)
-    first = editor.edit(image, "a red square", "a blue circle", seed=4, **KW)  # traces the shapes called 4+ times
+    editor.components.denoiser = auto = TracedUNet(editor.unet, after=12, freeze=False, max_cells=AUTO_CELLS)
+    first = editor.edit(image, "a red square", "a blue circle", seed=4, **KW)  # traces from the 13th call on
     traced = len(auto._traces)
     again = editor.edit(image, "a red square", "a blue circle", seed=4, **KW)
-    assert traced >= 2 and len(auto._traces) > traced  # the shapes called once or thrice an edit join on the second
+    assert auto.calls == 2 * first_calls(plain) and traced >= 1 and len(auto._traces) > traced  # early shapes join later
     for res in (first, again):
         assert np.array_equal(np.asarray(res.image), np.asarray(plain.image)) and torch.equal(res.soft, plain.soft)
     x, e = torch.randn(1, 4, 8, 8), editor.components.encode_prompts(["a dog"])
@@ -429,11 +434,11 @@ def test_compiled_unet_marks_a_cuda_graph_step_per_call(editor, image, monkeypat
         steps.clear()
         res = editor.edit(image, "a red square", "a blue circle", seed=0, **KW)  # + candidates r = 1 and caption
         top = ddim_grid(editor.scheduler, res.options.num_inference_steps, 1.0).num_steps
-        # the walks share one batch (top calls), and so do the candidates' decodings
-        assert len(steps) == 1 + top + top + len(res.options.rerank_levels)
+        # the walks share one batch (top calls), and so do the candidates' decodings; the scoring is one call
+        assert len(steps) == 1 + top + top + 1
         steps.clear()
         res = editor.edit(image, "a red square", "a blue circle", seed=0, noise_candidates=(0.5,), **KW)  # + noise
-        assert len(steps) == 1 + top + top + len(res.options.rerank_levels)
+        assert len(steps) == 1 + top + top + 1
     finally:
         editor.accelerate(None)
 

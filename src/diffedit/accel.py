@@ -37,26 +37,27 @@ class _Positional(torch.nn.Module):
 class TracedUNet:
     """Callable like a UNet2DConditionModel (`unet(x, t, encoder_hidden_states=e).sample`), traced per shape.
 
-    after: plain calls of a shape before it is traced (0: at once). freeze: inline the weights (a little faster;
-    the trace then keeps the weights of its moment). max_cells: trace only CPU inputs of at most this many latent
-    cells (None: any input), where a forward is Python-bound. A trace is keyed by the input's shape and by the
-    UNet's parameters and attention processors (and, frozen, their versions), so swapping either retraces.
+    after: calls (of any shape) that run the plain UNet before shapes are traced (0: at once). freeze: inline the
+    weights (a little faster; the trace then keeps the weights of its moment). max_cells: trace only CPU inputs of at
+    most this many latent cells (None: any input), where a forward is Python-bound. A trace is keyed by the input's
+    shape and the attention processors (and, frozen, the weights' versions): setting another processor, or changing
+    a frozen trace's weights in place, retraces; replacing the UNet's modules needs `DiffEditor.accelerate` again.
     """
 
     def __init__(self, unet, *, after: int = 0, freeze: bool = True, max_cells: int | None = None):
         self.unet = unet
         self.after, self.freeze, self.max_cells = after, freeze, max_cells
+        self.calls = 0  # calls so far, traced or not
         self._traces: dict[tuple, torch.jit.ScriptModule] = {}
-        self._calls: dict[tuple, int] = {}
         self._attention = [m for m in unet.modules() if hasattr(m, "processor")]
+        self._params = list(unet.parameters())
 
     def __getattr__(self, name):  # config, device, dtype ... come from the wrapped UNet
         return getattr(self.unet, name)
 
     def _state(self) -> tuple:
-        params = list(self.unet.parameters())
-        versions = sum(p._version for p in params) if self.freeze else 0  # in-place changes reach an unfrozen trace
-        return tuple(id(m.processor) for m in self._attention), tuple(id(p) for p in params), versions
+        versions = sum(p._version for p in self._params) if self.freeze else 0  # in-place changes reach an unfrozen trace
+        return tuple(id(m.processor) for m in self._attention), versions
 
     @torch.no_grad()
     def __call__(self, sample, timestep, encoder_hidden_states=None, **kwargs) -> _Output:
@@ -66,9 +67,9 @@ class TracedUNet:
         t = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(sample.shape[0]).to(torch.long)
         key = (tuple(sample.shape), tuple(encoder_hidden_states.shape), sample.dtype, str(sample.device), self._state())
         trace = self._traces.get(key)
+        self.calls += 1
         if trace is None:
-            self._calls[key] = calls = self._calls.get(key, 0) + 1
-            if calls <= self.after:
+            if self.calls <= self.after:
                 return _Output(self.unet(sample, t, encoder_hidden_states=encoder_hidden_states).sample)
             with warnings.catch_warnings():  # shape checks frozen into the trace: it is keyed by shape
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
@@ -78,13 +79,13 @@ class TracedUNet:
 
 
 def auto_traced(unet) -> TracedUNet:
-    """The editor's default on every device: on a CPU, inputs of at most AUTO_CELLS latent cells are traced once a
-    shape has run AUTO_AFTER times (a long-lived editor: a batch, the web UI, a loop of edits), unfrozen (the weights
-    stay shared); anything else runs the plain UNet. The outputs are the plain UNet's, bit for bit."""
+    """The editor's default on every device: on a CPU, inputs of at most AUTO_CELLS latent cells are traced once the
+    editor has made AUTO_AFTER UNet calls (a long-lived editor: a batch, the web UI, a loop of edits), unfrozen (the
+    weights stay shared); anything else runs the plain UNet. The outputs are the plain UNet's, bit for bit."""
     return TracedUNet(unet, after=AUTO_AFTER, freeze=False, max_cells=AUTO_CELLS)
 
 
-AUTO_AFTER = 48  # a shape's calls before it is traced: three default edits; a one-off edit (16 calls a shape) never traces
+AUTO_AFTER = 120  # UNet calls before tracing: a one-off edit never traces (default 44 calls, quality preset 106)
 AUTO_CELLS = 32 * 32  # latents of 256 x 256 px and less: Python-bound forwards (the embedded model's are 16 x 16)
 
 

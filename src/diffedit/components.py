@@ -17,6 +17,19 @@ __all__ = ["Components", "Prompt"]
 
 Prompt = Union[str, torch.Tensor]  # a prompt's text, or its embeddings (L, D) / (1, L, D)
 
+
+def device_of(module) -> torch.device:
+    """A module's device from its first parameter (diffusers' `.device` walks every submodule: ~1 ms a call)."""
+    first = next(module.parameters(), None)
+    return module.device if first is None else first.device
+
+
+def dtype_of(module) -> torch.dtype:
+    """A module's dtype from its first floating-point parameter (diffusers' `.dtype` walks every submodule)."""
+    first = next((p for p in module.parameters() if p.is_floating_point()), None)
+    return module.dtype if first is None else first.dtype
+
+
 @dataclass
 class Components:
     """The parts of an SD-shaped latent diffusion model that an edit uses, and the calls stages make on them."""
@@ -36,11 +49,11 @@ class Components:
 
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        return device_of(self.unet)
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.unet.dtype
+        return dtype_of(self.unet)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -60,7 +73,7 @@ class Components:
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> (B, C, h, w) scaled latents (posterior mean: deterministic)."""
-        z = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist.mean
+        z = self.vae.encode(pixels.to(device_of(self.vae), dtype_of(self.vae))).latent_dist.mean
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
         return ((z - shift) * self.vae.config.scaling_factor).to(self.dtype)
 
@@ -68,7 +81,7 @@ class Components:
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) scaled latents -> (B, 3, H, W) float32 images in [-1, 1]."""
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        z = latents.to(self.vae.dtype) / self.vae.config.scaling_factor + shift
+        z = latents.to(dtype_of(self.vae)) / self.vae.config.scaling_factor + shift
         return self.vae.decode(z).sample.float().clamp(-1, 1)
 
     def encode_prompts(self, prompts: Sequence[Prompt]) -> torch.Tensor:

@@ -47,20 +47,24 @@ def denoising_errors(
     weights = region.reshape(k, 1, *latents.shape[-2:]).to(torch.float32)
     weights = torch.where(weights.sum((1, 2, 3), keepdim=True) > 0, weights, torch.ones_like(weights))
     weights = weights / weights.sum((1, 2, 3), keepdim=True)  # (K, 1, h, w), sums to 1 per candidate
+    # Every timestep's rows (timestep, noise, prompt, candidate) in one batch, chunked by max_batch
+    alphas = [float(alphas_cumprod[t]) for t in timesteps]
+    eps_true = noises.to(latents)[:, :, None, None]  # (T, S, 1, 1, C, h, w)
+    signal = torch.tensor([a**0.5 for a in alphas], dtype=torch.float64).to(latents).reshape(-1, 1, 1, 1, 1, 1, 1)
+    noise = torch.tensor([(1 - a) ** 0.5 for a in alphas], dtype=torch.float64).to(latents).reshape(-1, 1, 1, 1, 1, 1, 1)
+    noisy = (signal * latents + noise * eps_true).expand(t_count, s, p, k, *latents.shape[1:])
+    emb = embeddings[None, None, :, None].expand(t_count, s, p, k, *embeddings.shape[1:])
+    x, emb = noisy.reshape(-1, *latents.shape[1:]), emb.reshape(-1, *embeddings.shape[1:])
+    tt = torch.tensor(timesteps, device=x.device, dtype=torch.long).repeat_interleave(s * p * k)
+    out = torch.cat([
+        unet(x[i : i + max_batch], tt[i : i + max_batch], encoder_hidden_states=emb[i : i + max_batch]).sample
+        for i in range(0, len(x), max_batch)
+    ]).reshape(t_count, -1, *latents.shape[1:])
     errors = torch.zeros(k, p, dtype=torch.float32, device=latents.device)
-    for ti, t in enumerate(timesteps):  # rows of one timestep: (noise, prompt, candidate), flattened
-        a = float(alphas_cumprod[t])
-        eps_true = noises[ti].to(latents)[:, None, None]  # (S, 1, 1, C, h, w)
-        noisy = (a**0.5 * latents + (1 - a) ** 0.5 * eps_true).expand(s, p, k, *latents.shape[1:])
-        emb = embeddings[None, :, None].expand(s, p, k, *embeddings.shape[1:])
-        x, emb = noisy.reshape(-1, *latents.shape[1:]), emb.reshape(-1, *embeddings.shape[1:])
-        out = torch.cat([
-            unet(x[i : i + max_batch], torch.full((len(x[i : i + max_batch]),), int(t), device=x.device, dtype=torch.long),
-                 encoder_hidden_states=emb[i : i + max_batch]).sample
-            for i in range(0, len(x), max_batch)
-        ])
-        eps, _ = model_output_to_eps_x0(out.float(), x.float(), a, prediction_type)
-        se = (eps.reshape(s, p, k, *latents.shape[1:]) - eps_true.float()).pow(2).mean(3, keepdim=True)  # (S, P, K, 1, h, w)
+    for ti, alpha in enumerate(alphas):
+        rows = x.reshape(t_count, -1, *latents.shape[1:])[ti]
+        eps, _ = model_output_to_eps_x0(out[ti].float(), rows.float(), alpha, prediction_type)
+        se = (eps.reshape(s, p, k, *latents.shape[1:]) - eps_true[ti].float()).pow(2).mean(3, keepdim=True)  # (S, P, K, 1, h, w)
         errors += (se * weights.to(se)).sum((3, 4, 5)).sum(0).T  # (K, P)
     return errors / (t_count * s)
 

@@ -114,7 +114,7 @@ class EditOptions:
 # Presets: speed against quality in one word (`edit(..., preset="fast")`, `diffedit edit --preset fast`); each is a
 # set of EditOptions fields over the defaults. docs/benchmarks.md has their seconds and ShapeEdit figures.
 PRESETS: dict[str, dict[str, Any]] = {
-    "fast": dict(num_inference_steps=10, strength=0.9, caption_candidate=False),  # one decoding in 10 steps, no scoring
+    "fast": dict(num_inference_steps=10, strength=0.9, caption_candidate=False, mask_noises=5),  # one decoding, 10 steps
     "default": {},  # EditOptions() itself: two candidates over 20 steps, scored at 3 levels x 4 noises
     "quality": dict(  # the default until 2026-12-02: three candidates over 50 steps, scored at 5 levels x 8 noises
         num_inference_steps=50, strength=0.8, extra_strengths=(1.0,), caption_strength=None, rerank_noises=8,

@@ -138,8 +138,8 @@ def _accelerate(editor, accel: str | None, dev: torch.device) -> str:
     """Put our UNet behind `accel` (None: the editor's default); returns the report's note on it."""
     if accel is None:
         if editor.acceleration == "auto" and dev.type == "cpu":
-            return ("ours runs its default accelerate('auto'): small CPU inputs traced once a shape has run "
-                    f"{AUTO_AFTER} times, so the warm-up repeats ours until nothing new is traced (a long-lived editor; "
+            return ("ours runs its default accelerate('auto'): small CPU inputs traced after the editor's first "
+                    f"{AUTO_AFTER} UNet calls, so the warm-up repeats ours until nothing new is traced (a long-lived editor; "
                     "a one-off edit runs the plain UNet: --accel none times that); diffusers runs the plain UNet")
         return "ours runs the plain UNet here (its default 'auto' traces only small CPU inputs)"
     editor.accelerate(None if accel == "none" else accel)
