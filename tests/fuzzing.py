@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, TiffImagePlugin
 
 from diffedit.bounds import BOUNDS, MAX_PROMPT_CHARS
 
@@ -27,7 +27,8 @@ MODES = ["1", "L", "P", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "I", "F", 
          "I;16", "I;16B", "I;16L", "I;16N"]
 SAVE_AS = {  # formats that store a mode as it is
     "PNG": {"1", "L", "P", "RGB", "RGBA", "LA", "I;16", "I;16B"},
-    "TIFF": {"1", "L", "P", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "I", "F", "LA", "PA", "RGBX", "I;16", "I;16B", "I;16L"},
+    "TIFF": {"1", "L", "P", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "I", "F", "LA", "PA", "RGBX", "I;16", "I;16B", "I;16L"}
+    & set(TiffImagePlugin.SAVE_INFO),  # PIL 11 writes no I;16L TIFF
     "JPEG": {"L", "RGB", "CMYK", "YCbCr"},
     "WEBP": {"RGB", "RGBA"},
     "BMP": {"1", "L", "P", "RGB"},

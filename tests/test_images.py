@@ -39,6 +39,19 @@ def test_modes_become_8bit_rgb(tmp_path, mode):
         assert abs(int(np.asarray(out)[0, 0, 0]) - 128) <= 1
 
 
+def test_ycbcr_tiff_files_keep_their_colours(tmp_path):
+    """PIL writes a YCbCr image to TIFF uncompressed; PIL 12 opened such a file as RGB of 4 bytes a pixel and failed
+    ("image file is truncated"): every compression PIL writes reads back in its colours."""
+    rgb = np.zeros((20, 24, 3), np.uint8)
+    rgb[:, :12] = (200, 40, 30)
+    rgb[:, 12:] = (20, 60, 210)
+    for compression in (None, "tiff_lzw", "packbits"):
+        path = tmp_path / f"ycc-{compression}.tif"
+        Image.fromarray(rgb).convert("YCbCr").save(path, compression=compression)
+        out = load_image(path)
+        assert out.size == (24, 20) and np.abs(np.asarray(out).astype(int) - rgb).max() <= 3, compression
+
+
 def test_transparency_is_composited_over_white():
     rgba = np.zeros((20, 20, 4), np.uint8)
     rgba[..., 0] = 255

@@ -89,6 +89,7 @@ def _open(source: ImageInput, max_pixels: int | None = None, expect: tuple[int, 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked below
             image = Image.open(path)
+        _read_ycbcr_tiff_as_stored(image)
     except Image.DecompressionBombError as e:
         raise ValueError(f"cannot read {path}: its header claims a huge image ({e})") from e
     except UnidentifiedImageError as e:
@@ -107,6 +108,17 @@ def _open(source: ImageInput, max_pixels: int | None = None, expect: tuple[int, 
     except Exception as e:  # truncated or corrupt pixel data
         raise ValueError(f"cannot read {path} as an image: {type(e).__name__}: {e}") from e
     return image
+
+
+def _read_ycbcr_tiff_as_stored(image: Image.Image) -> None:
+    """An uncompressed YCbCr TIFF (what PIL writes for a YCbCr image) read as YCbCr. PIL before 13 opens one as RGB
+    with 4 bytes a pixel and fails on its pixels ("image file is truncated"); PIL 13 reads it as YCbCr, as here."""
+    tags = getattr(image, "tag_v2", None)
+    if tags is None or tags.get(0x0106) != 6 or image.mode != "RGB" or not image.tile:  # photometric: YCbCr
+        return
+    if all(t.codec_name == "raw" and t.args[0] == "RGBX" for t in image.tile):  # 3 samples a pixel, unpacked as 4
+        image.tile = [t._replace(args=("YCbCr", *t.args[1:])) for t in image.tile]
+        image._mode = "YCbCr"
 
 
 def _take_orientation(image: Image.Image) -> int:
