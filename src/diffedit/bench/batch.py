@@ -21,6 +21,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from diffedit.results import EditOptions
+
+STEPS = EditOptions.num_inference_steps  # the edit's default steps
+
 __all__ = ["write_shapeworld_manifest", "run_throughput", "run_resume", "resume_ok", "format_throughput", "format_resume"]
 
 
@@ -77,7 +81,7 @@ def _compare(single: Path, batch: Path, ids: list[str]) -> dict[str, Any]:
 
 
 def run_throughput(
-    workdir: Path, *, jobs: int = 8, seed: int = 0, model: str | None = None, steps: int = 50, batch_size: int = 8,
+    workdir: Path, *, jobs: int = 8, seed: int = 0, model: str | None = None, steps: int = STEPS, batch_size: int = 8,
     one_candidate: bool = False, threads: int | None = None, targets_per_image: int = 1,
 ) -> dict[str, Any]:
     """Edits per second of one `diffedit edit` process per job and of one `diffedit batch` run, on the same jobs,
@@ -186,7 +190,7 @@ def _results(output: Path) -> list[dict[str, Any]]:
 
 def run_resume(
     workdir: Path, *, jobs: int = 200, seed: int = 0, kill_seed: int | None = None, model: str | None = None,
-    steps: int = 50, batch_size: int = 8, one_candidate: bool = False, threads: int | None = None, targets_per_image: int = 2,
+    steps: int = STEPS, batch_size: int = 8, one_candidate: bool = False, threads: int | None = None, targets_per_image: int = 2,
     manifest: Path | None = None,
 ) -> dict[str, Any]:
     """Run `diffedit batch` on `jobs` ShapeWorld jobs, SIGKILL it after a random number of written jobs (and a random

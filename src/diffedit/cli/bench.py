@@ -19,6 +19,7 @@ from diffedit.bench import quality as quality_lib
 from diffedit.bench import speed as speed_lib
 from diffedit.cli.common import check_range, check_seed, edit_options, fail, quiet_libraries, require, resolve_device
 from diffedit.cli.common import resolve_dtype, set_threads
+from diffedit.results import EditOptions
 
 bench_app = typer.Typer(
     no_args_is_help=True,
@@ -215,7 +216,7 @@ def composite_sweep(
 
 
 # options the two batch benchmarks share
-BATCH_STEPS = typer.Option(50, "--steps", help="DDIM steps over the full noise range.")
+BATCH_STEPS = typer.Option(EditOptions.num_inference_steps, "--steps", help="DDIM steps over the full noise range.")
 BATCH_SIZE = typer.Option(8, "--batch-size", "-b", help="Jobs per model call of diffedit batch.")
 BATCH_ONE = typer.Option(False, "--one-candidate", help="One decoding per edit, no scoring (both sides).")
 BATCH_WORKDIR = typer.Option(
