@@ -250,3 +250,18 @@ def test_options_doc_lists_every_field_with_its_default():
     defaults = json.loads(json.dumps(asdict(EditOptions())))
     assert list(rows) == [f.name for f in fields(EditOptions)]
     assert rows == defaults
+
+
+def test_options_doc_lists_every_preset_with_its_fields():
+    import re
+
+    from diffedit.results import PRESETS
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "options.md").read_text()
+    rows = {}
+    for line in doc.split("## Presets", 1)[1].split("\n## ", 1)[0].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0].startswith("`"):
+            pairs = re.findall(r"`(\w+)=([^`]+)`", cells[1])
+            rows[cells[0].strip("`")] = {k: json.loads(v) for k, v in pairs}
+    assert rows == json.loads(json.dumps(PRESETS))
