@@ -261,7 +261,7 @@ def test_options_doc_lists_every_preset_with_its_fields():
     rows = {}
     for line in doc.split("## Presets", 1)[1].split("\n## ", 1)[0].splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 3 and cells[0].startswith("`"):
+        if line.startswith("|") and len(cells) == 3 and cells[0].startswith("`"):
             pairs = re.findall(r"`(\w+)=([^`]+)`", cells[1])
             rows[cells[0].strip("`")] = {k: json.loads(v) for k, v in pairs}
     assert rows == json.loads(json.dumps(PRESETS))
