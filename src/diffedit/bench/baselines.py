@@ -53,6 +53,7 @@ OURS_VARIANTS: dict[str, dict] = {
     #   a fourth candidate (half fresh noise in the mask at r = 1), scored also against the empty prompt: not default
     # the paper's single decoding at r
     "ours_one_candidate": {"extra_strengths": (), "noise_candidates": (), "caption_candidate": False},
+    "ours_attention_mask": {"method": "diffedit_attention_mask"},  # the mask from the changed words' cross-attention
 }
 
 

@@ -1,9 +1,10 @@
 """The stages an edit is composed of, one protocol per kind, registered by name (registry.py).
 
-Floors, bottom up: registry, noise, batch -> masking, inverting, decoding -> candidates, finishing.
+Floors, bottom up: registry, noise, batch -> masking, inverting, decoding -> attention_mask, candidates, finishing.
 Importing this package registers every built-in stage.
 """
 
+from .attention_mask import CrossAttentionMask
 from .batch import Batch, prepare_batch
 from .candidates import Candidate, ModelScoreSelector, plan_candidates, stack_candidates
 from .decoding import MaskedDDIMDecoder, noised_start
@@ -14,6 +15,7 @@ from .noise import STREAMS, NoiseStreams, resolve_seeds
 from .registry import KINDS, METHODS, Method, method, register, stage
 
 __all__ = [
+    "CrossAttentionMask",
     "Batch", "prepare_batch", "Candidate", "ModelScoreSelector", "plan_candidates", "stack_candidates", "MaskedDDIMDecoder",
     "noised_start",
     "CompositeFinisher", "mask_images", "snap_to_edit", "DDIMInverter", "JobMasks", "NoiseDifferenceMask",

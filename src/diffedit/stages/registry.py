@@ -52,6 +52,8 @@ METHODS: dict[str, Method] = {
     # DiffEdit (Couairon et al. 2023): noise-difference mask, DDIM inversion, masked DDIM decoding with
     # same-level blending; candidates scored by the model; edge-snapped pixel composite
     "diffedit": Method("noise_difference", "ddim", "masked_ddim", "model_score", "composite"),
+    # DiffEdit decoding inside a mask from the changed words' cross-attention (one pass; issue 20)
+    "diffedit_attention_mask": Method("cross_attention", "ddim", "masked_ddim", "model_score", "composite"),
 }
 
 
