@@ -6,7 +6,7 @@ from diffusers import DDIMInverseScheduler, DDIMScheduler, PNDMScheduler
 
 from diffedit.inversion import ddim_invert
 from diffedit.sampling import masked_denoise
-from diffedit.schedule import ddim_grid, ddim_step, model_output_to_eps_x0
+from diffedit.schedule import ddim_grid, ddim_step, model_output_to_eps_x0, steps_at
 
 SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
           set_alpha_to_one=False, steps_offset=1)
@@ -15,7 +15,7 @@ SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", cli
 def test_grid_matches_diffusers_timesteps():
     sched = DDIMScheduler(**SD)
     grid = ddim_grid(sched, 50, 0.8)
-    assert grid.num_steps == 40
+    assert grid.num_steps == 40 == steps_at(50, 0.8) and steps_at(10, 1.0) == 10 and steps_at(20, 0.04) == 0
     sched.set_timesteps(50)
     # decoding visits the last 40 timesteps of the descending schedule, exactly as diffusers' get_timesteps
     assert grid.timesteps[1:].flip(0).tolist() == sched.timesteps[10:].tolist()

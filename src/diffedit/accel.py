@@ -85,7 +85,7 @@ def auto_traced(unet) -> TracedUNet:
     return TracedUNet(unet, after=AUTO_AFTER, freeze=False, max_cells=AUTO_CELLS)
 
 
-AUTO_AFTER = 120  # UNet calls before tracing: a one-off edit never traces (default 44 calls, quality preset 106)
+AUTO_AFTER = 120  # UNet calls before tracing: a one-off edit never traces (default 42 calls, quality preset 102)
 AUTO_CELLS = 32 * 32  # latents of 256 x 256 px and less: Python-bound forwards (the embedded model's are 16 x 16)
 
 

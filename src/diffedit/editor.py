@@ -28,7 +28,7 @@ from .errors import check_finite
 from .images import ImageInput
 from .loading import load_components
 from .results import OUTPUT_TYPES, EditOptions, EditResult, InversionResult, MaskResult, resolve_options
-from .schedule import ddim_grid, ddim_scheduler
+from .schedule import ddim_grid, ddim_scheduler, steps_at
 from .stages import (
     Batch, Candidate, JobMasks, NoiseStreams, PrecomputedMask, UserMask, mask_images, method, plan_candidates,
     prepare_batch, resolve_seeds, stack_candidates, stage,
@@ -275,7 +275,7 @@ class DiffEditor:
             if c.caption:
                 plan["caption"] = (c.strength, list(batch.sources))
         # One batch for every walk: the caption walk's rows leave it at their lower ratio
-        steps = {kind: ddim_grid(self.scheduler, options.num_inference_steps, r).num_steps for kind, (r, _) in plan.items()}
+        steps = {kind: steps_at(options.num_inference_steps, r) for kind, (r, _) in plan.items()}
         grid = ddim_grid(self.scheduler, options.num_inference_steps, max(r for r, _ in plan.values()))
         prompts = [p for _, kind_prompts in plan.values() for p in kind_prompts]
         stops = [steps[kind] for kind in plan for _ in batch.images]
@@ -302,7 +302,7 @@ class DiffEditor:
             )
         for c in candidates:
             kind = "caption" if c.caption else "unconditional"
-            need = int(options.num_inference_steps * c.strength) + 1
+            need = steps_at(options.num_inference_steps, c.strength) + 1
             prompts = [describe_prompt(p) for p in batch.sources] if c.caption else [options.inversion_prompt] * len(batch.images)
             walk = inversion.walks.get(kind)
             if walk is None or walk.shape[0] < need or inversion.prompts.get(kind) != prompts:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from diffusers import DDIMScheduler, SchedulerMixin
 
-__all__ = ["DDIMGrid", "ddim_grid", "ddim_scheduler", "ddim_step", "model_output_to_eps_x0", "sd_scheduler"]
+__all__ = ["DDIMGrid", "ddim_grid", "steps_at", "ddim_scheduler", "ddim_step", "model_output_to_eps_x0", "sd_scheduler"]
 
 
 def sd_scheduler() -> DDIMScheduler:
@@ -60,6 +60,11 @@ class DDIMGrid:
         return len(self.timesteps) - 1
 
 
+def steps_at(num_inference_steps: int, strength: float) -> int:
+    """DDIM steps N from the clean level up to encoding ratio `strength`: int(steps * strength), at most steps."""
+    return min(int(num_inference_steps * strength), num_inference_steps)
+
+
 def ddim_grid(scheduler: SchedulerMixin, num_inference_steps: int, strength: float) -> DDIMGrid:
     """Levels 0..N of a DDIM schedule of `num_inference_steps` cut at `strength` (N = int(steps * strength)).
 
@@ -73,7 +78,7 @@ def ddim_grid(scheduler: SchedulerMixin, num_inference_steps: int, strength: flo
     sched = DDIMScheduler.from_config(ddim_scheduler(scheduler).config)
     sched.set_timesteps(num_inference_steps, device="cpu")
     ascending = sched.timesteps.flip(0).to(torch.int64)  # (S,)
-    n = min(int(num_inference_steps * strength), num_inference_steps)
+    n = steps_at(num_inference_steps, strength)
     if n < 1:
         raise ValueError(
             f"strength {strength} with {num_inference_steps} steps gives no DDIM step; raise either"

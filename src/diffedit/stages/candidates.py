@@ -15,7 +15,7 @@ from ..components import Components
 from ..images import from_uint8, pad_to_multiple
 from ..masks import dilate
 from ..rerank import denoising_errors, rerank_scores
-from ..schedule import DDIMGrid
+from ..schedule import DDIMGrid, steps_at
 from .batch import Batch
 from .decoding import noised_start
 from .noise import NoiseStreams
@@ -60,7 +60,7 @@ def stack_candidates(
     their top level, which the decoder never reads."""
     levels, starts = [], []
     for c in candidates:
-        n = min(int(num_inference_steps * c.strength), num_inference_steps)  # its own grid's steps (schedule.ddim_grid)
+        n = steps_at(num_inference_steps, c.strength)
         walk = walks["caption" if c.caption else "unconditional"][: n + 1, job_image]  # (n + 1, J, C, h, w)
         if c.noise:  # each job's top level mixed with fresh noise inside its own mask
             walk = noised_start(walk, latent_mask, c.noise, job_image, noise)
