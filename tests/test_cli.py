@@ -89,7 +89,8 @@ def test_edit_defaults_are_the_librarys_and_set_reaches_every_field(tmp_path, ti
     res = runner.invoke(app, base)
     assert res.exit_code == 0, res.output
     recorded = json.loads((tmp_path / "photo_edited.json").read_text())["options"]
-    expected = EditOptions(num_inference_steps=2, extra_strengths=(), noise_candidates=(), caption_candidate=False)
+    expected = EditOptions(num_inference_steps=2, extra_strengths=(), noise_candidates=(), caption_candidate=False,
+                           inpaint_candidate=False)
     assert recorded == json.loads(json.dumps(expected.to_dict()))
     # the ablation switches that were flags of their own: --snap-edges, --no-edit-snap, --edit-trim, --whole-prompt-mask
     sets = ["mask_snap=true", "edit-snap=false", "edit_trim=0.2", "mask_per_change=false", "mask_reference=",

@@ -72,6 +72,7 @@ BOUNDS: dict[str, Bound] = {
     "extra_strengths": Bound("floats", **UNIT, low_open=True, max_items=8, why="each is one more decoding"),
     "caption_candidate": Bound("bool"),
     "caption_strength": Bound("float", **UNIT, low_open=True, optional=True, why="a fraction of the noise range"),
+    "inpaint_candidate": Bound("bool"),
     "rerank_noises": Bound("int", 1, 64, why="UNet rows of the scoring grow with it"),
     "rerank_levels": Bound("floats", **UNIT, high_open=True, min_items=1, max_items=16,
                            why="fractions of the training timesteps; UNet rows of the scoring grow with their number"),

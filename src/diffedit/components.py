@@ -41,6 +41,7 @@ class Components:
     scheduler: Any
     name: str = "custom"
     denoiser: Any = None  # what every UNet call goes through: the UNet, or an accelerated wrapper (accel.py)
+    inpaint_unet: Any = None  # a 9-channel inpainting UNet of the same family, for the inpainting candidate
     progress: dict = field(default_factory=dict)  # tqdm keyword arguments; {"disable": True} silences the bars
 
     def __post_init__(self) -> None:
@@ -66,6 +67,8 @@ class Components:
             module.to(device=device, **({"dtype": to_dtype} if to_dtype not in (None, module.dtype) else {}))
 
         move(self.unet, dtype)
+        if self.inpaint_unet is not None:
+            move(self.inpaint_unet, dtype)
         move(self.text_encoder, dtype)
         force_upcast = dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False)
         move(self.vae, torch.float32 if force_upcast else dtype)

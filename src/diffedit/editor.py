@@ -17,16 +17,16 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
+from .callbacks import as_output, step_callback
 from .components import Components, Prompt
 from .devices import parse_dtype
 from .errors import check_finite
 from .images import ImageInput
-from .loading import load_components
+from .loading import embedded_inpaint_path, load_components, load_inpaint_unet
 from .results import OUTPUT_TYPES, EditOptions, EditResult, InversionResult, MaskResult, resolve_options
 from .schedule import ddim_grid, ddim_scheduler, steps_at
 from .stages import (
@@ -34,10 +34,12 @@ from .stages import (
     prepare_batch, resolve_seeds, stack_candidates, stage,
 )
 from .stages.batch import describe_prompt
+from .stages.inpainting import InpaintingDecoder, check_inpainter, masked_image_latents
 from .stages.report import empty_mask_warnings, job_changes
 
 __all__ = ["DiffEditor"]
 
+EMBEDDED_INPAINTER = "embedded"  # inpaint_model naming the embedded ShapeWorld inpainter
 Seed = int | Sequence[int] | None
 Generator = torch.Generator | Sequence[torch.Generator] | None
 
@@ -45,11 +47,16 @@ Generator = torch.Generator | Sequence[torch.Generator] | None
 class DiffEditor:
     """Text-driven semantic image editing. Build with `DiffEditor.from_pretrained(model)`."""
 
-    def __init__(self, vae, unet, text_encoder, tokenizer, scheduler, *, name: str = "custom", progress: bool = True):
+    def __init__(
+        self, vae, unet, text_encoder, tokenizer, scheduler, *, name: str = "custom", progress: bool = True,
+        inpaint_unet=None,
+    ):
         for module in (vae, unet, text_encoder):
             module.eval()
             module.requires_grad_(False)
         self.components = Components(vae, unet, text_encoder, tokenizer, ddim_scheduler(scheduler), name)
+        if inpaint_unet is not None:
+            self.set_inpainter(inpaint_unet)
         self.components.progress = {"disable": not progress}
         self.acceleration: str | None = None  # the method behind `denoiser`, re-applied after .to()
         self.accelerate("auto")  # bit-identical outputs; a long-lived editor's small CPU edits get traced UNet calls
@@ -58,6 +65,7 @@ class DiffEditor:
     @classmethod
     def from_components(cls, components: Components, **kwargs) -> "DiffEditor":
         c = components
+        kwargs.setdefault("inpaint_unet", c.inpaint_unet)
         return cls(c.vae, c.unet, c.text_encoder, c.tokenizer, c.scheduler, name=c.name, **kwargs)
 
     @classmethod
@@ -70,11 +78,14 @@ class DiffEditor:
         config: str | None = None,
         progress: bool = True,
         dtype: torch.dtype | str | None = None,
+        inpaint_model: str | None = "auto",
     ) -> "DiffEditor":
         """Load from a hub id, a diffusers folder, a .safetensors/.ckpt file, or None (the embedded model).
 
         torch_dtype is applied while loading (fp16 weights are never built in fp32 first); None means fp32 for
-        every component. `dtype` is the old name of `torch_dtype`.
+        every component. `dtype` is the old name of `torch_dtype`. inpaint_model: an inpainting model of the same
+        family (folder, single file, hub id) whose UNet decodes one more candidate; "auto" (default): the embedded
+        inpainter with the embedded model, none otherwise; None: none.
         """
         if dtype is not None:
             if torch_dtype is not None:
@@ -83,7 +94,22 @@ class DiffEditor:
             torch_dtype = dtype
         torch_dtype = parse_dtype(torch_dtype) or torch.float32
         editor = cls.from_components(load_components(model, dtype=torch_dtype, config=config), progress=progress)
+        if inpaint_model == "auto":
+            inpaint_model = EMBEDDED_INPAINTER if model is None and embedded_inpaint_path().is_dir() else None
+        if inpaint_model is not None:
+            unet = load_inpaint_unet(None if inpaint_model == EMBEDDED_INPAINTER else inpaint_model, dtype=torch_dtype,
+                                     config=config if model is not None and Path(str(inpaint_model)).is_file() else None)
+            editor.set_inpainter(unet)
         return editor.to(device, torch_dtype)
+
+    def set_inpainter(self, unet) -> "DiffEditor":
+        """Decode one more candidate with this 9-channel inpainting UNet (`EditOptions.inpaint_candidate`), or none
+        with None. It must fit the model: the latent channels of its VAE and the width of its text embeddings."""
+        if unet is not None:
+            check_inpainter(unet, self.components.unet)
+            unet.eval().requires_grad_(False).to(self.components.device, self.components.dtype)
+        self.components.inpaint_unet = unet
+        return self
 
     def to(self, *args, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None) -> "DiffEditor":
         """Move to a device and/or dtype, as `to("cuda")`, `to(torch.float16)`, `to("cuda", "fp16")` or by keyword."""
@@ -118,6 +144,7 @@ class DiffEditor:
     tokenizer = property(lambda self: self.components.tokenizer)
     scheduler = property(lambda self: self.components.scheduler)
     denoiser = property(lambda self: self.components.denoiser)
+    inpainter = property(lambda self: self.components.inpaint_unet is not None)  # an inpainting UNet is loaded
     name = property(lambda self: self.components.name)
     device = property(lambda self: self.components.device)
     dtype = property(lambda self: self.components.dtype)
@@ -164,7 +191,7 @@ class DiffEditor:
         batch = self._batch(image, source, None, options, check_targets=False)
         latents = self.components.encode_images(batch.pixels)
         check_finite(latents, "the VAE encoding")
-        return self._invert(batch, latents, options, plan_candidates(options, batch.sources), {})
+        return self._invert(batch, latents, options, plan_candidates(options, batch.sources, self.inpainter), {})
 
     # ------------------------------------------------------------------ the edit
     @torch.no_grad()
@@ -203,7 +230,7 @@ class DiffEditor:
         batch = self._batch(image, source, target, options)
         base, seeds = resolve_seeds(seed, generator, len(batch.images))
         noise, stages = NoiseStreams(seeds), method(options.method)
-        candidates = plan_candidates(options, batch.sources)
+        candidates = plan_candidates(options, batch.sources, self.inpainter)
 
         # 2. Encode the images with the VAE (or take the clean level of a given inversion)
         if inversion is None:
@@ -246,7 +273,7 @@ class DiffEditor:
         binary, soft = mask_images(masks.soft, pixel_mask, tuple(batch.pixels.shape[-2:]), batch.size)
         edited, warnings = job_changes(batch, masks, images_u8, pixel_mask, options)
         return EditResult(
-            images=_as_output(images_u8, torch.stack(finals)[pick, jobs], output_type),
+            images=as_output(images_u8, torch.stack(finals)[pick, jobs], output_type),
             mask_images=binary, soft_images=soft, mask=masks.latent.cpu(), soft=masks.soft.float().cpu(),
             sources=[describe_prompt(p) for p in batch.job_sources],
             targets=[describe_prompt(p) for p in batch.job_target],
@@ -319,26 +346,36 @@ class DiffEditor:
         """Decode and finish every candidate: per candidate (uint8 images (J, 3, H, W), pixel masks (J, H, W)), and
         the decoded latents (J, C, h, w) of each."""
         parts, stages = self.components, method(options.method)
-        decoder, finisher = stage("decoder", stages.decoder)(), stage("finisher", stages.finisher)()
+        finisher = stage("finisher", stages.finisher)()
         h, w = batch.size
         with parts.timed(timings, "decoding"):
             negative = [options.negative_prompt if options.negative_prompt is not None else s for s in batch.job_sources]
             cond = parts.encode_prompts(batch.job_target)
             uncond = parts.encode_prompts(negative) if options.guidance_scale != 1.0 else None
-        # Every candidate's jobs in one batch: row c * J + j decodes job j of candidate c from its own level
-        grid = ddim_grid(self.scheduler, options.num_inference_steps, max(c.strength for c in candidates))
-        levels, starts = stack_candidates(walks, candidates, batch.job_image, masks.latent, noise, grid,
-                                          options.num_inference_steps)
-        jobs, k = len(batch.job_image), len(candidates)
-        cond, uncond, latent_mask = (None if t is None else t.repeat(k, *[1] * (t.dim() - 1))
-                                     for t in (cond, uncond, masks.latent))
-        callback = _step_callback(self, callback_on_step_end, candidates, starts[::jobs], jobs, grid)
-        with parts.timed(timings, "decoding"):
-            edited = decoder(parts, levels, latent_mask, cond, uncond, grid, guidance_scale=options.guidance_scale,
-                             job_image=None, starts=starts, callback=callback)
+        # Every candidate's jobs of one decoder in one batch: row c * J + j decodes job j of candidate c from its own
+        # level (the inpainting candidate has its own UNet, hence its own batch)
+        jobs, by_candidate = len(batch.job_image), {}
+        for group in ([c for c in candidates if not c.inpaint], [c for c in candidates if c.inpaint]):
+            if not group:
+                continue
+            grid = ddim_grid(self.scheduler, options.num_inference_steps, max(c.strength for c in group))
+            levels, starts = stack_candidates(walks, group, batch.job_image, masks.latent, noise, grid,
+                                              options.num_inference_steps)
+            k = len(group)
+            c_k, u_k, m_k = (None if t is None else t.repeat(k, *[1] * (t.dim() - 1)) for t in (cond, uncond, masks.latent))
+            callback = step_callback(self, callback_on_step_end, group, starts[::jobs], jobs, grid)
+            with parts.timed(timings, "decoding"):
+                if group[0].inpaint:
+                    masked = masked_image_latents(parts, batch.pixels[batch.job_image], masks.latent)
+                    decoder = InpaintingDecoder(parts.inpaint_unet, masked.repeat(k, 1, 1, 1))
+                else:
+                    decoder = stage("decoder", stages.decoder)()
+                edited = decoder(parts, levels, m_k, c_k, u_k, grid, guidance_scale=options.guidance_scale,
+                                 job_image=None, starts=starts, callback=callback)
+            by_candidate.update({c: edited[i * jobs : (i + 1) * jobs] for i, c in enumerate(group)})
         outputs, finals = [], []
-        for i, c in enumerate(candidates):
-            latents = edited[i * jobs : (i + 1) * jobs]
+        for c in candidates:
+            latents = by_candidate[c]
             check_finite(latents, f"the decoding of candidate {c.label}")
             with parts.timed(timings, "vae_decode"):
                 decoded = parts.decode_latents(latents)[:, :, :h, :w]  # (J, 3, H, W)
@@ -357,40 +394,3 @@ def _is_dtype_name(text: str) -> bool:
 
 def _fingerprint(pixels: torch.Tensor) -> str:
     return hashlib.sha1(pixels.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
-
-
-def _step_callback(editor: DiffEditor, callback_on_step_end, candidates: list[Candidate], starts: list[int], jobs: int,
-                   grid) -> Callable | None:
-    """The decoder's callback(level, latents of all rows) as diffusers' callback_on_step_end, once per candidate
-    decoding at that level: step counted from the candidate's own start, the UNet timestep just evaluated, and the
-    candidate's rows; latents it returns replace those rows."""
-    if callback_on_step_end is None:
-        return None
-
-    def call(level: int, latents: torch.Tensor):
-        out = latents
-        for i, (c, start) in enumerate(zip(candidates, starts)):
-            if start <= level:
-                continue
-            rows = slice(i * jobs, (i + 1) * jobs)
-            got = callback_on_step_end(editor, start - 1 - level, int(grid.timesteps[level + 1]),
-                                       {"latents": out[rows], "candidate": c.label})
-            replaced = got.get("latents") if isinstance(got, dict) else None
-            if replaced is not None:
-                out = out.clone() if out is latents else out
-                out[rows] = replaced
-        return None if out is latents else out
-
-    return call
-
-
-def _as_output(images_u8: torch.Tensor, latents: torch.Tensor, output_type: str):
-    """uint8 images (J, 3, H, W) as PIL images, a (J, H, W, 3) float array, a (J, 3, H, W) float tensor in [0, 1],
-    or the chosen decodings' latents (J, C, h, w) for "latent"."""
-    if output_type == "latent":
-        return latents
-    if output_type == "pt":
-        return images_u8.float() / 255.0
-    if output_type == "np":
-        return images_u8.permute(0, 2, 3, 1).numpy().astype(np.float32) / 255.0
-    return [Image.fromarray(a) for a in images_u8.permute(0, 2, 3, 1).numpy()]

@@ -189,3 +189,53 @@ def load_components(
             f"could not load model {model!r}: not a local file or folder, and not a hub id in the local "
             f"cache (this machine may have no internet). Original error: {e}"
         ) from e
+
+
+def embedded_inpaint_path() -> Path:
+    """Folder of the embedded ShapeWorld inpainting model (a 9-channel UNet fine-tuned from the embedded model)."""
+    return Path(str(resources.files("diffedit.shapeworld").joinpath("inpaint_weights")))
+
+
+def load_inpaint_unet(model: str | os.PathLike | None = None, *, dtype: torch.dtype | None = None, config: str | None = None):
+    """The 9-channel UNet of an inpainting model: None for the embedded ShapeWorld inpainter, a diffusers inpainting
+    folder (or a UNet folder), a single-file inpainting checkpoint (`config`: its diffusers configs, as for
+    `load_components`) or a hub id in the local cache. A UNet of another input width is refused by name."""
+    from diffusers import UNet2DConditionModel
+
+    kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+    path = embedded_inpaint_path() if model is None else Path(model)
+    try:
+        if path.is_file():
+            if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+                raise ValueError(f"single-file checkpoints must be .safetensors or .ckpt, got {path.name}")
+            check_weights_file(path)
+            from diffusers import StableDiffusionInpaintPipeline
+
+            extra = {"config": config} if config else {}
+            unet = StableDiffusionInpaintPipeline.from_single_file(str(path), **kwargs, **extra).unet
+        elif path.is_dir():
+            sub = {} if (path / "config.json").is_file() else {"subfolder": "unet"}
+            if not sub and not (path / "unet").is_dir() and model is not None:
+                raise ValueError(f"{path} is not an inpainting model folder (no unet/ or config.json)")
+            if model is None and not (path / "unet").is_dir():
+                raise FileNotFoundError(f"the embedded ShapeWorld inpainting model is missing from this install ({path})")
+            unet = UNet2DConditionModel.from_pretrained(str(path), **sub, **kwargs)
+        else:
+            text = str(model)
+            if text.startswith((".", "/", "~")) or text.count("/") != 1 or text.endswith(SINGLE_FILE_SUFFIXES):
+                raise FileNotFoundError(f"inpainting model path not found: {model}")
+            unet = UNet2DConditionModel.from_pretrained(text, subfolder="unet", **kwargs)
+    except (ValueError, FileNotFoundError, ModelError):
+        raise
+    except OSError as e:
+        raise FileNotFoundError(f"could not load the inpainting model {model!r}: {e}") from e
+    except Exception as e:  # weights of other shapes, a corrupt config: diffusers raises many kinds
+        if is_out_of_memory(e):
+            raise
+        raise ModelError(f"cannot load the UNet of inpainting model {model}: {type(e).__name__}: {e}") from e
+    if unet.config.in_channels != 9:
+        raise ModelError(
+            f"{model} is not an inpainting model: its UNet takes {unet.config.in_channels} input channels, an inpainting "
+            "UNet 9 (latent, mask, masked-image latent)"
+        )
+    return unet

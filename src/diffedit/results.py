@@ -33,6 +33,7 @@ class EditOptions:
     extra_strengths: tuple[float, ...] = ()  # also decode from these ratios; () with no caption candidate: one decoding
     caption_candidate: bool = True  # also decode from an inversion with the source prompt (the paper's caption encoding)
     caption_strength: float | None = 0.8  # encoding ratio of the caption candidate; None: strength
+    inpaint_candidate: bool = True  # with an inpainting UNet loaded (--inpaint-model), also decode with it
     rerank_noises: int = 4  # noises per level when scoring candidates
     rerank_levels: tuple[float, ...] = (0.4, 0.6, 0.8)  # noise levels (fractions of training steps) of the score
     # mask (step 1)
@@ -114,7 +115,9 @@ class EditOptions:
 # Presets: speed against quality in one word (`edit(..., preset="fast")`, `diffedit edit --preset fast`); each is a
 # set of EditOptions fields over the defaults. docs/benchmarks.md has their seconds and ShapeEdit figures.
 PRESETS: dict[str, dict[str, Any]] = {
-    "fast": dict(num_inference_steps=10, strength=0.9, caption_candidate=False, mask_noises=5),  # one decoding, 10 steps
+    "fast": dict(  # one decoding, 10 steps
+        num_inference_steps=10, strength=0.9, caption_candidate=False, inpaint_candidate=False, mask_noises=5,
+    ),
     "default": {},  # EditOptions() itself: two candidates over 20 steps, scored at 3 levels x 4 noises
     "quality": dict(  # the default until 2026-12-02: three candidates over 50 steps, scored at 5 levels x 8 noises
         num_inference_steps=50, strength=0.8, extra_strengths=(1.0,), caption_strength=None, rerank_noises=8,

@@ -53,7 +53,7 @@ def batch(
 
     flags = dict(num_inference_steps=steps)
     if one_candidate:
-        flags.update(extra_strengths=(), noise_candidates=(), caption_candidate=False)
+        flags.update(extra_strengths=(), noise_candidates=(), caption_candidate=False, inpaint_candidate=False)
     options = edit_options(flags, settings)
     check_seed(seed)
     check_range(batch_size, "--batch-size", 1, 4096)

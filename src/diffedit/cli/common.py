@@ -164,7 +164,8 @@ def edit_options(flags: dict[str, Any], settings: list[str] | None, preset: str 
         fail(str(e))
 
 
-def load_editor(model: str | None, device: str | None, dtype: str, config: str | None, quiet: bool):
+def load_editor(model: str | None, device: str | None, dtype: str, config: str | None, quiet: bool,
+                inpaint_model: str | None = "auto"):
     from diffedit import DiffEditor
 
     quiet_libraries()
@@ -172,7 +173,9 @@ def load_editor(model: str | None, device: str | None, dtype: str, config: str |
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     try:
-        return DiffEditor.from_pretrained(model, device=device, torch_dtype=dtype, config=config, progress=not quiet)
+        inpaint = None if inpaint_model in ("none", "same") else inpaint_model
+        return DiffEditor.from_pretrained(model, device=device, torch_dtype=dtype, config=config, progress=not quiet,
+                                          inpaint_model=inpaint)
     except (FileNotFoundError, ValueError, OSError) as e:
         from diffedit.errors import is_out_of_memory
 

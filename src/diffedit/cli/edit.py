@@ -25,6 +25,12 @@ MODEL_OPTION = typer.Option(
 CONFIG_OPTION = typer.Option(
     None, "--config", help="Diffusers config folder or hub id for a single-file checkpoint.", rich_help_panel=MODEL,
 )
+INPAINT_OPTION = typer.Option(
+    "auto", "--inpaint-model",
+    help="Inpainting model (folder, .safetensors, hub id) whose UNet decodes one more candidate under the mask; "
+    "'same': the model itself from fresh noise; 'none'; 'auto': the embedded inpainter with the embedded model.",
+    rich_help_panel=MODEL,
+)
 DEVICE_OPTION = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available).", rich_help_panel=MODEL)
 DTYPE_OPTION = typer.Option(
     "auto", "--dtype", help="fp32 | fp16 | bf16 (default: fp16 on cuda, fp32 on cpu).", rich_help_panel=MODEL,
@@ -126,6 +132,7 @@ def edit(
         rich_help_panel=MASK,
     ),
     model: Optional[str] = MODEL_OPTION,
+    inpaint_model: str = INPAINT_OPTION,
     config: Optional[str] = CONFIG_OPTION,
     device: Optional[str] = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
@@ -148,7 +155,9 @@ def edit(
         mask_dilate=dilate, composite=not no_composite, feather=feather, max_pixels=max_pixels,
     )
     if one_candidate:
-        flags.update(extra_strengths=(), noise_candidates=(), caption_candidate=False)
+        flags.update(extra_strengths=(), noise_candidates=(), caption_candidate=False, inpaint_candidate=False)
+    elif inpaint_model == "same":  # the plain model as an inpainter: decoded from fresh noise inside the mask
+        flags.update(noise_candidates=(1.0,))
     options, targets = edit_options(flags, settings, preset), list(target)
     input_image, user_mask, device, dtype = _prepare(image, source, targets, seed, options, mask, device, dtype, threads)
     output, n, size = output or default_output(image, "edited"), len(targets), input_image.size
@@ -158,7 +167,7 @@ def edit(
     outputs += [OutputFile(output.with_suffix(".json"), "sidecar")]
     existing = check_files(outputs, [image, mask, model], overwrite)
     nothing_to_edit(source, targets, mask, user_mask)
-    editor = load_editor(model, device, dtype, config, quiet)
+    editor = load_editor(model, device, dtype, config, quiet, inpaint_model)
     result = editor.edit(input_image, source, targets, mask=mask, seed=seed, options=options)
     contents = list(result.images) + (list(result.mask_images) if mask_output else [])
     if panel:

@@ -111,3 +111,38 @@ def shapeworld_evaluate(
     if json_path:
         save_json(figures, json_path)
         typer.echo(f"wrote {json_path}")
+
+
+@shapeworld_app.command("train-inpaint")
+def shapeworld_train_inpaint(
+    output: Path = typer.Option(..., "--output", "-o", help="Run folder; a call continues the state found there."),
+    minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-clock budget of this call."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Steps of this call (instead of --minutes)."),
+    base: Optional[Path] = typer.Option(None, "--base", help="ShapeWorld model folder to widen (default: the embedded one)."),
+    examples: int = typer.Option(10_000, "--examples", help="Training examples encoded once (first call only)."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    lr: float = typer.Option(2e-4, "--lr", help="AdamW learning rate."),
+    anneal: bool = typer.Option(False, "--anneal", help="Cosine-decay the learning rate to 10 % over this call (a last run)."),
+    seed: int = typer.Option(0, "--seed"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Fine-tune the embedded model's 9-channel inpainting UNet (issue 21); writes OUTPUT/model, resumable."""
+    from diffedit.shapeworld.train_inpaint import train_inpaint
+
+    check_seed(seed)
+    check_range(minutes, "--minutes", 0.01, 7 * 24 * 60)
+    for value, flag in ((steps, "--steps"), (examples, "--examples"), (batch_size, "--batch-size")):
+        check_range(value, flag, 1, 10**9)
+    check_range(lr, "--lr", 1e-8, 1.0)
+    if (minutes is None) == (steps is None):
+        fail("give exactly one of --minutes and --steps")
+    if output.exists() and not output.is_dir():
+        fail(f"--output {output} is a file, not a folder")
+    quiet_libraries()
+    try:
+        figures = train_inpaint(output, base=base, minutes=minutes, steps=steps, examples=examples, batch_size=batch_size,
+                                lr=lr, anneal=anneal, seed=seed, threads=threads, quiet=quiet)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    typer.echo(json.dumps(figures, indent=2, default=str))

@@ -31,16 +31,19 @@ class Candidate:
     strength: float  # encoding ratio r the decoding starts from
     caption: bool = False  # inverted with the source prompt (the paper's caption encoding) instead of unconditionally
     noise: float = 0.0  # share of the top level's variance replaced by fresh noise inside the mask
+    inpaint: bool = False  # decoded by the inpainting UNet (stages/inpainting.py), from fresh noise inside the mask
 
     @property
     def label(self) -> str:
+        if self.inpaint:
+            return "inpaint"
         return f"r={self.strength:g}" + (" caption" if self.caption else "") + (f" noise {self.noise:g}" if self.noise else "")
 
 
-def plan_candidates(options, sources: list) -> list[Candidate]:
+def plan_candidates(options, sources: list, inpainter: bool = False) -> list[Candidate]:
     """The unconditional decoding at `strength` first, then the extra ratios, noise candidates (from the top
-    unconditional level) and the caption candidate at `caption_strength` (only when every source prompt says
-    something and no inversion prompt is set)."""
+    unconditional level), the caption candidate at `caption_strength` (only when every source prompt says
+    something and no inversion prompt is set) and, with an inpainting UNet loaded, the inpainting candidate."""
     out = [Candidate(options.strength)]
     out += [c for c in dict.fromkeys(Candidate(r) for r in options.extra_strengths) if c not in out]
     top = max(c.strength for c in out)
@@ -48,6 +51,8 @@ def plan_candidates(options, sources: list) -> list[Candidate]:
     spoken = all(not isinstance(s, str) or s.strip() for s in sources)
     if options.caption_candidate and spoken and not options.inversion_prompt:
         out.append(Candidate(options.caption_strength or options.strength, caption=True))
+    if inpainter and options.inpaint_candidate:
+        out.append(Candidate(1.0, noise=1.0, inpaint=True))
     return out
 
 

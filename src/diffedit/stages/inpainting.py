@@ -1,0 +1,102 @@
+"""The inpainting decoder (issue 21): DiffEdit's mask, then an inpainting UNet draws inside it.
+
+An inpainting UNet (Stable Diffusion's inpainting checkpoints, the embedded ShapeWorld inpainter) takes 9 input
+channels: the noisy latent, the mask (1 = paint) and the latent of the input with the masked pixels set to 0
+(mid-grey), in that order. It sees no trace of the old object inside the hole, so, unlike a decoding from the
+inverted latent, nothing holds it to the old outline. The candidate it decodes starts, inside the latent mask, from
+fresh noise at the top level; outside, the background is blended from the inversion at every level as in the
+masked decoding, and the candidate is finished and scored as every other one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..components import Components
+from ..sampling import masked_denoise
+from ..schedule import DDIMGrid
+
+__all__ = ["InpaintingUNet", "InpaintingDecoder", "check_inpainter", "masked_image_latents", "INPAINT_CHANNELS"]
+
+INPAINT_CHANNELS = 9  # noisy latent (4) + mask (1) + masked-image latent (4), diffusers' inpainting layout
+
+
+def check_inpainter(unet, own) -> None:
+    """A ValueError unless `unet` is an inpainting UNet that fits the model of UNet `own`: 9 input channels, the
+    latent channels of its VAE and the width of its text embeddings."""
+    config = unet.config
+    if config.in_channels != INPAINT_CHANNELS:
+        raise ValueError(f"an inpainting UNet takes {INPAINT_CHANNELS} input channels, this one {config.in_channels}")
+    if config.out_channels != own.config.out_channels or config.cross_attention_dim != own.config.cross_attention_dim:
+        raise ValueError(
+            f"the inpainting UNet does not fit this model: it predicts {config.out_channels} latent channels from "
+            f"text embeddings of width {config.cross_attention_dim}, the model's UNet {own.config.out_channels} from "
+            f"{own.config.cross_attention_dim}"
+        )
+
+
+@torch.no_grad()
+def masked_image_latents(parts: Components, pixels: torch.Tensor, latent_mask: torch.Tensor) -> torch.Tensor:
+    """Latents (J, C, h, w) of the job images (J, 3, Hp, Wp) in [-1, 1] with the pixels of the masked cells set to 0.
+
+    latent_mask: (J, h, w), 1 = paint; each cell covers vae_scale_factor x vae_scale_factor pixels."""
+    m = latent_mask.float().reshape(len(pixels), 1, *latent_mask.shape[-2:]).to(pixels.device)
+    hole = F.interpolate(m, scale_factor=parts.vae_scale_factor, mode="nearest")[..., : pixels.shape[-2], : pixels.shape[-1]]
+    return parts.encode_images(pixels * (1 - hole))
+
+
+class InpaintingUNet:
+    """A 9-channel UNet called as a 4-channel one: every call's rows get their job's mask and masked-image latent
+    appended (rows are the jobs repeated, as classifier-free guidance doubles them)."""
+
+    def __init__(self, unet, mask: torch.Tensor, masked: torch.Tensor):
+        self.unet = unet
+        self.extra = torch.cat([mask.to(masked.dtype), masked], dim=1)  # (J, 1 + C, h, w)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor):
+        jobs = self.extra.shape[0]
+        if x.shape[0] % jobs:
+            raise ValueError(f"the inpainting UNet got {x.shape[0]} rows for {jobs} jobs")
+        extra = self.extra.repeat(x.shape[0] // jobs, 1, 1, 1).to(x.dtype)
+        return self.unet(torch.cat([x, extra], dim=1), t, encoder_hidden_states=encoder_hidden_states)
+
+
+class InpaintingDecoder:
+    """The decoder protocol (stages/decoding.py) with an inpainting UNet: masked DDIM decoding, same-level background
+    blending, every call given the mask and the masked-image latents (J, C, h, w) of the jobs it decodes."""
+
+    def __init__(self, unet, masked: torch.Tensor):
+        self.unet, self.masked = unet, masked
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        parts: Components,
+        levels: torch.Tensor,
+        mask: torch.Tensor,
+        cond: torch.Tensor,
+        uncond: torch.Tensor | None,
+        grid: DDIMGrid,
+        *,
+        guidance_scale: float,
+        job_image: list[int] | None,
+        starts: list[int] | None = None,
+        callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
+    ) -> torch.Tensor:
+        if starts is not None and len(set(starts)) > 1:
+            raise ValueError("the inpainting decoder decodes every job from one level")
+        m = mask.reshape(len(self.masked), 1, *mask.shape[-2:]).to(self.masked.device)
+        denoiser = InpaintingUNet(self.unet, m, self.masked)
+        with parts.bar(max(starts) if starts else grid.num_steps, "inpaint") as bar:
+
+            def step_end(k: int, x: torch.Tensor):
+                bar.update()
+                return None if callback is None else callback(k, x)
+
+            return masked_denoise(
+                denoiser, levels, mask, cond, grid, uncond=uncond, guidance_scale=guidance_scale,
+                job_image=job_image, starts=starts, callback=step_end,
+            )

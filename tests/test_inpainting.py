@@ -1,0 +1,155 @@
+"""The inpainting candidate (issue 21): a 9-channel UNet under DiffEdit's mask, its loading, and its training."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from diffedit import DiffEditor
+from diffedit.errors import ModelError
+from diffedit.loading import load_inpaint_unet
+from diffedit.shapeworld.train_inpaint import _grow, cell_mask, draw_example, masked_pixels, train_inpaint, widen_unet
+from diffedit.stages.inpainting import InpaintingUNet, masked_image_latents
+
+from tiny import tiny_components
+
+KW = dict(num_inference_steps=6, mask_noises=2, rerank_noises=1)
+
+
+def inpainter(seed: int = 0):
+    """The tiny UNet widened to 9 channels, its new input channels random (a zero-initialised one is the plain UNet)."""
+    unet = widen_unet(tiny_components().unet)
+    with torch.no_grad():
+        unet.conv_in.weight[:, 4:] = torch.randn(unet.conv_in.weight[:, 4:].shape, generator=torch.Generator().manual_seed(seed))
+    return unet.eval()
+
+
+@pytest.fixture
+def inpaint_editor():
+    return DiffEditor.from_components(tiny_components(), progress=False, inpaint_unet=inpainter())
+
+
+def test_widened_unet_starts_as_the_plain_one():
+    plain = tiny_components().unet.eval()
+    wide = widen_unet(plain).eval()
+    assert wide.config.in_channels == 9 and bool((wide.conv_in.weight[:, 4:] == 0).all())
+    x, extra = torch.randn(2, 4, 16, 16), torch.randn(2, 5, 16, 16)
+    states = torch.randn(2, 8, 32)
+    with torch.no_grad():
+        a = plain(x, torch.tensor([10, 500]), encoder_hidden_states=states).sample
+        b = wide(torch.cat([x, extra], 1), torch.tensor([10, 500]), encoder_hidden_states=states).sample
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_inpainting_unet_appends_each_jobs_mask_and_masked_latent_to_guided_rows():
+    unet = inpainter()
+    mask = (torch.rand(2, 1, 16, 16) > 0.5).float()
+    masked = torch.randn(2, 4, 16, 16)
+    wrapped = InpaintingUNet(unet, mask, masked)
+    x, t, states = torch.randn(4, 4, 16, 16), torch.full((4,), 300), torch.randn(4, 8, 32)  # (uncond, cond) x 2 jobs
+    with torch.no_grad():
+        got = wrapped(x, t, encoder_hidden_states=states).sample
+        extra = torch.cat([mask, masked], 1)
+        want = unet(torch.cat([x, torch.cat([extra, extra])], 1), t, encoder_hidden_states=states).sample
+        swapped = unet(torch.cat([x, torch.cat([extra.flip(0), extra.flip(0)])], 1), t, encoder_hidden_states=states).sample
+    assert torch.allclose(got, want, atol=1e-6)
+    assert not torch.allclose(got, swapped, atol=1e-3)  # row j gets job j's mask, not another's
+    with pytest.raises(ValueError, match="rows for 2 jobs"):
+        wrapped(x[:3], t[:3], encoder_hidden_states=states[:3])
+
+
+def test_masked_image_latents_blank_the_masked_cells(image):
+    parts = tiny_components()
+    pixels = torch.rand(1, 3, 32, 32) * 2 - 1
+    mask = torch.zeros(1, 16, 16, dtype=torch.bool)
+    mask[0, 2:6, 3:9] = True
+    holed = pixels.clone()
+    holed[..., 4:12, 6:18] = 0  # tiny VAE: a latent cell is 2 x 2 pixels
+    assert torch.allclose(masked_image_latents(parts, pixels, mask), parts.encode_images(holed), atol=1e-6)
+
+
+def test_edit_decodes_an_inpainting_candidate_that_reads_the_masked_image(inpaint_editor, image):
+    res = inpaint_editor.edit(image, "a red square", "a blue circle", seed=0, **KW)
+    assert res.candidates[-1] == "inpaint" and len(res.candidate_scores[0]) == len(res.candidates)
+    out = np.asarray(res.images[0])
+    outside = ~(np.asarray(res.mask_image) > 0)
+    assert np.array_equal(out[outside], image[outside])  # the background stays exact, as for every candidate
+    off = inpaint_editor.edit(image, "a red square", "a blue circle", seed=0, inpaint_candidate=False, **KW)
+    assert "inpaint" not in off.candidates
+    # only the inpainting candidate: its decoding depends on the 9-channel UNet's extra inputs
+    only = dict(strength=1.0, caption_candidate=False, **KW)
+    assert inpaint_editor.edit(image, "a red square", "a blue circle", seed=0, **only).candidates == ["r=1", "inpaint"]
+    # the inpainting decodings themselves (the chosen candidate may be r=1 for both), through the step callback
+    seen = {}
+    for seed_w in (0, 1):
+        inpaint_editor.set_inpainter(inpainter(seed_w))
+
+        def grab(editor, step, t, kw, seed_w=seed_w):
+            if kw["candidate"] == "inpaint":
+                seen[seed_w] = kw["latents"].clone()
+
+        inpaint_editor.edit(image, "a red square", "a blue circle", seed=0, callback_on_step_end=grab, **only)
+    assert not torch.allclose(seen[0], seen[1], atol=1e-4)
+
+
+def test_fast_preset_and_no_inpainter_decode_no_inpainting_candidate(editor, inpaint_editor, image):
+    assert not editor.inpainter and inpaint_editor.inpainter
+    assert "inpaint" not in editor.edit(image, "a red square", "a blue circle", seed=0, **KW).candidates
+    fast = inpaint_editor.edit(image, "a red square", "a blue circle", seed=0, preset="fast", mask_noises=2)
+    assert fast.candidates == ["r=0.9"]
+
+
+def test_set_inpainter_refuses_unets_that_do_not_fit(editor):
+    with pytest.raises(ValueError, match="9 input channels"):
+        editor.set_inpainter(tiny_components().unet)
+    wide = widen_unet(tiny_components().unet)
+    wide.register_to_config(cross_attention_dim=64)
+    with pytest.raises(ValueError, match="does not fit"):
+        editor.set_inpainter(wide)
+    assert not editor.inpainter
+
+
+def test_load_inpaint_unet_from_a_folder_and_refuse_a_plain_one(tmp_path, tiny_model_dir):
+    folder = tmp_path / "inpaint"
+    inpainter().save_pretrained(folder / "unet")
+    unet = load_inpaint_unet(str(folder))
+    assert unet.config.in_channels == 9
+    editor = DiffEditor.from_pretrained(str(tiny_model_dir), inpaint_model=str(folder), progress=False)
+    assert editor.inpainter and "inpaint" in editor.edit(np.full((32, 32, 3), 90, np.uint8), "a", "b", seed=0, **KW).candidates
+    assert not DiffEditor.from_pretrained(str(tiny_model_dir), progress=False).inpainter  # "auto": none for other models
+    with pytest.raises(ModelError, match="not an inpainting model"):
+        load_inpaint_unet(str(tiny_model_dir))
+    with pytest.raises(FileNotFoundError):
+        load_inpaint_unet(str(tmp_path / "missing"))
+
+
+def test_training_examples_mask_the_edited_object_in_the_input():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        target, holed_from, cells, caption = draw_example(rng, 8)
+        assert cells.shape == (16, 16) and cells.any() and isinstance(caption, str)
+        holed = masked_pixels(holed_from, cells)
+        inside = np.kron(cells, np.ones((8, 8), bool))
+        assert (holed[inside] == 128).all() and np.array_equal(holed[~inside], holed_from[~inside])
+        # the edit changes nothing beyond one cell around the mask (a mask thresholded at a share of each cell may
+        # leave the old object's edge outside, as a DiffEdit mask does: the model learns to draw past it)
+        grown = np.kron(_grow(cells), np.ones((8, 8), bool))
+        assert np.array_equal(target[~grown], holed_from[~grown])
+    pixels = np.zeros((16, 16), bool)
+    pixels[0:3, 0:8] = True  # 3 of the 8 rows of the first two 8 x 8 cells... of a 2 x 2 grid
+    assert cell_mask(pixels, 0.0, 8).tolist() == [[True, False], [False, False]]
+    assert not cell_mask(pixels, 0.4, 8).any()
+
+
+def test_train_inpaint_continues_from_its_state(tmp_path, tiny_model_dir):
+    out = tmp_path / "run"
+    first = train_inpaint(out, base=tiny_model_dir, steps=2, examples=8, batch_size=2, quiet=True)
+    second = train_inpaint(out, base=tiny_model_dir, steps=1, examples=8, batch_size=2, quiet=True)
+    assert (first["total_steps"], second["total_steps"]) == (2, 3)
+    info = json.loads((out / "model" / "training.json").read_text())
+    assert [s["total_steps"] for s in info["stages"]] == [2, 3]
+    assert json.loads((out / "model" / "model_index.json").read_text())["_class_name"] == "StableDiffusionInpaintPipeline"
+    assert load_inpaint_unet(str(out / "model")).config.in_channels == 9
+    with pytest.raises(ValueError, match="exactly one"):
+        train_inpaint(out, base=tiny_model_dir, quiet=True)
