@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from diffedit.bench.baselines import diffusers_edit, diffusers_pipeline, sdedit
 from diffedit.cli.bench import bench_app
-from diffedit.bench.quality import METHODS, format_quality, format_quality_markdown, run_quality
+from diffedit.bench.quality import INPAINT_METHODS, METHODS, format_quality, format_quality_markdown, run_quality
 from diffedit.bench.speed import _PeakMemory, format_speed, run_speed
 from diffedit.results import EditOptions
 
@@ -81,7 +81,7 @@ def test_run_quality_all_methods(shapeworld_tiny_dir, tmp_path):
         str(shapeworld_tiny_dir), cases=3, steps=4, batch_size=3, options=cheap,
         json_path=tmp_path / "q.json", plot_path=tmp_path / "q.png", panel_path=tmp_path / "worst.png", progress=False,
     )
-    assert list(report["methods"]) == list(METHODS)
+    assert list(report["methods"]) == [m for m in METHODS if m not in INPAINT_METHODS]  # this model has no inpainter
     for name, m in report["methods"].items():
         overall = m["summary"]["overall"]
         assert overall["n"] == 3 and len(m["rows"]) == 3
@@ -96,6 +96,20 @@ def test_run_quality_all_methods(shapeworld_tiny_dir, tmp_path):
     assert (tmp_path / "q.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert Image.open(tmp_path / "worst.png").size[1] > 3 * 128  # three cases, one row each
     assert "ghost_free % by kind" in format_quality(report) and "ghost-free" in format_quality_markdown(report)
+
+
+def test_run_quality_inpainting_rows_need_an_inpainter(shapeworld_tiny_dir):
+    from diffedit import DiffEditor
+    from diffedit.shapeworld.train_inpaint import widen_unet
+
+    editor = DiffEditor.from_pretrained(str(shapeworld_tiny_dir), progress=False)
+    with pytest.raises(ValueError, match="need an inpainting model"):
+        run_quality(editor, cases=1, methods=["ours", "ours_inpaint"], progress=False)
+    editor.set_inpainter(widen_unet(editor.unet))
+    cheap = EditOptions(mask_noises=2, rerank_noises=1, rerank_levels=(0.5,))
+    report = run_quality(editor, cases=2, steps=3, options=cheap, methods=list(INPAINT_METHODS), progress=False)
+    assert list(report["methods"]) == list(INPAINT_METHODS)
+    assert report["methods"]["gt_mask_inpaint"]["summary"]["overall"]["mask_iou"] == 1.0
 
 
 def test_run_quality_rejects_unknown_methods(shapeworld_tiny_dir):

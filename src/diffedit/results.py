@@ -56,6 +56,7 @@ class EditOptions:
     max_pixels: int | None = DEFAULT_MAX_PIXELS  # refuse larger inputs with a clear error
     # advanced: ablations and diffusers-compatible variants (the benchmark's `ours_*` rows set these)
     noise_candidates: tuple[float, ...] = ()  # also decode from the top level with this share of fresh noise in the mask
+    plain_candidates: bool = True  # decode the plain model's candidates; False: the inpainting candidate alone
     rerank_unconditional: float = 0.0  # weight of (empty prompt's error - target's) in the candidates' score
     mask_clamp: str = "quantile"  # "quantile": clip extremes, then min-max (paper); "mean_ratio": diffusers'
     mask_quantile: float = 0.99  # upper clip of clamp "quantile"

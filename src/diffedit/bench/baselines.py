@@ -54,6 +54,8 @@ OURS_VARIANTS: dict[str, dict] = {
     # the paper's single decoding at r
     "ours_one_candidate": {"extra_strengths": (), "noise_candidates": (), "caption_candidate": False},
     "ours_attention_mask": {"method": "diffedit_attention_mask"},  # the mask from the changed words' cross-attention
+    "ours_no_inpaint": {"inpaint_candidate": False},  # without the inpainting candidate (the default before issue 21)
+    "ours_inpaint": {"plain_candidates": False},  # the inpainting UNet alone under our mask (needs an inpainter)
 }
 
 
@@ -177,4 +179,5 @@ def gt_mask_edit(
 ) -> EditResult:
     """Our decoding inside the ground-truth masks (bool (H, W) each), given as user masks."""
     user_masks = [np.asarray(m, dtype=bool).astype(np.uint8) * 255 for m in masks]
+    # with an inpainter loaded, gt_mask decodes the default candidates and gt_mask_inpaint the inpainter alone
     return editor.edit(list(images), list(sources), list(targets), mask=user_masks, seed=seed, options=options)

@@ -35,10 +35,12 @@ __all__ = ["METHODS", "run_quality", "format_quality", "format_quality_markdown"
 METHODS = (
     "ours", "diffusers", "sdedit", "gt_mask", "ours_no_smooth", "ours_no_composite", "ours_batch_norm", "ours_no_edit_snap",
     "ours_no_refine", "ours_snap_input", "ours_one_threshold", "ours_no_trim", "ours_whole_prompt_mask", "ours_one_candidate",
-    "ours_noise_candidate", "ours_no_cover", "ours_feather2", "ours_attention_mask",
+    "ours_noise_candidate", "ours_no_cover", "ours_feather2", "ours_attention_mask", "ours_no_inpaint", "ours_inpaint",
+    "gt_mask_inpaint",
 )
 
 
+INPAINT_METHODS = ("ours_no_inpaint", "ours_inpaint", "gt_mask_inpaint")  # rows only for an editor with an inpainter
 BASELINE_STEPS = 50  # diffusers' pipeline and SDEdit decode with diffusers' default steps unless `steps` is given
 BASELINE_STRENGTH = 0.8  # and from diffusers' default encoding ratio
 
@@ -76,9 +78,10 @@ def _edit_method(
             )
             out += [(np.asarray(im), None) for im in edited]
         else:
-            if method == "gt_mask":
+            if method in ("gt_mask", "gt_mask_inpaint"):
                 masks = [c.mask for c in batch]
-                result = gt_mask_edit(editor, images, sources, targets, masks, seed=seed + start, options=options)
+                gt_options = options.replace(plain_candidates=False) if method == "gt_mask_inpaint" else options
+                result = gt_mask_edit(editor, images, sources, targets, masks, seed=seed + start, options=gt_options)
             else:
                 variant = options.replace(**OURS_VARIANTS[method])
                 result = editor.edit(images, sources, targets, seed=seed + start, options=variant)
@@ -121,6 +124,7 @@ def run_quality(
     the first method's 8 cases with the most ghost pixels (input | truth | edit | ghosts in magenta).
     """
     # 1. Check inputs, load the model and the cases
+    methods_given = methods is not None
     methods = list(METHODS if methods is None else methods)
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
@@ -136,6 +140,11 @@ def run_quality(
         None if model is None else str(model), device=device, dtype=dtype
     )
     editor.set_progress_bar_config(disable=True)
+    needs_inpainter = [m for m in methods if m in INPAINT_METHODS]
+    if needs_inpainter and not editor.inpainter:
+        if methods_given:
+            raise ValueError(f"{', '.join(needs_inpainter)} need an inpainting model, and {editor.name} has none loaded")
+        methods = [m for m in methods if m not in INPAINT_METHODS]
     case_list = edit_cases(cases, seed)
 
     # 2. Edit and score, method by method

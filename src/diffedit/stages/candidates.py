@@ -43,7 +43,12 @@ class Candidate:
 def plan_candidates(options, sources: list, inpainter: bool = False) -> list[Candidate]:
     """The unconditional decoding at `strength` first, then the extra ratios, noise candidates (from the top
     unconditional level), the caption candidate at `caption_strength` (only when every source prompt says
-    something and no inversion prompt is set) and, with an inpainting UNet loaded, the inpainting candidate."""
+    something and no inversion prompt is set) and, with an inpainting UNet loaded, the inpainting candidate
+    (alone with `plain_candidates` False)."""
+    if not options.plain_candidates:
+        if not (inpainter and options.inpaint_candidate):
+            raise ValueError("plain_candidates=False leaves only the inpainting candidate: load an inpainting model")
+        return [Candidate(1.0, noise=1.0, inpaint=True)]
     out = [Candidate(options.strength)]
     out += [c for c in dict.fromkeys(Candidate(r) for r in options.extra_strengths) if c not in out]
     top = max(c.strength for c in out)
