@@ -153,3 +153,12 @@ def test_train_inpaint_continues_from_its_state(tmp_path, tiny_model_dir):
     assert load_inpaint_unet(str(out / "model")).config.in_channels == 9
     with pytest.raises(ValueError, match="exactly one"):
         train_inpaint(out, base=tiny_model_dir, quiet=True)
+
+
+def test_traced_inpainting_calls_give_the_plain_ones_outputs(inpaint_editor, image):
+    only = dict(plain_candidates=False, output_type="np", **KW)
+    plain = inpaint_editor.accelerate(None).edit(image, "a red square", "a blue circle", seed=0, **only)
+    traced_editor = inpaint_editor.accelerate("trace")
+    traced = traced_editor.edit(image, "a red square", "a blue circle", seed=0, **only)
+    assert traced.candidates == ["inpaint"] and traced_editor.components.inpaint_denoiser._traces
+    assert np.array_equal(plain.images, traced.images)

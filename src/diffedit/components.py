@@ -42,11 +42,14 @@ class Components:
     name: str = "custom"
     denoiser: Any = None  # what every UNet call goes through: the UNet, or an accelerated wrapper (accel.py)
     inpaint_unet: Any = None  # a 9-channel inpainting UNet of the same family, for the inpainting candidate
+    inpaint_denoiser: Any = None  # what the inpainting UNet's calls go through (as `denoiser`)
     progress: dict = field(default_factory=dict)  # tqdm keyword arguments; {"disable": True} silences the bars
 
     def __post_init__(self) -> None:
         if self.denoiser is None:
             self.denoiser = self.unet
+        if self.inpaint_denoiser is None:
+            self.inpaint_denoiser = self.inpaint_unet
 
     @property
     def device(self) -> torch.device:

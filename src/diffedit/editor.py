@@ -55,11 +55,11 @@ class DiffEditor:
             module.eval()
             module.requires_grad_(False)
         self.components = Components(vae, unet, text_encoder, tokenizer, ddim_scheduler(scheduler), name)
-        if inpaint_unet is not None:
-            self.set_inpainter(inpaint_unet)
         self.components.progress = {"disable": not progress}
         self.acceleration: str | None = None  # the method behind `denoiser`, re-applied after .to()
         self.accelerate("auto")  # bit-identical outputs; a long-lived editor's small CPU edits get traced UNet calls
+        if inpaint_unet is not None:
+            self.set_inpainter(inpaint_unet)
 
     # ------------------------------------------------------------------ construction and placement
     @classmethod
@@ -109,6 +109,7 @@ class DiffEditor:
             check_inpainter(unet, self.components.unet)
             unet.eval().requires_grad_(False).to(self.components.device, self.components.dtype)
         self.components.inpaint_unet = unet
+        self.components.inpaint_denoiser = _wrapped(unet, self.acceleration)
         return self
 
     def to(self, *args, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None) -> "DiffEditor":
@@ -127,10 +128,8 @@ class DiffEditor:
         on CUDA; minutes to compile), or None for the plain UNet."""
         if method not in (None, "auto", "trace", "compile"):
             raise ValueError(f"accelerate method must be 'auto', 'trace', 'compile' or None, got {method!r}")
-        from .accel import CompiledUNet, TracedUNet, auto_traced
-
-        wrap = {None: lambda unet: unet, "auto": auto_traced, "trace": TracedUNet, "compile": CompiledUNet}[method]
-        self.components.denoiser = wrap(self.components.unet)
+        self.components.denoiser = _wrapped(self.components.unet, method)
+        self.components.inpaint_denoiser = _wrapped(self.components.inpaint_unet, method)
         self.acceleration = method
         return self
 
@@ -367,7 +366,7 @@ class DiffEditor:
             with parts.timed(timings, "decoding"):
                 if group[0].inpaint:
                     masked = masked_image_latents(parts, batch.pixels[batch.job_image], masks.latent)
-                    decoder = InpaintingDecoder(parts.inpaint_unet, masked.repeat(k, 1, 1, 1))
+                    decoder = InpaintingDecoder(parts.inpaint_denoiser, masked.repeat(k, 1, 1, 1))
                 else:
                     decoder = stage("decoder", stages.decoder)()
                 edited = decoder(parts, levels, m_k, c_k, u_k, grid, guidance_scale=options.guidance_scale,
@@ -383,6 +382,15 @@ class DiffEditor:
             outputs.append(finisher(parts, batch, decoded, masks, options))
             finals.append(latents)
         return outputs, finals
+
+
+def _wrapped(unet, method: str | None):
+    """`unet` behind the accelerate method (accel.py), or as it is for None; None for no UNet."""
+    from .accel import CompiledUNet, TracedUNet, auto_traced
+
+    if unet is None or method is None:
+        return unet
+    return {"auto": auto_traced, "trace": TracedUNet, "compile": CompiledUNet}[method](unet)
 
 
 def _is_dtype_name(text: str) -> bool:
