@@ -112,6 +112,21 @@ def test_run_quality_inpainting_rows_need_an_inpainter(shapeworld_tiny_dir):
     assert report["methods"]["gt_mask_inpaint"]["summary"]["overall"]["mask_iou"] == 1.0
 
 
+def test_compare_panel_shows_two_methods_on_typical_and_worst_cases(shapeworld_tiny_dir, tmp_path):
+    cheap = EditOptions(mask_noises=2, rerank_noises=1, rerank_levels=(0.5,))
+    with pytest.raises(ValueError, match="two methods"):
+        run_quality(str(shapeworld_tiny_dir), cases=1, methods=["ours"], compare_panel_path=tmp_path / "c.png", progress=False)
+    run_quality(str(shapeworld_tiny_dir), cases=8, steps=2, options=cheap, methods=["ours_one_candidate", "gt_mask"],
+                compare_panel_path=tmp_path / "c.png", progress=False)
+    from diffedit.bench.panels import typical_cases
+    from diffedit.shapeworld.world import edit_cases
+
+    picked = typical_cases(edit_cases(8, 0))
+    assert [edit_cases(8, 0)[i].kind for i in picked] == ["color"] * 2 + ["shape"] * 2 + ["both"] * 2
+    # 6 typical rows + the 2 other cases (of 8) as the worst, 4 columns of 128 px with 4 px gaps
+    assert Image.open(tmp_path / "c.png").size == (4 * 128 + 3 * 4, 8 * 128 + 7 * 4)
+
+
 def test_run_quality_rejects_unknown_methods(shapeworld_tiny_dir):
     with pytest.raises(ValueError, match="unknown method"):
         run_quality(str(shapeworld_tiny_dir), cases=1, methods=["ours", "magic"], progress=False)

@@ -12,7 +12,7 @@ from diffedit.images import make_panel, save_image
 from diffedit.shapeworld.scoring import ghost_pixels
 from diffedit.shapeworld.world import EditCase
 
-__all__ = ["ghost_overlay", "worst_ghost_panel", "worst_cases"]
+__all__ = ["ghost_overlay", "worst_ghost_panel", "worst_cases", "typical_cases", "compare_panel"]
 
 GHOST_COLOR = (255, 0, 255)  # magenta: no palette colour of ShapeWorld
 
@@ -38,6 +38,29 @@ def worst_ghost_panel(
     panel_rows = [
         [Image.fromarray(cases[i].source_image), Image.fromarray(cases[i].target_image), Image.fromarray(edited[i]),
          ghost_overlay(edited[i], cases[i])]
+        for i in picked
+    ]
+    return save_image(make_panel(panel_rows), path)
+
+
+def typical_cases(cases: list[EditCase], per_kind: int = 2) -> list[int]:
+    """The first `per_kind` cases of each edit kind (colour, shape, both), in case order."""
+    picked: list[int] = []
+    for kind in ("color", "shape", "both"):
+        picked += [i for i, c in enumerate(cases) if c.kind == kind][:per_kind]
+    return picked
+
+
+def compare_panel(
+    cases: list[EditCase], before: list[np.ndarray], after: list[np.ndarray], rows_before: list[dict], path: str | Path,
+    worst: int = 6,
+) -> Path:
+    """Two methods on the same cases, one row each: input | ground truth | first method | second method, ghost pixels in
+    magenta. The rows: the first two cases of each edit kind (typical ones), then the first method's `worst` cases."""
+    picked = typical_cases(cases) + [i for i in worst_cases(rows_before, worst + 6) if i not in typical_cases(cases)][:worst]
+    panel_rows = [
+        [Image.fromarray(cases[i].source_image), Image.fromarray(cases[i].target_image), ghost_overlay(before[i], cases[i]),
+         ghost_overlay(after[i], cases[i])]
         for i in picked
     ]
     return save_image(make_panel(panel_rows), path)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from diffedit.bench.baselines import OURS_VARIANTS, diffusers_edit, diffusers_pipeline, gt_mask_edit, sdedit
 from diffedit.bench.models import load_bench_editor
-from diffedit.bench.panels import worst_ghost_panel
+from diffedit.bench.panels import compare_panel, worst_ghost_panel
 from diffedit.editor import DiffEditor
 from diffedit.images import save_json
 from diffedit.metrics import upsample_nearest
@@ -112,6 +112,7 @@ def run_quality(
     plot_path: str | Path | None = None,
     markdown_path: str | Path | None = None,
     panel_path: str | Path | None = None,
+    compare_panel_path: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
     """Run the ShapeEdit benchmark; returns {"methods": {name: {"summary", "seconds_per_edit", "rows"}}, ...}.
@@ -121,7 +122,8 @@ def run_quality(
     EditOptions (default: EditOptions()); steps, when given, overrides every method's steps, else diffusers' pipeline
     and SDEdit decode with BASELINE_STEPS from BASELINE_STRENGTH (their defaults); they take guidance and mask noises
     from the options. Ours, its ablations, gt_mask and SDEdit run `batch_size` cases per call. panel_path: a PNG of
-    the first method's 8 cases with the most ghost pixels (input | truth | edit | ghosts in magenta).
+    the first method's 8 cases with the most ghost pixels (input | truth | edit | ghosts in magenta); compare_panel_path:
+    a PNG of the first two methods on the same cases (typical ones, then the first method's worst).
     """
     # 1. Check inputs, load the model and the cases
     methods_given = methods is not None
@@ -131,6 +133,8 @@ def run_quality(
         raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
     if cases < 1 or batch_size < 1:
         raise ValueError("cases and batch_size must be >= 1")
+    if compare_panel_path is not None and len(methods) < 2:
+        raise ValueError("a comparison panel needs two methods")
     if plot_path is not None:
         _matplotlib()  # before the edits, not after them
     options = options or EditOptions()
@@ -154,6 +158,7 @@ def run_quality(
         "options": options.to_dict(), "device": str(editor.device), "threads": torch.get_num_threads(),
         "psnr_cap_db": PSNR_CAP, "methods": {},
     }
+    compared: list = []  # (edits, rows) of the first two methods, for compare_panel_path
     for method in methods:
         with tqdm(total=cases, desc=method, disable=not progress, leave=False, dynamic_ncols=True) as bar:
             timings: dict[str, float] = {}
@@ -168,6 +173,10 @@ def run_quality(
         report["methods"][method] = {"summary": summarize(rows), "seconds_per_edit": seconds / cases, "rows": rows}
         if panel_path is not None and method == methods[0]:
             worst_ghost_panel(case_list, [e for e, _ in edits], rows, panel_path)
+        if compare_panel_path is not None and method in methods[:2]:
+            compared.append(([e for e, _ in edits], rows))
+            if len(compared) == 2:
+                compare_panel(case_list, compared[0][0], compared[1][0], compared[0][1], compare_panel_path)
 
     # 3. Report: table, JSON, plot (the returned dict is the JSON's: number-of-objects keys become strings)
     report = json.loads(json.dumps(report, allow_nan=False))

@@ -52,7 +52,7 @@ def _check_run(cases: int | None, seed: int | None, steps: int, batch: int, outp
     check_seed(seed)
     check_range(steps, "--steps", 1, 1000)
     check_range(batch, "--batch", 1, 4096)
-    images = {"--plot", "--panel"}
+    images = {"--plot", "--panel", "--compare-panel"}
     files = [OutputFile(p, flag, "RGB" if flag in images else None) for flag, p in outputs.items() if p is not None]
     check_files(files, [], overwrite=False)
 
@@ -88,6 +88,10 @@ def quality(
     panel: Optional[Path] = typer.Option(
         None, "--panel", help="Write a PNG of the first method's 8 cases with the most ghost pixels (ghosts in magenta).",
     ),
+    compare_panel: Optional[Path] = typer.Option(
+        None, "--compare-panel",
+        help="Write a PNG of the first two methods on the same cases: two of each edit kind, then the first's 6 worst.",
+    ),
     settings: Optional[list[str]] = typer.Option(
         None, "--set", metavar="NAME=VALUE", help="An EditOptions field for ours and its ablations (repeatable).",
     ),
@@ -99,7 +103,8 @@ def quality(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars and no table (use --json)."),
 ) -> None:
     """ShapeEdit quality of ours, its ablations and the baselines on the same cases and weights."""
-    _check_run(cases, seed, steps, batch, {"--json": json_path, "--plot": plot, "--markdown": markdown, "--panel": panel})
+    _check_run(cases, seed, steps, batch, {"--json": json_path, "--plot": plot, "--markdown": markdown, "--panel": panel,
+                                           "--compare-panel": compare_panel})
     set_threads(threads)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
@@ -110,11 +115,11 @@ def quality(
     try:
         quality_lib.run_quality(model, cases=cases, seed=seed, methods=names, batch_size=batch, steps=steps, device=device,
                                 dtype=dtype, options=options, json_path=json_path, plot_path=plot, markdown_path=markdown,
-                                panel_path=panel, progress=not quiet)
+                                panel_path=panel, compare_panel_path=compare_panel, progress=not quiet)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     if not quiet:
-        for path in (json_path, plot, markdown, panel):
+        for path in (json_path, plot, markdown, panel, compare_panel):
             if path is not None:
                 typer.echo(f"wrote {path}")
 
