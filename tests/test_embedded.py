@@ -28,6 +28,28 @@ def test_embedded_model_is_shipped_within_budget():
     assert info["figures"]["vae_psnr"] > 30 and info["figures"]["generation_accuracy"]["overall"] > 0.9
 
 
+def test_embedded_inpainter_is_shipped_within_budget_and_inpaints():
+    from diffedit import DiffEditor
+    from diffedit.loading import embedded_inpaint_path
+    from diffedit.shapeworld.scoring import score_edit
+    from diffedit.shapeworld.world import edit_cases
+
+    path = embedded_inpaint_path()
+    files = [p for p in [*path.rglob("*"), *embedded_model_path().rglob("*")] if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 40 * 2**20  # both models together: issue 21's budget
+    info = json.loads((path / "training.json").read_text())
+    assert info["stages"] and all(s["stage"] == "inpaint" for s in info["stages"])  # how it was trained
+    editor = DiffEditor.from_pretrained(progress=False)  # the embedded model loads its inpainter
+    assert editor.inpainter and editor.components.inpaint_unet.config.in_channels == 9
+    # the inpainter alone, inside the ground-truth masks of six edits (two of each kind), draws the target
+    cases = edit_cases(6, 4242)
+    result = editor.edit([c.source_image for c in cases], [c.source for c in cases], [c.target for c in cases],
+                         mask=[c.mask.astype(np.uint8) * 255 for c in cases], seed=0, plain_candidates=False)
+    assert result.candidates == ["inpaint"]
+    rows = [score_edit(np.asarray(im), c, None) for im, c in zip(result.images, cases)]
+    assert sum(r["success"] for r in rows) >= 4, rows
+
+
 def test_readme_python_example_runs_as_written(tmp_path, monkeypatch):
     block = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[0]
     monkeypatch.chdir(tmp_path)

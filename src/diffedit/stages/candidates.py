@@ -31,7 +31,7 @@ class Candidate:
     strength: float  # encoding ratio r the decoding starts from
     caption: bool = False  # inverted with the source prompt (the paper's caption encoding) instead of unconditionally
     noise: float = 0.0  # share of the top level's variance replaced by fresh noise inside the mask
-    inpaint: bool = False  # decoded by the inpainting UNet (stages/inpainting.py), from fresh noise inside the mask
+    inpaint: bool = False  # decoded by the inpainting UNet (stages/inpainting.py)
 
     @property
     def label(self) -> str:
@@ -48,7 +48,7 @@ def plan_candidates(options, sources: list, inpainter: bool = False) -> list[Can
     if not options.plain_candidates:
         if not (inpainter and options.inpaint_candidate):
             raise ValueError("plain_candidates=False leaves only the inpainting candidate: load an inpainting model")
-        return [Candidate(1.0, noise=1.0, inpaint=True)]
+        return [Candidate(1.0, inpaint=True)]
     out = [Candidate(options.strength)]
     out += [c for c in dict.fromkeys(Candidate(r) for r in options.extra_strengths) if c not in out]
     top = max(c.strength for c in out)
@@ -57,7 +57,7 @@ def plan_candidates(options, sources: list, inpainter: bool = False) -> list[Can
     if options.caption_candidate and spoken and not options.inversion_prompt:
         out.append(Candidate(options.caption_strength or options.strength, caption=True))
     if inpainter and options.inpaint_candidate:
-        out.append(Candidate(1.0, noise=1.0, inpaint=True))
+        out.append(Candidate(1.0, inpaint=True))
     return out
 
 

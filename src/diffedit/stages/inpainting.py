@@ -2,10 +2,12 @@
 
 An inpainting UNet (Stable Diffusion's inpainting checkpoints, the embedded ShapeWorld inpainter) takes 9 input
 channels: the noisy latent, the mask (1 = paint) and the latent of the input with the masked pixels set to 0
-(mid-grey), in that order. It sees no trace of the old object inside the hole, so, unlike a decoding from the
-inverted latent, nothing holds it to the old outline. The candidate it decodes starts, inside the latent mask, from
-fresh noise at the top level; outside, the background is blended from the inversion at every level as in the
-masked decoding, and the candidate is finished and scored as every other one.
+(mid-grey), in that order. Its candidate decodes from the top level of the unconditional inversion (r = 1), as the
+plain r = 1 candidate does, so the inverted latent still tells it where and how large the object is, while the
+masked image shows it the surroundings without the old object; outside the mask the background is blended from
+the inversion at every level as in the masked decoding, and the candidate is finished and scored as every other one.
+(Starting from fresh noise inside the mask, as inpainting pipelines do, the embedded inpainter scored 87.5 % against
+93.8 % on tuning seed 1000: docs/inpainting.md.)
 """
 
 from __future__ import annotations
