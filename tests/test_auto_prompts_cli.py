@@ -37,8 +37,11 @@ def test_edit_with_an_instruction_on_the_embedded_model(scene_png):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--target", "a dog", "--instruction", "make it blue"], "not both"),
-    (["--source", "a cat"], "--target (repeatable) or --instruction"),
+    (["--target", "a dog", "--instruction", "make it blue"], "got --target, --instruction"),
+    (["--source", "a cat"], "give one of --target"),
+    (["--source", "a cat", "--source-set", "cat", "--target", "a dog"], "one of the two"),
+    (["--source-set", "cat", "--instruction", "make it blue"], "not --source-set"),
+    (["--source", "a cat", "--target-set", "dog", "--prompt-lm", "no/such/lm"], "not a folder"),
     (["--target", "a dog"], "--source auto"),
     (["--instruction", "draw a cat"], "should start with"),
     (["--source", "auto", "--target", "a dog", "--captioner", "no/such/folder"], "not a folder"),

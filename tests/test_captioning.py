@@ -59,7 +59,7 @@ def test_the_staged_search_finds_the_caption_the_model_explains_best(truth):
     found = caption_shapeworld(parts, IMAGE, seed=0)
     assert found.caption == truth
     assert found.rows == parts.denoiser.calls  # every UNet row is counted
-    assert found.rows < len(CAPTIONS)  # far fewer than a single pass over the grammar
+    assert found.rows < len(CAPTIONS)  # fewer than one noise over every caption of the grammar
     assert [e for _, e in found.candidates] == sorted(e for _, e in found.candidates)
 
 

@@ -16,6 +16,7 @@ from .images import ImageInput
 from .instructions import rewrite_caption
 from .loading import EMBEDDED_MODEL_NAME
 from .shapeworld.world import parse_caption
+from .stages.batch import describe_prompt
 
 __all__ = ["AUTO", "DerivedPrompts", "derive_prompts", "caption_image"]
 
@@ -77,4 +78,4 @@ def derive_prompts(
     else:
         targets = [target] if isinstance(target, str) else list(target)
         record["target_from"] = "given"
-    return DerivedPrompts(source, targets, {"source": source, "targets": targets, **record})
+    return DerivedPrompts(source, targets, {"source": source, "targets": [describe_prompt(t) for t in targets], **record})

@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 
 from diffedit import EditOptions
-from diffedit.cli.auto_prompts import CAPTIONER_OPTION, INSTRUCTION_OPTION, derive_cli_prompts, plan_prompts
+from diffedit.cli.auto_prompts import CAPTIONER_OPTION, INSTRUCTION_OPTION, PROMPT_LM_OPTION, SOURCE_SET_OPTION
+from diffedit.cli.auto_prompts import TARGET_SET_OPTION, PromptRequest
 from diffedit.cli.checks import check_files, check_prompts, nothing_to_edit, panel_size, read_image, read_user_mask
 from diffedit.cli.checks import unchanged, write_outputs
 from diffedit.cli.common import SET_HELP, check_seed, default_output, edit_options, indexed, load_editor, set_threads
@@ -79,6 +80,9 @@ def edit(
     target: Optional[list[str]] = typer.Option(None, "--target", "-t", help="What it should show; repeat for several edits."),
     instruction: Optional[str] = INSTRUCTION_OPTION,
     captioner: Optional[str] = CAPTIONER_OPTION,
+    source_set: Optional[str] = SOURCE_SET_OPTION,
+    target_set: Optional[str] = TARGET_SET_OPTION,
+    prompt_lm: Optional[str] = PROMPT_LM_OPTION,
     seed: Optional[int] = SEED_OPTION,
     output: Optional[Path] = typer.Option(
         None, "--output", "-o", help="Edited image (default: <stem>_edited.png).", rich_help_panel=OUTPUT,
@@ -163,7 +167,8 @@ def edit(
         flags.update(extra_strengths=(), noise_candidates=(), caption_candidate=False, inpaint_candidate=False)
     elif inpaint_model == "same":  # the plain model as an inpainter: decoded from fresh noise inside the mask
         flags.update(noise_candidates=(1.0,))
-    source, target = plan_prompts(source, target or [], instruction, captioner)  # --source auto, --instruction
+    request = PromptRequest(source, target or [], instruction, captioner, source_set, target_set, prompt_lm)
+    source, target = request.check()  # --source auto, --instruction, prompt sets: cli/auto_prompts.py
     options, targets = edit_options(flags, settings, preset), list(target)
     input_image, user_mask, device, dtype = _prepare(image, source, targets, seed, options, mask, device, dtype, threads)
     output, n, size = output or default_output(image, "edited"), len(targets), input_image.size
@@ -174,7 +179,7 @@ def edit(
     existing = check_files(outputs, [image, mask, model], overwrite)
     nothing_to_edit(source, targets, mask, user_mask)
     editor = load_editor(model, device, dtype, config, quiet, inpaint_model)
-    source, targets, prompts = derive_cli_prompts(editor, input_image, source, targets, instruction, captioner, seed, quiet)
+    source, targets, prompts = request.derive(editor, input_image, seed, quiet)
     result = editor.edit(input_image, source, targets, mask=mask, seed=seed, options=options)
     contents = list(result.images) + (list(result.mask_images) if mask_output else [])
     if panel:
