@@ -82,7 +82,7 @@ def test_derive_prompts_captions_then_rewrites_by_the_instruction():
     assert derived.source == "a red circle and a blue square on a gray background"
     assert derived.targets == ["a yellow circle and a blue square on a gray background"]
     assert derived.record["source_from"] == "captioner" and derived.record["target_from"] == "instruction"
-    assert derived.record["instruction"] == "make the red circle yellow"
+    assert derived.record["instruction"] == "make the red circle yellow" and derived.record["caption_shows"] == "red circle"
     given = derive_prompts(editor, IMAGE, source="a red circle on a gray background", target=["a blue circle"])
     assert (given.source, given.targets, given.record["source_from"]) == ("a red circle on a gray background",
                                                                           ["a blue circle"], "given")
@@ -98,3 +98,14 @@ def test_derive_prompts_refuses_what_it_cannot_derive():
         derive_prompts(editor, IMAGE, instruction="make the red circle blue", captioner=lambda image: "a photo of a cat")
     derived = derive_prompts(editor, IMAGE, target="a dog", captioner=lambda image: "a photo of a cat")
     assert derived.source == "a photo of a cat" and derived.record["captioner"] == "function"
+
+
+def test_an_object_known_to_be_shown_stays_in_every_caption_scored():
+    parts = _oracle_parts("a red circle and a blue square on a gray background")
+    found = caption_shapeworld(parts, IMAGE, seed=0, shows=("blue", "square"))
+    assert found.caption == "a red circle and a blue square on a gray background"
+    wrong = caption_shapeworld(_oracle_parts("a red circle on a gray background"), IMAGE, seed=0, shows=("green", "triangle"))
+    assert all(("green", "triangle") in parse_caption(c)[1] for c, _ in wrong.candidates)
+    assert found.rows < caption_shapeworld(parts, IMAGE, seed=0).rows  # stages 2 and 4 skipped
+    with pytest.raises(ValueError, match="colour, shape"):
+        caption_shapeworld(parts, IMAGE, shows=("blue", "cube"))

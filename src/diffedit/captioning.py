@@ -88,30 +88,37 @@ class _Scorer:
 
 
 @torch.no_grad()
-def caption_shapeworld(parts: Components, image: ImageInput, *, seed: int = 0, search: CaptionSearch | None = None) -> Captioning:
-    """The ShapeWorld caption the model finds likeliest for `image`, by the staged search of the module docstring.
-    Deterministic for a seed."""
+def caption_shapeworld(
+    parts: Components, image: ImageInput, *, seed: int = 0, search: CaptionSearch | None = None,
+    shows: tuple[str, str] | None = None,
+) -> Captioning:
+    """The ShapeWorld caption the model finds likeliest for `image`, by the staged search of the module docstring;
+    `shows`: a (colour, shape) known to be in the image (an instruction names it), which stage 2 then takes as the
+    first object instead of searching. Deterministic for a seed."""
     search = search or CaptionSearch()
+    if shows is not None and tuple(shows) not in KINDS:
+        raise ValueError(f"shows must be a (colour, shape) of the ShapeWorld grammar, got {shows!r}")
     score = _Scorer(parts, _latent(parts, image), seed)
     # 1. Background: every one-object caption near pure noise; the background of the best one
     singles = {format_caption(bg, [kind]): bg for bg in BACKGROUNDS for kind in KINDS}
     background = singles[score(list(singles), search.background_levels, search.background_noises)[0][0]]
-    # 2. The likeliest object: the 18 one-object captions with that background
+    # 2. The likeliest object: the 18 one-object captions with that background (or the object known to be there)
     singles = {format_caption(background, [kind]): kind for kind in KINDS}
-    first = singles[score(list(singles), search.levels, search.noises)[0][0]]
+    first = tuple(shows) if shows is not None else singles[score(list(singles), search.levels, search.noises)[0][0]]
     # 3. The second object, if any: that object alone, or with any other kind on either side
     others = [k for k in KINDS if k != first]
     captions = {format_caption(background, objs): objs for objs in [[first]] + [[first, k] for k in others]
                 + [[k, first] for k in others]}
     ranked = score(list(captions), search.levels, search.noises)
     objects = captions[ranked[0][0]]
-    if len(objects) == 2:  # 4. The first object again, given the second: any other kind in its slot, or swapped
-        slot, kept = objects.index(first), objects[1 - objects.index(first)]
-        options = [[k, kept] if slot == 0 else [kept, k] for k in KINDS if k != kept] + [objects[::-1]]
-        ranked = score([format_caption(background, objs) for objs in options], search.levels, search.noises)
+    if len(objects) == 2:
+        if shows is None:  # 4. The first object again, given the second: any other kind in its slot, or swapped
+            slot, kept = objects.index(first), objects[1 - objects.index(first)]
+            options = [[k, kept] if slot == 0 else [kept, k] for k in KINDS if k != kept] + [objects[::-1]]
+            ranked = score([format_caption(background, objs) for objs in options], search.levels, search.noises)
         # 5. The layout: the pair, swapped, with colours or shapes exchanged, or either object alone
-        captions = [format_caption(background, objs) for objs in _layouts(parse_caption(ranked[0][0])[1])]
-        ranked = score(captions, search.order_levels, search.order_noises)
+        layouts = [o for o in _layouts(parse_caption(ranked[0][0])[1]) if shows is None or first in o]
+        ranked = score([format_caption(background, o) for o in layouts], search.order_levels, search.order_noises)
     return Captioning(ranked[0][0], ranked, score.rows)
 
 

@@ -2,8 +2,9 @@
 
 `derive_prompts(editor, image, source="auto", instruction="make the red circle blue")` captions the image (with the
 embedded model: the zero-shot ShapeWorld captioner of captioning.py; otherwise an image-to-text `captioner`), and
-rewrites the caption by the instruction's rules (instructions.py). What it returns says how each prompt was made,
-for the sidecar.
+rewrites the caption by the instruction's rules (instructions.py). An instruction that names its object by colour and
+shape tells the zero-shot captioner that the image shows it: the search keeps it in every caption it scores. What it
+returns says how each prompt was made, for the sidecar.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 
 from .captioning import caption_shapeworld
 from .images import ImageInput
-from .instructions import rewrite_caption
+from .instructions import parse_instruction, rewrite_caption
 from .loading import EMBEDDED_MODEL_NAME
 from .shapeworld.world import parse_caption
 from .stages.batch import describe_prompt
@@ -33,15 +34,19 @@ class DerivedPrompts:
     record: dict = field(default_factory=dict)
 
 
-def caption_image(editor, image: ImageInput, captioner: str | Callable | None = None, *, seed: int = 0) -> tuple[str, dict]:
+def caption_image(
+    editor, image: ImageInput, captioner: str | Callable | None = None, *, seed: int = 0, shows: tuple[str, str] | None = None,
+) -> tuple[str, dict]:
     """(caption, how it was made) of one image. captioner: a callable image -> str (ImageToTextCaptioner), "shapeworld"
-    (the zero-shot captioner on the editor's model), or None: "shapeworld" with the embedded model, else an error."""
+    (the zero-shot captioner on the editor's model), or None: "shapeworld" with the embedded model, else an error.
+    shows: a (colour, shape) the image is known to show (the object an instruction names), for the zero-shot captioner."""
     if captioner is None and editor.name != EMBEDDED_MODEL_NAME:
         raise ValueError("a source prompt of 'auto' needs a captioner with this model: an image-to-text model folder "
                          "(--captioner PATH, e.g. BLIP), or 'shapeworld' for a model trained on ShapeWorld")
     if captioner is None or captioner == ZERO_SHOT:
-        found = caption_shapeworld(editor.components, image, seed=seed)
+        found = caption_shapeworld(editor.components, image, seed=seed, shows=shows)
         return found.caption, {"captioner": "zero-shot shapeworld", "caption_seed": seed,
+                               **({"caption_shows": " ".join(shows)} if shows else {}),
                                "caption_candidates": [[c, round(e, 6)] for c, e in found.candidates[:3]]}
     if not callable(captioner):
         raise ValueError(f"captioner must be 'shapeworld' or a callable image -> caption, got {captioner!r}")
@@ -63,7 +68,9 @@ def derive_prompts(
     source = AUTO if source is None else source
     record: dict = {}
     if source == AUTO:
-        source, made = caption_image(editor, image, captioner, seed=seed)
+        named = parse_instruction(instruction) if instruction is not None else None
+        shows = (named.color, named.shape) if named is not None and named.color and named.shape else None
+        source, made = caption_image(editor, image, captioner, seed=seed, shows=shows)
         record.update(source_from="captioner", **made)
     else:
         record["source_from"] = "given"

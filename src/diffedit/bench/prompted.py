@@ -1,6 +1,7 @@
 """ShapeEdit rows whose prompts are derived, not given: `ours_auto_source` (the source prompt from the zero-shot
-captioner, the case's target) and `ours_instruction` (the source from the captioner, the target that caption rewritten
-by an instruction made from the case by a template: "make the red circle blue / a square / a blue square").
+captioner, the case's target) and `ours_instruction` (the source from the captioner, told that the image shows the object the
+instruction names, and the target that caption rewritten by an instruction made from the case by a template: "make
+the red circle blue / a square / a blue square").
 
 Case i is captioned and edited with seed `seed + i`. A case whose prompts cannot be derived (the caption lacks the
 object the instruction names, or equals the target) counts as an edit that changed nothing: the input, an empty mask.
@@ -10,8 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffedit.captioning import caption_shapeworld
-from diffedit.instructions import rewrite_caption
+from diffedit.prompts_auto import derive_prompts
 from diffedit.stages.batch import same_prompt
 
 __all__ = ["PROMPTED", "case_instruction", "prompted_edit"]
@@ -30,16 +30,18 @@ def case_instruction(case) -> str:
 
 
 def _prompts(method: str, editor, case, seed: int) -> tuple[str, str | None]:
-    """(source caption, target), the target None when it cannot be derived."""
-    source = caption_shapeworld(editor.components, case.source_image, seed=seed).caption
+    """(source caption, target) as derive_prompts gives them, the target None when it cannot be derived."""
     if method == "ours_auto_source":
-        target = case.target
+        derived = derive_prompts(editor, case.source_image, source="auto", target=case.target, captioner="shapeworld",
+                                 seed=seed)
     else:
         try:
-            target = rewrite_caption(source, case_instruction(case))
-        except ValueError:
-            target = None
-    return source, None if target is None or same_prompt(source, target) else target
+            derived = derive_prompts(editor, case.source_image, instruction=case_instruction(case), captioner="shapeworld",
+                                     seed=seed)
+        except ValueError:  # the caption lacks the object the instruction names: no source to show
+            return "", None
+    source, target = derived.source, derived.targets[0]
+    return source, None if same_prompt(source, target) else target
 
 
 def prompted_edit(method: str, editor, cases, *, seed: int, options, batch_size: int, bar, notes: dict):
