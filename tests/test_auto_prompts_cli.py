@@ -76,3 +76,15 @@ def test_quality_rows_with_derived_prompts_note_how_they_came_out():
         assert len(report["methods"][name]["rows"]) == 2
     auto = report["methods"]["ours_auto_source"]["prompts"]
     assert auto["target_exact"] == 2 - auto["not_derived"]  # the case's own target, unless it equals the caption
+
+
+def test_the_docs_example_runs_as_written(tmp_path, monkeypatch):
+    """docs/prompts.md: the scene its bash block draws, then its Python block, as a reader runs them."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "prompts.md").read_text()
+    monkeypatch.chdir(tmp_path)
+    exec(re.search(r'python -c "(.*?)"', text, re.S).group(1), {})
+    exec(compile(re.findall(r"```python\n(.*?)```", text, re.S)[0], "docs/prompts.md", "exec"), {})
+    assert Image.open(tmp_path / "scene_blue.png").size == (128, 128)
