@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from diffedit.bench.baselines import OURS_VARIANTS, diffusers_edit, diffusers_pipeline, gt_mask_edit, sdedit
 from diffedit.bench.models import load_bench_editor
 from diffedit.bench.panels import compare_panel, worst_ghost_panel
+from diffedit.bench.prompted import PROMPTED, prompted_edit
 from diffedit.editor import DiffEditor
 from diffedit.images import save_json
 from diffedit.metrics import upsample_nearest
@@ -36,7 +37,7 @@ METHODS = (
     "ours", "diffusers", "sdedit", "gt_mask", "ours_no_smooth", "ours_no_composite", "ours_batch_norm", "ours_no_edit_snap",
     "ours_no_refine", "ours_snap_input", "ours_one_threshold", "ours_no_trim", "ours_whole_prompt_mask", "ours_one_candidate",
     "ours_noise_candidate", "ours_no_cover", "ours_feather2", "ours_attention_mask", "ours_no_inpaint", "ours_inpaint",
-    "gt_mask_inpaint",
+    "gt_mask_inpaint", *PROMPTED,
 )
 
 
@@ -52,10 +53,14 @@ def _chunks(n: int, size: int):
 
 def _edit_method(
     method: str, editor: DiffEditor, cases: list[EditCase], *, seed: int, options: EditOptions, batch_size: int, bar,
-    baseline_steps: int = BASELINE_STEPS,
+    baseline_steps: int = BASELINE_STEPS, notes: dict | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray | None]]:
     """(edited uint8 (128, 128, 3), predicted bool (128, 128) mask or None) for every case; diffusers' pipeline and
-    SDEdit decode with `baseline_steps`, ours, its ablations and gt_mask with the options' own steps."""
+    SDEdit decode with `baseline_steps`, ours, its ablations and gt_mask with the options' own steps; the rows with
+    derived prompts (prompted.py) note how their prompts came out in `notes`."""
+    if method in PROMPTED:
+        return prompted_edit(method, editor, cases, seed=seed, options=options, batch_size=batch_size, bar=bar,
+                             notes=notes if notes is not None else {})
     out: list[tuple[np.ndarray, np.ndarray | None]] = []
     if method == "diffusers":  # diffusers' pipeline takes one image per call
         pipe = diffusers_pipeline(editor)
@@ -162,15 +167,17 @@ def run_quality(
     for method in methods:
         with tqdm(total=cases, desc=method, disable=not progress, leave=False, dynamic_ncols=True) as bar:
             timings: dict[str, float] = {}
+            notes: dict = {}
             with timed(timings, method, editor.device):
                 edits = _edit_method(method, editor, case_list, seed=seed, options=options, batch_size=batch_size, bar=bar,
-                                     baseline_steps=baseline_steps)
+                                     baseline_steps=baseline_steps, notes=notes)
             seconds = timings[method]
         rows = []
         for i, (case, (edited, mask)) in enumerate(zip(case_list, edits)):
             row = score_edit(edited, case, mask)
             rows.append({"case": i, "source": case.source, "target": case.target, **{k: _finite(v) for k, v in row.items()}})
-        report["methods"][method] = {"summary": summarize(rows), "seconds_per_edit": seconds / cases, "rows": rows}
+        report["methods"][method] = {"summary": summarize(rows), "seconds_per_edit": seconds / cases, "rows": rows,
+                                     **({"prompts": notes} if notes else {})}
         if panel_path is not None and method == methods[0]:
             worst_ghost_panel(case_list, [e for e, _ in edits], rows, panel_path)
         if compare_panel_path is not None and method in methods[:2]:
@@ -216,6 +223,9 @@ def format_quality(report: dict) -> str:
             f"{_fmt(o['target_psnr'], '9.2f')}{_fmt(o['success'], '8.1f', 100)}%{_fmt(o.get('ghost_free'), '8.1f', 100)}%"
             f"{_fmt(o.get('clean'), '8.1f', 100)}%{_fmt(o.get('ghost_pixels'), '9.1f')}{m['seconds_per_edit']:9.2f}"
         )
+    lines += [f"  {name}: source caption exact {m['prompts']['caption_exact']}/{r['cases']}, target exact "
+              f"{m['prompts']['target_exact']}/{r['cases']}, no prompts {m['prompts']['not_derived']}/{r['cases']}"
+              for name, m in r["methods"].items() if "prompts" in m]
     first = next(iter(r["methods"].values()))["summary"]
     groups = [(g, k) for g in ("by_kind", "by_background", "by_num_objects") for k in first[g]]
     head = "".join(f"{str(k) + (' obj' if g == 'by_num_objects' else ''):>10}" for g, k in groups)

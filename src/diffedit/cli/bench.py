@@ -1,5 +1,6 @@
-"""`diffedit bench quality` (ShapeEdit), `speed` (ours against diffusers' pipeline), `masks` and `composite` (sweeps),
-`batch` and `resume` (diffedit batch: throughput against one process per job; kill and resume).
+"""`diffedit bench quality` (ShapeEdit), `speed` (ours against diffusers' pipeline), `caption` (the zero-shot captioner),
+`masks` and `composite` (sweeps), `batch` and `resume` (diffedit batch: throughput against one process per job; kill and
+resume).
 
 Every default is the library function's own (read from its signature), so the CLI and `run_quality(...)` & co.
 cannot drift apart. The benchmark modules import light (diffusers' pipelines, scipy and matplotlib only when used).
@@ -165,6 +166,24 @@ def speed(
         fail(str(e))
     if json_path is not None:
         typer.echo(f"wrote {json_path}")
+
+
+@bench_app.command("caption")
+def caption(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Default: the embedded ShapeWorld model."),
+    scenes: int = typer.Option(200, "--scenes", "-n", help="ShapeWorld scenes to caption (scene i from seed, i)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the scenes; scene i is captioned with seed + i."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report with every scene's caption."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Caption accuracy of the zero-shot ShapeWorld captioner (`--source auto`), exact and per part, and s / image."""
+    from diffedit.bench.captions import format_caption_bench, run_caption_bench
+
+    _check_run(scenes, seed, 1, 1, {"--json": json_path})
+    set_threads(threads)
+    report = run_caption_bench(model, scenes=scenes, seed=seed, json_path=json_path, progress=not quiet)
+    typer.echo(format_caption_bench(report))
 
 
 # options the two sweeps share (typer reads an Option's settings, it does not change them)

@@ -8,6 +8,8 @@ from typing import Optional
 import typer
 
 from diffedit import EditOptions
+from diffedit.cli.auto_prompts import CAPTIONER_OPTION, INSTRUCTION_OPTION, PROMPT_LM_OPTION, SOURCE_SET_OPTION
+from diffedit.cli.auto_prompts import TARGET_SET_OPTION, PromptRequest
 from diffedit.cli.checks import check_files, check_prompts, nothing_to_edit, panel_size, read_image, read_user_mask
 from diffedit.cli.checks import unchanged, write_outputs
 from diffedit.cli.common import SET_HELP, check_seed, default_output, edit_options, indexed, load_editor, set_threads
@@ -72,8 +74,15 @@ def _prepare(image: Path, source: str, targets: list[str], seed, options, mask: 
 
 def edit(
     image: Path = typer.Argument(..., help="Input image (any format PIL reads)."),
-    source: str = typer.Option(..., "--source", "-s", help="What the image shows now ('' for nothing)."),
-    target: list[str] = typer.Option(..., "--target", "-t", help="What it should show; repeat for several edits."),
+    source: Optional[str] = typer.Option(
+        None, "--source", "-s", help="What the image shows now ('' for nothing; 'auto': a caption of the image).",
+    ),
+    target: Optional[list[str]] = typer.Option(None, "--target", "-t", help="What it should show; repeat for several edits."),
+    instruction: Optional[str] = INSTRUCTION_OPTION,
+    captioner: Optional[str] = CAPTIONER_OPTION,
+    source_set: Optional[str] = SOURCE_SET_OPTION,
+    target_set: Optional[str] = TARGET_SET_OPTION,
+    prompt_lm: Optional[str] = PROMPT_LM_OPTION,
     seed: Optional[int] = SEED_OPTION,
     output: Optional[Path] = typer.Option(
         None, "--output", "-o", help="Edited image (default: <stem>_edited.png).", rich_help_panel=OUTPUT,
@@ -158,6 +167,8 @@ def edit(
         flags.update(extra_strengths=(), noise_candidates=(), caption_candidate=False, inpaint_candidate=False)
     elif inpaint_model == "same":  # the plain model as an inpainter: decoded from fresh noise inside the mask
         flags.update(noise_candidates=(1.0,))
+    request = PromptRequest(source, target or [], instruction, captioner, source_set, target_set, prompt_lm)
+    source, target = request.check()  # --source auto, --instruction, prompt sets: cli/auto_prompts.py
     options, targets = edit_options(flags, settings, preset), list(target)
     input_image, user_mask, device, dtype = _prepare(image, source, targets, seed, options, mask, device, dtype, threads)
     output, n, size = output or default_output(image, "edited"), len(targets), input_image.size
@@ -168,6 +179,7 @@ def edit(
     existing = check_files(outputs, [image, mask, model], overwrite)
     nothing_to_edit(source, targets, mask, user_mask)
     editor = load_editor(model, device, dtype, config, quiet, inpaint_model)
+    source, targets, prompts = request.derive(editor, input_image, seed, quiet)
     result = editor.edit(input_image, source, targets, mask=mask, seed=seed, options=options)
     contents = list(result.images) + (list(result.mask_images) if mask_output else [])
     if panel:
@@ -176,6 +188,8 @@ def edit(
     record = {"input": str(image), "outputs": [str(o.path) for o in outputs[:n]], **result.to_dict()}
     if mask is not None:
         record["user_mask"] = str(mask)
+    if prompts is not None:
+        record["prompts"] = prompts
     write_outputs(outputs, contents + [record], existing, quiet)
     if not quiet:
         typer.echo(f"seed {result.seed}; mask covers {', '.join(f'{m.float().mean():.1%}' for m in result.mask)}")
