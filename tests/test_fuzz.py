@@ -242,14 +242,15 @@ def expected_code(pieces: list[Piece]) -> int:
     code = verdict(pieces)
     if code == BAD:
         return BAD
-    fields = {"num_inference_steps": 50, "strength": 0.8, "mask_strength": 0.5, "extra_strengths": (1.0,),
-              "max_pixels": DEFAULT_MAX_PIXELS}
+    defaults = EditOptions()
+    fields = {name: getattr(defaults, name) for name in ("num_inference_steps", "strength", "mask_strength",
+                                                          "extra_strengths", "caption_strength", "max_pixels")}
     for p in sorted(effective(pieces), key=lambda p: p.args[0] == "--set"):  # --set after the flags, wherever it stands
         for name, value in p.extras.get("fields", {}).items():
             if name in fields:
                 fields[name] = tuple(value) if isinstance(value, list) else value
     steps, size = fields["num_inference_steps"], pieces[0].size
-    strengths = [fields["strength"], fields["mask_strength"], *fields["extra_strengths"]]
+    strengths = [fields["strength"], fields["mask_strength"], *fields["extra_strengths"], fields["caption_strength"] or 1.0]
     if any(int(steps * r) < 1 for r in strengths):
         return BAD
     if size and fields["max_pixels"] is not None and size[0] * size[1] > fields["max_pixels"]:
