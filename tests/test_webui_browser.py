@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from diffedit import EditOptions
+from diffedit.loading import embedded_inpaint_path
 from diffedit.stages.candidates import plan_candidates
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -110,7 +111,7 @@ def test_page_previews_the_mask_edits_and_reuses_the_inversion(page, tmp_path):
     expect(page.locator("#compare img")).to_have_count(2)
     expect(page.locator("#candidates")).to_contain_text("r=0.8 caption")  # every default candidate with its score
     table = page.locator("#candidates").inner_text()
-    candidates = plan_candidates(EditOptions(), ["a source"])
+    candidates = plan_candidates(EditOptions(), ["a source"], inpainter=embedded_inpaint_path().is_dir())  # "auto"
     assert all(c.label in table for c in candidates) and table.count("kept") == 1
     assert len(re.findall(r"^-?\d+\.\d+$", table, re.M)) == len(candidates)
     links = page.locator("#download a").evaluate_all("els => els.map(e => e.href)")

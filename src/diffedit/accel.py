@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["TracedUNet", "CompiledUNet", "auto_traced", "AUTO_AFTER", "AUTO_CELLS"]
+__all__ = ["TracedUNet", "CompiledUNet", "accelerated", "auto_traced", "AUTO_AFTER", "AUTO_CELLS"]
 
 
 @dataclass
@@ -110,3 +110,10 @@ class CompiledUNet:
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
         return self.compiled(*args, **kwargs)
+
+
+def accelerated(unet, method: str | None):
+    """`unet` behind an accelerate method ("auto", "trace", "compile"), or as it is for None; None for no UNet."""
+    if unet is None or method is None:
+        return unet
+    return {"auto": auto_traced, "trace": TracedUNet, "compile": CompiledUNet}[method](unet)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from .accel import accelerated
 from .callbacks import as_output, step_callback
 from .components import Components, Prompt
 from .devices import parse_dtype
@@ -109,7 +110,7 @@ class DiffEditor:
             check_inpainter(unet, self.components.unet)
             unet.eval().requires_grad_(False).to(self.components.device, self.components.dtype)
         self.components.inpaint_unet = unet
-        self.components.inpaint_denoiser = _wrapped(unet, self.acceleration)
+        self.components.inpaint_denoiser = accelerated(unet, self.acceleration)
         return self
 
     def to(self, *args, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None) -> "DiffEditor":
@@ -128,8 +129,8 @@ class DiffEditor:
         on CUDA; minutes to compile), or None for the plain UNet."""
         if method not in (None, "auto", "trace", "compile"):
             raise ValueError(f"accelerate method must be 'auto', 'trace', 'compile' or None, got {method!r}")
-        self.components.denoiser = _wrapped(self.components.unet, method)
-        self.components.inpaint_denoiser = _wrapped(self.components.inpaint_unet, method)
+        self.components.denoiser = accelerated(self.components.unet, method)
+        self.components.inpaint_denoiser = accelerated(self.components.inpaint_unet, method)
         self.acceleration = method
         return self
 
@@ -382,15 +383,6 @@ class DiffEditor:
             outputs.append(finisher(parts, batch, decoded, masks, options))
             finals.append(latents)
         return outputs, finals
-
-
-def _wrapped(unet, method: str | None):
-    """`unet` behind the accelerate method (accel.py), or as it is for None; None for no UNet."""
-    from .accel import CompiledUNet, TracedUNet, auto_traced
-
-    if unet is None or method is None:
-        return unet
-    return {"auto": auto_traced, "trace": TracedUNet, "compile": CompiledUNet}[method](unet)
 
 
 def _is_dtype_name(text: str) -> bool:

@@ -95,6 +95,22 @@ def _edit_method(
     return out
 
 
+def _run_method(method: str, editor: DiffEditor, case_list: list[EditCase], *, seed: int, options: EditOptions,
+                batch_size: int, baseline_steps: int, progress: bool) -> tuple[list, list[dict], float, dict]:
+    """One method on every case: (edits, scored rows, seconds, prompt notes)."""
+    with tqdm(total=len(case_list), desc=method, disable=not progress, leave=False, dynamic_ncols=True) as bar:
+        timings: dict[str, float] = {}
+        notes: dict = {}
+        with timed(timings, method, editor.device):
+            edits = _edit_method(method, editor, case_list, seed=seed, options=options, batch_size=batch_size, bar=bar,
+                                 baseline_steps=baseline_steps, notes=notes)
+    rows = []
+    for i, (case, (edited, mask)) in enumerate(zip(case_list, edits)):
+        row = score_edit(edited, case, mask)
+        rows.append({"case": i, "source": case.source, "target": case.target, **{k: _finite(v) for k, v in row.items()}})
+    return edits, rows, timings[method], notes
+
+
 def _finite(value):
     """JSON has no infinity: PSNRs of exact copies are written as the summaries' cap."""
     if isinstance(value, float) and math.isinf(value):
@@ -165,17 +181,8 @@ def run_quality(
     }
     compared: list = []  # (edits, rows) of the first two methods, for compare_panel_path
     for method in methods:
-        with tqdm(total=cases, desc=method, disable=not progress, leave=False, dynamic_ncols=True) as bar:
-            timings: dict[str, float] = {}
-            notes: dict = {}
-            with timed(timings, method, editor.device):
-                edits = _edit_method(method, editor, case_list, seed=seed, options=options, batch_size=batch_size, bar=bar,
-                                     baseline_steps=baseline_steps, notes=notes)
-            seconds = timings[method]
-        rows = []
-        for i, (case, (edited, mask)) in enumerate(zip(case_list, edits)):
-            row = score_edit(edited, case, mask)
-            rows.append({"case": i, "source": case.source, "target": case.target, **{k: _finite(v) for k, v in row.items()}})
+        edits, rows, seconds, notes = _run_method(method, editor, case_list, seed=seed, options=options,
+                                                  batch_size=batch_size, baseline_steps=baseline_steps, progress=progress)
         report["methods"][method] = {"summary": summarize(rows), "seconds_per_edit": seconds / cases, "rows": rows,
                                      **({"prompts": notes} if notes else {})}
         if panel_path is not None and method == methods[0]:
