@@ -44,8 +44,8 @@ def test_embedded_inpainter_is_shipped_within_budget_and_inpaints():
     # the inpainter alone, inside the ground-truth masks of six edits (two of each kind), draws the target
     cases = edit_cases(6, 4242)
     result = editor.edit([c.source_image for c in cases], [c.source for c in cases], [c.target for c in cases],
-                         mask=[c.mask.astype(np.uint8) * 255 for c in cases], seed=0, plain_candidates=False)
-    assert result.candidates == ["inpaint"]
+                         mask=[c.mask.astype(np.uint8) * 255 for c in cases], seed=0, caption_candidate=False)
+    assert result.candidates == ["r=1 inpaint"]
     rows = [score_edit(np.asarray(im), c, None) for im, c in zip(result.images, cases)]
     assert sum(r["success"] for r in rows) >= 4, rows
 
@@ -83,4 +83,4 @@ def test_demo_writes_every_file(tmp_path):
     outside = np.asarray(Image.open(tmp_path / "d" / "mask.png")) == 0
     assert np.array_equal(inp[outside], out[outside])  # the composite keeps the background exact
     assert "mask IoU" in res.output
-    assert f"kept candidate {record['chosen'][0]} of r=1, r=0.8 caption" in res.output
+    assert f"kept candidate {record['chosen'][0]} of r=1 inpaint, r=0.8 caption" in res.output

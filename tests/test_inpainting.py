@@ -71,22 +71,24 @@ def test_masked_image_latents_blank_the_masked_cells(image):
 
 def test_edit_decodes_an_inpainting_candidate_that_reads_the_masked_image(inpaint_editor, image):
     res = inpaint_editor.edit(image, "a red square", "a blue circle", seed=0, **KW)
-    assert res.candidates[-1] == "inpaint" and len(res.candidate_scores[0]) == len(res.candidates)
+    assert res.candidates == ["r=1 inpaint", "r=0.8 caption"] and len(res.candidate_scores[0]) == 2
     out = np.asarray(res.images[0])
     outside = ~(np.asarray(res.mask_image) > 0)
     assert np.array_equal(out[outside], image[outside])  # the background stays exact, as for every candidate
     off = inpaint_editor.edit(image, "a red square", "a blue circle", seed=0, inpaint_candidate=False, **KW)
-    assert "inpaint" not in off.candidates
+    assert off.candidates == ["r=1", "r=0.8 caption"]
+    extra = inpaint_editor.edit(image, "a red square", "a blue circle", seed=0, extra_strengths=(1.0, 0.9), **KW)
+    assert extra.candidates == ["r=1 inpaint", "r=0.9", "r=0.8 caption"]  # r = 1 is decoded once, by the inpainter
     # only the inpainting candidate: its decoding depends on the 9-channel UNet's extra inputs
     only = dict(strength=1.0, caption_candidate=False, **KW)
-    assert inpaint_editor.edit(image, "a red square", "a blue circle", seed=0, **only).candidates == ["r=1", "inpaint"]
+    assert inpaint_editor.edit(image, "a red square", "a blue circle", seed=0, **only).candidates == ["r=1 inpaint"]
     # the inpainting decodings themselves (the chosen candidate may be r=1 for both), through the step callback
     seen = {}
     for seed_w in (0, 1):
         inpaint_editor.set_inpainter(inpainter(seed_w))
 
         def grab(editor, step, t, kw, seed_w=seed_w):
-            if kw["candidate"] == "inpaint":
+            if kw["candidate"] == "r=1 inpaint":
                 seen[seed_w] = kw["latents"].clone()
 
         inpaint_editor.edit(image, "a red square", "a blue circle", seed=0, callback_on_step_end=grab, **only)
@@ -95,7 +97,7 @@ def test_edit_decodes_an_inpainting_candidate_that_reads_the_masked_image(inpain
 
 def test_fast_preset_and_no_inpainter_decode_no_inpainting_candidate(editor, inpaint_editor, image):
     assert not editor.inpainter and inpaint_editor.inpainter
-    assert "inpaint" not in editor.edit(image, "a red square", "a blue circle", seed=0, **KW).candidates
+    assert editor.edit(image, "a red square", "a blue circle", seed=0, **KW).candidates == ["r=1", "r=0.8 caption"]
     fast = inpaint_editor.edit(image, "a red square", "a blue circle", seed=0, preset="fast", mask_noises=2)
     assert fast.candidates == ["r=0.9"]
 
@@ -116,7 +118,8 @@ def test_load_inpaint_unet_from_a_folder_and_refuse_a_plain_one(tmp_path, tiny_m
     unet = load_inpaint_unet(str(folder))
     assert unet.config.in_channels == 9
     editor = DiffEditor.from_pretrained(str(tiny_model_dir), inpaint_model=str(folder), progress=False)
-    assert editor.inpainter and "inpaint" in editor.edit(np.full((32, 32, 3), 90, np.uint8), "a", "b", seed=0, **KW).candidates
+    edited = editor.edit(np.full((32, 32, 3), 90, np.uint8), "a", "b", seed=0, **KW)
+    assert editor.inpainter and "r=1 inpaint" in edited.candidates
     assert not DiffEditor.from_pretrained(str(tiny_model_dir), progress=False).inpainter  # "auto": none for other models
     with pytest.raises(ModelError, match="not an inpainting model"):
         load_inpaint_unet(str(tiny_model_dir))
@@ -156,9 +159,9 @@ def test_train_inpaint_continues_from_its_state(tmp_path, tiny_model_dir):
 
 
 def test_traced_inpainting_calls_give_the_plain_ones_outputs(inpaint_editor, image):
-    only = dict(plain_candidates=False, output_type="np", **KW)
+    only = dict(caption_candidate=False, output_type="np", **KW)
     plain = inpaint_editor.accelerate(None).edit(image, "a red square", "a blue circle", seed=0, **only)
     traced_editor = inpaint_editor.accelerate("trace")
     traced = traced_editor.edit(image, "a red square", "a blue circle", seed=0, **only)
-    assert traced.candidates == ["inpaint"] and traced_editor.components.inpaint_denoiser._traces
+    assert traced.candidates == ["r=1 inpaint"] and traced_editor.components.inpaint_denoiser._traces
     assert np.array_equal(plain.images, traced.images)

@@ -94,7 +94,6 @@ BOUNDS: dict[str, Bound] = {
     "max_pixels": Bound("int", 1, 2**26, optional=True,
                         why="8192 x 8192: an edit's memory grows with the pixels (null: PIL's 179-megapixel bomb check only)"),
     "noise_candidates": Bound("floats", **UNIT, low_open=True, max_items=8, why="each is one more decoding"),
-    "plain_candidates": Bound("bool"),
     "rerank_unconditional": Bound("float", 0.0, 100.0, why="a weight; far above, the scores overflow"),
     "mask_clamp": Bound("str", choices=("quantile", "mean_ratio")),
     "mask_quantile": Bound("float", **UNIT, low_open=True, why="a quantile"),

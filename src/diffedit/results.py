@@ -33,7 +33,7 @@ class EditOptions:
     extra_strengths: tuple[float, ...] = ()  # also decode from these ratios; () with no caption candidate: one decoding
     caption_candidate: bool = True  # also decode from an inversion with the source prompt (the paper's caption encoding)
     caption_strength: float | None = 0.8  # encoding ratio of the caption candidate; None: strength
-    inpaint_candidate: bool = True  # with an inpainting UNet loaded (--inpaint-model), also decode with it
+    inpaint_candidate: bool = True  # with an inpainting UNet loaded (--inpaint-model), it decodes the first candidate
     rerank_noises: int = 4  # noises per level when scoring candidates
     rerank_levels: tuple[float, ...] = (0.4, 0.6, 0.8)  # noise levels (fractions of training steps) of the score
     # mask (step 1)
@@ -56,7 +56,6 @@ class EditOptions:
     max_pixels: int | None = DEFAULT_MAX_PIXELS  # refuse larger inputs with a clear error
     # advanced: ablations and diffusers-compatible variants (the benchmark's `ours_*` rows set these)
     noise_candidates: tuple[float, ...] = ()  # also decode from the top level with this share of fresh noise in the mask
-    plain_candidates: bool = True  # decode the plain model's candidates; False: the inpainting candidate alone
     rerank_unconditional: float = 0.0  # weight of (empty prompt's error - target's) in the candidates' score
     mask_clamp: str = "quantile"  # "quantile": clip extremes, then min-max (paper); "mean_ratio": diffusers'
     mask_quantile: float = 0.99  # upper clip of clamp "quantile"

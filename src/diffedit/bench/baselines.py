@@ -54,8 +54,8 @@ OURS_VARIANTS: dict[str, dict] = {
     # the paper's single decoding at r
     "ours_one_candidate": {"extra_strengths": (), "noise_candidates": (), "caption_candidate": False},
     "ours_attention_mask": {"method": "diffedit_attention_mask"},  # the mask from the changed words' cross-attention
-    "ours_no_inpaint": {"inpaint_candidate": False},  # without the inpainting candidate (the default before issue 21)
-    "ours_inpaint": {"plain_candidates": False},  # the inpainting UNet alone under our mask (needs an inpainter)
+    "ours_no_inpaint": {"inpaint_candidate": False},  # the model's own decoders only (the default before issue 21)
+    "ours_inpaint": {"caption_candidate": False},  # the inpainting UNet's decoding alone under our mask (needs one)
 }
 
 

@@ -85,7 +85,7 @@ def _edit_method(
         else:
             if method in ("gt_mask", "gt_mask_inpaint"):
                 masks = [c.mask for c in batch]
-                gt_options = options.replace(plain_candidates=False) if method == "gt_mask_inpaint" else options
+                gt_options = options.replace(caption_candidate=False) if method == "gt_mask_inpaint" else options
                 result = gt_mask_edit(editor, images, sources, targets, masks, seed=seed + start, options=gt_options)
             else:
                 variant = options.replace(**OURS_VARIANTS[method])

@@ -31,33 +31,27 @@ class Candidate:
     strength: float  # encoding ratio r the decoding starts from
     caption: bool = False  # inverted with the source prompt (the paper's caption encoding) instead of unconditionally
     noise: float = 0.0  # share of the top level's variance replaced by fresh noise inside the mask
-    inpaint: bool = False  # decoded by the inpainting UNet (stages/inpainting.py)
+    inpaint: bool = False  # decoded by the inpainting UNet (stages/inpainting.py) instead of the model's own
 
     @property
     def label(self) -> str:
-        if self.inpaint:
-            return "inpaint"
-        return f"r={self.strength:g}" + (" caption" if self.caption else "") + (f" noise {self.noise:g}" if self.noise else "")
+        return (f"r={self.strength:g}" + (" caption" if self.caption else "") + (f" noise {self.noise:g}" if self.noise else "")
+                + (" inpaint" if self.inpaint else ""))
 
 
 def plan_candidates(options, sources: list, inpainter: bool = False) -> list[Candidate]:
-    """The unconditional decoding at `strength` first, then the extra ratios, noise candidates (from the top
-    unconditional level), the caption candidate at `caption_strength` (only when every source prompt says
-    something and no inversion prompt is set) and, with an inpainting UNet loaded, the inpainting candidate
-    (alone with `plain_candidates` False)."""
-    if not options.plain_candidates:
-        if not (inpainter and options.inpaint_candidate):
-            raise ValueError("plain_candidates=False leaves only the inpainting candidate: load an inpainting model")
-        return [Candidate(1.0, inpaint=True)]
-    out = [Candidate(options.strength)]
+    """The unconditional decoding at `strength` first (by the inpainting UNet when one is loaded and
+    `inpaint_candidate`), then the extra ratios, noise candidates (from the top unconditional level) and the caption
+    candidate at `caption_strength` (only when every source prompt says something and no inversion prompt is set)."""
+    out = [Candidate(options.strength, inpaint=inpainter and options.inpaint_candidate)]
     out += [c for c in dict.fromkeys(Candidate(r) for r in options.extra_strengths) if c not in out]
     top = max(c.strength for c in out)
     out += [c for c in dict.fromkeys(Candidate(top, noise=s) for s in options.noise_candidates) if c not in out]
+    if out[0].inpaint and Candidate(options.strength) in out[1:]:
+        out.remove(Candidate(options.strength))  # an extra ratio equal to `strength` is the inpainted one
     spoken = all(not isinstance(s, str) or s.strip() for s in sources)
     if options.caption_candidate and spoken and not options.inversion_prompt:
         out.append(Candidate(options.caption_strength or options.strength, caption=True))
-    if inpainter and options.inpaint_candidate:
-        out.append(Candidate(1.0, inpaint=True))
     return out
 
 
