@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffedit import DiffEditor
+from diffedit import DiffEditor, EditOptions
 from diffedit.errors import ModelError
 from diffedit.loading import load_inpaint_unet
 from diffedit.shapeworld.train_inpaint import _grow, cell_mask, draw_example, masked_pixels, train_inpaint, widen_unet
@@ -165,3 +165,16 @@ def test_traced_inpainting_calls_give_the_plain_ones_outputs(inpaint_editor, ima
     traced = traced_editor.edit(image, "a red square", "a blue circle", seed=0, **only)
     assert traced.candidates == ["r=1 inpaint"] and traced_editor.components.inpaint_denoiser._traces
     assert np.array_equal(plain.images, traced.images)
+
+
+def test_inpaint_threshold_sets_the_hole_the_inpainter_paints_in(inpaint_editor, image):
+    from diffedit.stages.inpainting import inpaint_hole
+
+    masks = inpaint_editor.mask(image, "a red square", "a blue circle", seed=0, mask_noises=2)
+    jobs = type("M", (), {"soft": masks.soft, "latent": masks.mask, "computed": True})()
+    default = EditOptions()
+    assert torch.equal(inpaint_hole(jobs, default), masks.mask)  # None: the decoding's latent mask
+    tight, loose = (inpaint_hole(jobs, EditOptions(inpaint_threshold=t)) for t in (0.8, 0.1))
+    assert bool((tight <= loose).all()) and tight.sum() < loose.sum()
+    user = type("M", (), {"soft": masks.soft, "latent": masks.mask, "computed": False})()
+    assert torch.equal(inpaint_hole(user, EditOptions(inpaint_threshold=0.8)), masks.mask)  # a user's mask as given

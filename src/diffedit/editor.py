@@ -35,7 +35,7 @@ from .stages import (
     prepare_batch, resolve_seeds, stack_candidates, stage,
 )
 from .stages.batch import describe_prompt
-from .stages.inpainting import InpaintingDecoder, check_inpainter, masked_image_latents
+from .stages.inpainting import InpaintingDecoder, check_inpainter, inpaint_hole, masked_image_latents
 from .stages.report import empty_mask_warnings, job_changes
 
 __all__ = ["DiffEditor"]
@@ -362,11 +362,12 @@ class DiffEditor:
             levels, starts = stack_candidates(walks, group, batch.job_image, masks.latent, noise, grid,
                                               options.num_inference_steps)
             k = len(group)
-            c_k, u_k, m_k = (None if t is None else t.repeat(k, *[1] * (t.dim() - 1)) for t in (cond, uncond, masks.latent))
+            hole = masks.latent if not group[0].inpaint else inpaint_hole(masks, options)
+            c_k, u_k, m_k = (None if t is None else t.repeat(k, *[1] * (t.dim() - 1)) for t in (cond, uncond, hole))
             callback = step_callback(self, callback_on_step_end, group, starts[::jobs], jobs, grid)
             with parts.timed(timings, "decoding"):
                 if group[0].inpaint:
-                    masked = masked_image_latents(parts, batch.pixels[batch.job_image], masks.latent)
+                    masked = masked_image_latents(parts, batch.pixels[batch.job_image], hole)
                     decoder = InpaintingDecoder(parts.inpaint_denoiser, masked.repeat(k, 1, 1, 1))
                 else:
                     decoder = stage("decoder", stages.decoder)()

@@ -18,12 +18,21 @@ import torch
 import torch.nn.functional as F
 
 from ..components import Components
+from ..masks import dilate, threshold_maps
 from ..sampling import masked_denoise
 from ..schedule import DDIMGrid
 
-__all__ = ["InpaintingUNet", "InpaintingDecoder", "check_inpainter", "masked_image_latents", "INPAINT_CHANNELS"]
+__all__ = ["InpaintingUNet", "InpaintingDecoder", "check_inpainter", "inpaint_hole", "masked_image_latents", "INPAINT_CHANNELS"]
 
 INPAINT_CHANNELS = 9  # noisy latent (4) + mask (1) + masked-image latent (4), diffusers' inpainting layout
+
+
+def inpaint_hole(masks, options) -> torch.Tensor:
+    """(J, h, w) bool: the latent cells the inpainting UNet paints in: the decoding's latent mask, or with
+    `inpaint_threshold` the soft map thresholded there (and grown by `mask_dilate`); a user's mask stays as given."""
+    if options.inpaint_threshold is None or not masks.computed:
+        return masks.latent
+    return dilate(threshold_maps(masks.soft, options.inpaint_threshold), options.mask_dilate).bool()
 
 
 def check_inpainter(unet, own) -> None:
