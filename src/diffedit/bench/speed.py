@@ -294,13 +294,15 @@ def _measure(methods: dict, editor, dev: torch.device, repeats: int, *, counted:
         finally:
             editor.components.denoiser = denoiser
         rows[name] = counter.rows
-    traces = getattr(editor.denoiser, "_traces", None)
-    for _ in range(8 if traces is not None else 0):  # until a round of every method traces nothing new
-        before = len(traces)
+    # until every traced wrapper (the UNet's, the inpainter's) is past its first `after` calls and a round of every
+    # method traces nothing new
+    wrappers = [w for w in (editor.denoiser, editor.components.inpaint_denoiser) if hasattr(w, "_traces")]
+    for _ in range(16 if wrappers else 0):
+        before = sum(len(w._traces) for w in wrappers)
         for name, fn in methods.items():
             if name != "diffusers":
                 fn()
-        if len(traces) == before:
+        if all(w.calls > w.after for w in wrappers) and sum(len(w._traces) for w in wrappers) == before:
             break
     runs: dict[str, list] = {name: [] for name in methods}
     peaks: dict[str, list] = {name: [] for name in methods}
