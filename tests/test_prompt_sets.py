@@ -79,3 +79,21 @@ def test_edit_with_prompt_sets_records_their_sentences(tmp_path, tiny_model_dir,
     prompts = json.loads((tmp_path / "photo_edited.json").read_text())["prompts"]
     assert prompts["target_from"] == "language model" and prompts["source_from"] == "given"
     assert prompts["target_set"] == Seq2SeqPrompter.from_pretrained(str(t5_dir))("dog")
+
+
+def test_an_instruction_the_rules_cannot_apply_goes_to_the_language_model(t5_dir):
+    from diffedit.prompts_auto import derive_prompts
+
+    image = np.full((32, 32, 3), 128, np.uint8)
+    prompter = Seq2SeqPrompter.from_pretrained(str(t5_dir), max_new_tokens=6)
+    with pytest.raises(ValueError, match="ShapeWorld grammar"):  # a free caption: the rules alone refuse it
+        derive_prompts(None, image, source="a cat on the sofa", instruction="make the cat a dog")
+    derived = derive_prompts(None, image, source="a cat on the sofa", instruction="make the cat a dog",
+                             rewriter=prompter.rewrite)
+    assert derived.record["target_from"] == "language model" and derived.record["rewriter"] == str(t5_dir)
+    assert derived.targets == [prompter.rewrite("a cat on the sofa", "make the cat a dog")]  # greedy: deterministic
+    assert derived.targets[0] and derived.targets[0] != "a cat on the sofa"
+    # a ShapeWorld caption the rules can rewrite never reaches the model
+    rules = derive_prompts(None, image, source="a red circle on a gray background", instruction="make the circle blue",
+                           rewriter=prompter.rewrite)
+    assert rules.record["target_from"] == "instruction" and rules.targets == ["a blue circle on a gray background"]

@@ -44,6 +44,9 @@ def template_prompts(concept: str, templates: Sequence[str] = TEMPLATES) -> list
     return [t.format(concept) for t in templates]
 
 
+REWRITE_INSTRUCTION = "Rewrite the caption as the instruction says. Caption: {} Instruction: {} New caption:"
+
+
 class Seq2SeqPrompter:
     """Sentences about a concept from a local seq2seq language model (Flan-T5), sampled as the guide does."""
 
@@ -71,6 +74,19 @@ class Seq2SeqPrompter:
         if not sentences:
             raise ValueError(f"the language model {self.name} gave no sentence about {concept!r}")
         return sentences
+
+
+    @torch.no_grad()
+    def rewrite(self, caption: str, instruction: str) -> str:
+        """The caption rewritten as the instruction says (greedy, deterministic); ValueError when the model gives
+        nothing or the caption unchanged."""
+        text = REWRITE_INSTRUCTION.format(caption, instruction)
+        ids = self.tokenizer(text, return_tensors="pt").input_ids.to(self.model.device)
+        out = self.model.generate(ids, do_sample=False, max_new_tokens=self.max_new_tokens)
+        rewritten = " ".join(self.tokenizer.decode(out[0], skip_special_tokens=True).split())
+        if not rewritten or rewritten == caption:
+            raise ValueError(f"the language model {self.name} did not rewrite {caption!r} by {instruction!r}")
+        return rewritten
 
 
 def mean_embedding(parts, sentences: Sequence[str]) -> torch.Tensor:

@@ -59,16 +59,18 @@ def caption_image(
 def derive_prompts(
     editor, image: ImageInput, *, source: str | None = None, target: str | list[str] | None = None,
     instruction: str | None = None, captioner: str | Callable | None = None, seed: int = 0,
+    rewriter: Callable[[str, str], str] | None = None,
 ) -> DerivedPrompts:
     """The source and targets of an edit: `source` as given, or "auto" (default with an instruction) for a caption of
     the image; `target` as given, or the source rewritten by `instruction` (not both). ValueError for an instruction
-    the rules cannot read or apply to the caption."""
+    the rules cannot read or apply to the caption, unless a `rewriter(caption, instruction)` (a local language model:
+    `Seq2SeqPrompter.rewrite`) is given, which then rewrites it."""
     if (target is None) == (instruction is None):
         raise ValueError("give a target prompt or an instruction (one of the two)")
     source = AUTO if source is None else source
     record: dict = {}
     if source == AUTO:
-        named = parse_instruction(instruction) if instruction is not None else None
+        named = _named(instruction, rewriter)
         shows = (named.color, named.shape) if named is not None and named.color and named.shape else None
         source, made = caption_image(editor, image, captioner, seed=seed, shows=shows)
         record.update(source_from="captioner", **made)
@@ -76,13 +78,32 @@ def derive_prompts(
         record["source_from"] = "given"
     if instruction is not None:
         try:
-            parse_caption(source)
+            try:
+                parse_caption(source)
+            except ValueError:
+                raise ValueError(f"an instruction rewrites a caption of the ShapeWorld grammar by rules, and the source "
+                                 f"prompt {source!r} is not one: give the target prompt (or a language model)") from None
+            targets = [rewrite_caption(source, instruction)]
+            record.update(target_from="instruction", instruction=instruction)
         except ValueError:
-            raise ValueError(f"an instruction rewrites a caption of the ShapeWorld grammar by rules, and the source "
-                             f"prompt {source!r} is not one: give the target prompt instead") from None
-        targets = [rewrite_caption(source, instruction)]
-        record.update(target_from="instruction", instruction=instruction)
+            if rewriter is None:
+                raise
+            targets = [rewriter(source, instruction)]
+            record.update(target_from="language model", instruction=instruction,
+                          rewriter=getattr(getattr(rewriter, "__self__", None), "name", "a language model"))
     else:
         targets = [target] if isinstance(target, str) else list(target)
         record["target_from"] = "given"
     return DerivedPrompts(source, targets, {"source": source, "targets": [describe_prompt(t) for t in targets], **record})
+
+
+def _named(instruction: str | None, rewriter) -> object | None:
+    """The instruction read by the rules (None without one, or when a language model will read it instead)."""
+    if instruction is None:
+        return None
+    try:
+        return parse_instruction(instruction)
+    except ValueError:
+        if rewriter is None:
+            raise
+        return None

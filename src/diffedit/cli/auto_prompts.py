@@ -31,7 +31,9 @@ SOURCE_SET_OPTION = typer.Option(
 )
 TARGET_SET_OPTION = typer.Option(None, "--target-set", help="Instead of --target: as --source-set.", rich_help_panel=PROMPTS)
 PROMPT_LM_OPTION = typer.Option(
-    None, "--prompt-lm", help="A local seq2seq language model folder (Flan-T5) that writes the sentences of a concept word.",
+    None, "--prompt-lm",
+    help="A local seq2seq language model folder (Flan-T5): writes a concept word's sentences, and rewrites a caption by "
+    "--instruction where the rules cannot.",
     rich_help_panel=PROMPTS,
 )
 
@@ -67,7 +69,7 @@ class PromptRequest:
         if self.instruction is not None and self.source_set is not None:
             fail("--instruction rewrites a caption: give --source (or --source auto), not --source-set")
         try:
-            parse_instruction(self.instruction) if self.instruction is not None else None
+            parse_instruction(self.instruction) if self.instruction is not None and self.prompt_lm is None else None
             for value in (self.source_set, self.target_set):
                 read_prompt_set(value) if value and _is_file(value) else None
         except ValueError as e:
@@ -98,6 +100,7 @@ class PromptRequest:
 
     def _derive(self, editor, image, seed: int):
         from diffedit.captioning import ImageToTextCaptioner
+        from diffedit.prompt_sets import Seq2SeqPrompter
         from diffedit.prompts_auto import derive_prompts
 
         record: dict = {}
@@ -107,8 +110,11 @@ class PromptRequest:
             captioner = self.captioner
             if captioner not in (None, ZERO_SHOT):
                 captioner = ImageToTextCaptioner.from_pretrained(captioner, device=editor.device)
+            rewriter = None
+            if self.instruction is not None and self.prompt_lm is not None:  # rules first, the model where they fail
+                rewriter = Seq2SeqPrompter.from_pretrained(self.prompt_lm, device=editor.device).rewrite
             derived = derive_prompts(editor, image, source=source, instruction=self.instruction, captioner=captioner,
-                                     target=None if self.instruction else targets, seed=seed)
+                                     target=None if self.instruction else targets, seed=seed, rewriter=rewriter)
             source, targets = derived.source, derived.targets
             record = {**derived.record, **record}
         record.setdefault("source_from", "given")
