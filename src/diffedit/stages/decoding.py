@@ -24,7 +24,14 @@ __all__ = ["MaskedDDIMDecoder", "noised_start"]
 
 @register("decoder", "masked_ddim")
 class MaskedDDIMDecoder:
-    """DDIM decoding inside the latent mask, same-level background blending (Couairon et al. 2023, sec. 3.2)."""
+    """DDIM decoding inside the latent mask, same-level background blending (Couairon et al. 2023, sec. 3.2).
+    A subclass changes what the UNet calls go through (`denoiser`): stages/inpainting.py."""
+
+    phase = "denoise"  # the progress bar's name
+
+    def denoiser(self, parts: Components, mask: torch.Tensor, starts: list[int] | None):
+        """What the decoding's UNet calls go through: the model's UNet (or its accelerated wrapper)."""
+        return parts.denoiser
 
     @torch.no_grad()
     def __call__(
@@ -41,14 +48,15 @@ class MaskedDDIMDecoder:
         starts: list[int] | None = None,
         callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
-        with parts.bar(max(starts) if starts else grid.num_steps, "denoise") as bar:
+        denoiser = self.denoiser(parts, mask, starts)
+        with parts.bar(max(starts) if starts else grid.num_steps, self.phase) as bar:
 
             def step_end(k: int, x: torch.Tensor):
                 bar.update()
                 return None if callback is None else callback(k, x)
 
             return masked_denoise(
-                parts.denoiser, levels, mask, cond, grid, uncond=uncond, guidance_scale=guidance_scale,
+                denoiser, levels, mask, cond, grid, uncond=uncond, guidance_scale=guidance_scale,
                 job_image=job_image, starts=starts, callback=step_end,
             )
 

@@ -12,15 +12,12 @@ the inversion at every level as in the masked decoding, and the candidate is fin
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 
 from ..components import Components
 from ..masks import dilate, threshold_maps
-from ..sampling import masked_denoise
-from ..schedule import DDIMGrid
+from .decoding import MaskedDDIMDecoder
 
 __all__ = ["InpaintingUNet", "InpaintingDecoder", "check_inpainter", "inpaint_hole", "masked_image_latents", "INPAINT_CHANNELS"]
 
@@ -75,39 +72,17 @@ class InpaintingUNet:
         return self.unet(torch.cat([x, extra], dim=1), t, encoder_hidden_states=encoder_hidden_states)
 
 
-class InpaintingDecoder:
-    """The decoder protocol (stages/decoding.py) with an inpainting UNet: masked DDIM decoding, same-level background
-    blending, every call given the mask and the masked-image latents (J, C, h, w) of the jobs it decodes."""
+class InpaintingDecoder(MaskedDDIMDecoder):
+    """The masked DDIM decoding (stages/decoding.py) through an inpainting UNet: every call is given the mask and the
+    masked-image latents (J, C, h, w) of the jobs it decodes."""
+
+    phase = "inpaint"
 
     def __init__(self, unet, masked: torch.Tensor):
         self.unet, self.masked = unet, masked
 
-    @torch.no_grad()
-    def __call__(
-        self,
-        parts: Components,
-        levels: torch.Tensor,
-        mask: torch.Tensor,
-        cond: torch.Tensor,
-        uncond: torch.Tensor | None,
-        grid: DDIMGrid,
-        *,
-        guidance_scale: float,
-        job_image: list[int] | None,
-        starts: list[int] | None = None,
-        callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
-    ) -> torch.Tensor:
+    def denoiser(self, parts: Components, mask: torch.Tensor, starts: list[int] | None) -> InpaintingUNet:
         if starts is not None and len(set(starts)) > 1:
             raise ValueError("the inpainting decoder decodes every job from one level")
-        m = mask.reshape(len(self.masked), 1, *mask.shape[-2:]).to(self.masked.device)
-        denoiser = InpaintingUNet(self.unet, m, self.masked)
-        with parts.bar(max(starts) if starts else grid.num_steps, "inpaint") as bar:
-
-            def step_end(k: int, x: torch.Tensor):
-                bar.update()
-                return None if callback is None else callback(k, x)
-
-            return masked_denoise(
-                denoiser, levels, mask, cond, grid, uncond=uncond, guidance_scale=guidance_scale,
-                job_image=job_image, starts=starts, callback=step_end,
-            )
+        return InpaintingUNet(self.unet, mask.reshape(len(self.masked), 1, *mask.shape[-2:]).to(self.masked.device),
+                              self.masked)
