@@ -40,6 +40,18 @@ def _covered(status: str) -> float:
     return float(re.search(r"the mask covers ([\d.]+)%", status).group(1))
 
 
+def _links(page) -> list[str]:
+    return page.locator("#download a").evaluate_all("els => els.map(e => e.href)")
+
+
+def _new_sidecar(page, previous: list[str]) -> dict:
+    """The JSON sidecar of the newest edit: the file list may render after the status, so wait until it changes."""
+    page.wait_for_function("old => { const now = [...document.querySelectorAll('#download a')].map(e => e.href);"
+                           " return now.length > 0 && now.every(u => !old.includes(u)); }", arg=previous,
+                           timeout=180_000)
+    return json.loads(_fetch(next(u for u in _links(page) if u.endswith(".json"))))
+
+
 def _fetch(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=30) as response:
         return response.read()
@@ -114,7 +126,7 @@ def test_page_previews_the_mask_edits_and_reuses_the_inversion(page, tmp_path):
     candidates = plan_candidates(EditOptions(), ["a source"], inpainter=embedded_inpaint_path().is_dir())  # "auto"
     assert all(c.label in table for c in candidates) and table.count("kept") == 1
     assert len(re.findall(r"^-?\d+\.\d+$", table, re.M)) == len(candidates)
-    links = page.locator("#download a").evaluate_all("els => els.map(e => e.href)")
+    links = _links(page)
     png, sidecar = [next(u for u in links if u.endswith(suffix)) for suffix in (".png", ".json")]
     record = json.loads(_fetch(sidecar))
     assert str(record["seed"]) == seed == page.input_value("#seed textarea")
@@ -133,10 +145,10 @@ def test_page_previews_the_mask_edits_and_reuses_the_inversion(page, tmp_path):
     # 4. Other guidance: the inversion and the mask are reused
     page.get_by_text("Edit options").click()
     page.locator("#guidance input[type=range]").fill("5")
+    expect(page.locator("#guidance input[type=number]")).to_have_value("5")
     page.click("#edit")
     expect(status).to_contain_text("inversion: reused the stored inversion")
-    record = json.loads(_fetch(next(u for u in page.locator("#download a").evaluate_all("els => els.map(e => e.href)")
-                                    if u.endswith(".json"))))
+    record = _new_sidecar(page, links)
     assert record["options"]["guidance_scale"] == 5.0 and str(record["seed"]) == seed
     page.screenshot(path=str(ARTIFACTS / "4_inversion_reused.png"), full_page=True)
 
@@ -149,9 +161,9 @@ def test_page_previews_the_mask_edits_and_reuses_the_inversion(page, tmp_path):
     page.mouse.move(x + 60, y, steps=12)
     page.mouse.up()
     page.screenshot(path=str(ARTIFACTS / "5_brush_stroke.png"), full_page=True)
+    links = _links(page)
     page.click("#edit")
     expect(status).to_contain_text("mask corrected with the brush")
-    record = json.loads(_fetch(next(u for u in page.locator("#download a").evaluate_all("els => els.map(e => e.href)")
-                                    if u.endswith(".json"))))
+    record = _new_sidecar(page, links)
     assert record["user_mask"] == "corrected with the web UI's brush"
     page.screenshot(path=str(ARTIFACTS / "6_brushed_edit.png"), full_page=True)
