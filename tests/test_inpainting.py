@@ -129,20 +129,39 @@ def test_load_inpaint_unet_from_a_folder_and_refuse_a_plain_one(tmp_path, tiny_m
 
 def test_training_examples_mask_the_edited_object_in_the_input():
     rng = np.random.default_rng(3)
-    for _ in range(20):
-        target, holed_from, cells, caption = draw_example(rng, 8)
+    kinds = set()
+    for _ in range(40):
+        target, holed_from, cells, hole, caption = draw_example(rng, 8)
         assert cells.shape == (16, 16) and cells.any() and isinstance(caption, str)
-        holed = masked_pixels(holed_from, cells)
         inside = np.kron(cells, np.ones((8, 8), bool))
-        assert (holed[inside] == 128).all() and np.array_equal(holed[~inside], holed_from[~inside])
+        assert hole.shape == (128, 128) and not (hole & ~inside).any(), "the pixel hole stays inside the latent cells"
+        kinds.add("cells" if np.array_equal(hole, inside) else "pixels")
+        holed = masked_pixels(holed_from, hole)
+        assert (holed[hole] == 128).all() and np.array_equal(holed[~hole], holed_from[~hole])
         # the edit changes nothing beyond one cell around the mask (a mask thresholded at a share of each cell may
         # leave the old object's edge outside, as a DiffEdit mask does: the model learns to draw past it)
         grown = np.kron(_grow(cells), np.ones((8, 8), bool))
         assert np.array_equal(target[~grown], holed_from[~grown])
+    assert kinds == {"cells", "pixels"}  # edits hole their changed pixels or whole cells; rectangles whole cells
     pixels = np.zeros((16, 16), bool)
     pixels[0:3, 0:8] = True  # 3 of the 8 rows of the first two 8 x 8 cells... of a 2 x 2 grid
     assert cell_mask(pixels, 0.0, 8).tolist() == [[True, False], [False, False]]
     assert not cell_mask(pixels, 0.4, 8).any()
+
+
+def test_pixel_holes_follow_the_changed_pixels_within_two_pixels():
+    from diffedit.shapeworld import world
+    from diffedit.shapeworld.train_inpaint import pixel_hole
+
+    rng = np.random.default_rng(5)
+    case = world.sample_edit(rng, kind="shape", num_objects=1)
+    cells = np.ones((16, 16), bool)
+    holes = [pixel_hole(rng, case.mask, cells) for _ in range(30)]
+    sizes = {int(h.sum()) for h in holes}
+    assert len(sizes) > 1 and min(sizes) < case.mask.sum() < max(sizes)  # shrunk by one pixel or grown by up to two
+    for h in holes:
+        assert (h ^ case.mask).sum() < 0.5 * case.mask.sum()
+    assert not pixel_hole(rng, case.mask, np.zeros((16, 16), bool)).any()
 
 
 def test_train_inpaint_continues_from_its_state(tmp_path, tiny_model_dir):

@@ -119,6 +119,7 @@ def shapeworld_train_inpaint(
     minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-clock budget of this call."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Steps of this call (instead of --minutes)."),
     base: Optional[Path] = typer.Option(None, "--base", help="ShapeWorld model folder to widen (default: the embedded one)."),
+    init: Optional[str] = typer.Option(None, "--init", help="First call: start from this inpainter (folder, 'embedded')."),
     examples: int = typer.Option(10_000, "--examples", help="Training examples encoded once (first call only)."),
     batch_size: int = typer.Option(32, "--batch-size"),
     lr: float = typer.Option(2e-4, "--lr", help="AdamW learning rate."),
@@ -141,8 +142,8 @@ def shapeworld_train_inpaint(
         fail(f"--output {output} is a file, not a folder")
     quiet_libraries()
     try:
-        figures = train_inpaint(output, base=base, minutes=minutes, steps=steps, examples=examples, batch_size=batch_size,
-                                lr=lr, anneal=anneal, seed=seed, threads=threads, quiet=quiet)
+        figures = train_inpaint(output, base=base, init=init, minutes=minutes, steps=steps, examples=examples,
+                                batch_size=batch_size, lr=lr, anneal=anneal, seed=seed, threads=threads, quiet=quiet)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     typer.echo(json.dumps(figures, indent=2, default=str))

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from diffusers import UNet2DConditionModel
 
-from diffedit.masks import dilate
+from diffedit.masks import dilate, erode
 from diffedit.shapeworld import world
 from diffedit.shapeworld.evaluate import images_to_tensor
 from diffedit.shapeworld.lr_schedule import lr_factor
@@ -37,6 +37,7 @@ from diffedit.shapeworld.training_log import Logger
 
 INPAINT_CHANNELS = 9  # [noisy latent, mask, masked-image latent], diffusers' inpainting order
 EDIT_SHARE = 0.7  # examples whose mask is an edit's (the rest: 2/3 random rectangles, 1/3 the whole image)
+PIXEL_HOLE_SHARE = 0.6  # edits whose masked image holes the changed pixels (the rest: the mask's whole cells)
 
 
 def widen_unet(unet: UNet2DConditionModel) -> UNet2DConditionModel:
@@ -65,15 +66,30 @@ def _grow(cells: np.ndarray) -> np.ndarray:
     return dilate(torch.from_numpy(cells)[None], 1)[0].numpy()
 
 
-def draw_example(rng: np.random.Generator, cell: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """One example: (target image, image to mask, mask of cell x cell latent cells, target caption)."""
+def pixel_hole(rng: np.random.Generator, changed: np.ndarray, cells: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the pixels a DiffEdit pixel mask would hole: the changed pixels, grown by 0-2 pixels or shrunk by one
+    as a computed mask is, inside the latent cells (the latent mask bounds the pixel mask, as at inference)."""
+    cell = changed.shape[0] // cells.shape[0]
+    grow = int(rng.choice([-1, 0, 0, 1, 2]))
+    pixels = torch.from_numpy(changed)[None]
+    pixels = (dilate(pixels, grow) if grow >= 0 else erode(pixels, -grow))[0].numpy()
+    return pixels & np.kron(cells, np.ones((cell, cell), bool))
+
+
+def draw_example(rng: np.random.Generator, cell: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
+    """One example: (target image, image to mask, mask of cell x cell latent cells, pixels to hole, target caption).
+
+    An edit's hole is, in PIXEL_HOLE_SHARE of the examples, the changed pixels (pixel_hole: the inpainter learns the
+    object's exact extent from the hole's edge) and otherwise the whole cells; rectangles and full masks hole cells."""
     kind = rng.random()
     if kind < EDIT_SHARE:
         case = world.sample_edit(rng)
         cells = cell_mask(case.mask, float(rng.choice([0.0, 0.2, 0.4])), cell)
         if rng.random() < 0.3:
             cells = _grow(cells)
-        return case.target_image, case.source_image, cells, case.target
+        whole = np.kron(cells, np.ones((cell, cell), bool))
+        hole = pixel_hole(rng, case.mask, cells) if rng.random() < PIXEL_HOLE_SHARE else whole
+        return case.target_image, case.source_image, cells, hole, case.target
     scene = world.sample_scene(rng)
     image = scene.render()
     n = image.shape[0] // cell
@@ -84,15 +100,13 @@ def draw_example(rng: np.random.Generator, cell: int) -> tuple[np.ndarray, np.nd
         cells[y : y + h, x : x + w] = True
     else:
         cells[:] = True
-    return image, image, cells, scene.caption()
+    return image, image, cells, np.kron(cells, np.ones((cell, cell), bool)), scene.caption()
 
 
-def masked_pixels(image: np.ndarray, cells: np.ndarray) -> np.ndarray:
-    """`image` (H, W, 3) uint8 with the pixels of the masked cells set to mid-grey (0 in [-1, 1])."""
-    cell = image.shape[0] // cells.shape[0]
-    pixels = np.kron(cells, np.ones((cell, cell), bool))
+def masked_pixels(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """`image` (H, W, 3) uint8 with the pixels of `hole` (H, W) set to mid-grey (0 in [-1, 1])."""
     out = image.copy()
-    out[pixels] = 128
+    out[hole] = 128
     return out
 
 
@@ -105,11 +119,11 @@ def encode_examples(vae, n: int, seed: int, *, batch_size: int = 64, log: Logger
     for i in range(0, n, batch_size):
         batch = [draw_example(rng, cell) for _ in range(min(batch_size, n - i))]
         target = images_to_tensor(np.stack([b[0] for b in batch])).to(vae.device, vae.dtype)
-        holed = images_to_tensor(np.stack([masked_pixels(b[1], b[2]) for b in batch])).to(vae.device, vae.dtype)
+        holed = images_to_tensor(np.stack([masked_pixels(b[1], b[3]) for b in batch])).to(vae.device, vae.dtype)
         z0.append((vae.encode(target).latent_dist.mean.float() * scale).half().cpu())
         zm.append((vae.encode(holed).latent_dist.mean.float() * scale).half().cpu())
         masks.append(torch.from_numpy(np.stack([b[2] for b in batch]))[:, None])
-        captions += [b[3] for b in batch]
+        captions += [b[4] for b in batch]
         if log is not None:
             log(f"encoded {i + len(batch)} / {n} examples", force=False)
     return {"z0": torch.cat(z0), "zm": torch.cat(zm), "mask": torch.cat(masks), "captions": captions}
@@ -136,6 +150,7 @@ def train_inpaint(
     output: str | Path,
     *,
     base: str | Path | None = None,
+    init: str | Path | None = None,
     minutes: float | None = None,
     steps: int | None = None,
     examples: int = 10_000,
@@ -149,7 +164,8 @@ def train_inpaint(
     quiet: bool = False,
 ) -> dict:
     """Train (or continue, when output/ckpt holds a state) the inpainting UNet of the ShapeWorld model `base`
-    (default: the embedded one) for `minutes` or `steps`; saves output/model and returns the figures."""
+    (default: the embedded one) for `minutes` or `steps`; saves output/model and returns the figures. A first call
+    starts from the inpainting UNet folder `init` when given (e.g. the embedded inpainter), else from the widened base."""
     from diffedit.loading import embedded_model_path
     from diffedit.shapeworld.model import load_model
 
@@ -170,7 +186,7 @@ def train_inpaint(
         empty = parts["text_encoder"](tokenize(parts["tokenizer"], [""]))[0]  # (1, T, D)
     # 2. The UNet: widened from the base, or continued from the state of an earlier call
     state_path = ckpt / "inpaint_state.pt"
-    unet, ema, opt, start_step, history = _unet_and_state(parts["unet"], lr, state_path, log)
+    unet, ema, opt, start_step, history = _unet_and_state(parts["unet"], lr, state_path, log, init)
     gen = torch.Generator().manual_seed(seed + 1000 * len(history))
     alphas = parts["scheduler"].alphas_cumprod.float()
     # 3. The steps
@@ -205,8 +221,16 @@ def train_inpaint(
     return {"steps": step, "total_steps": start_step + step, "seconds": seconds, "final_loss": ema_loss, "model": str(model)}
 
 
-def _unet_and_state(base_unet, lr: float, state_path: Path, log: Logger):
-    """(UNet, EMA copy, optimizer, step, history): widened from `base_unet`, or continued from an earlier call's state."""
+def _unet_and_state(base_unet, lr: float, state_path: Path, log: Logger, init: str | Path | None = None):
+    """(UNet, EMA copy, optimizer, step, history): widened from `base_unet` or loaded from the inpainting UNet folder
+    `init`, or continued from an earlier call's state."""
+    if init is not None and not state_path.exists():
+        from diffedit.loading import load_inpaint_unet
+
+        unet = load_inpaint_unet(None if str(init) == "embedded" else str(init)).float().train()
+        history = [{"stage": "init", "from": str(init), "total_steps": 0}]
+        ema = copy.deepcopy(unet).eval().requires_grad_(False)
+        return unet, ema, torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01), 0, history
     unet = widen_unet(base_unet).float().train()
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
