@@ -190,12 +190,15 @@ def test_bench_pie_cli_prints_pie_benchs_table(pie_dir, weights, tmp_path):
 
 
 def test_run_pie_without_networks_skips_their_metrics(pie_dir, embedded):
-    report = run_pie(pie_dir, embedded, limit=1, methods=["ours"], options=EditOptions.preset("fast"), progress=False)
-    summary = report["methods"]["ours"]["summary"]
-    assert summary["n"] == 1 and summary["psnr"] is not None and summary["ssim"] is not None
-    assert all(summary[m] is None for m in ("lpips", "ns_lpips", "clip_whole", "clip_edited", "structure_distance"))
+    report = run_pie(pie_dir, embedded, limit=1, methods=["ours", "sdedit", "diffusers"], baseline_steps=2,
+                     options=EditOptions.preset("fast"), progress=False)
+    for name in ("ours", "sdedit", "diffusers"):
+        summary = report["methods"][name]["summary"]
+        assert summary["n"] == 1 and summary["psnr"] is not None and summary["ssim"] is not None
+        assert all(summary[m] is None for m in ("lpips", "ns_lpips", "clip_whole", "clip_edited", "structure_distance"))
+    assert report["methods"]["sdedit"]["summary"]["mse"] > 0  # SDEdit repaints everywhere, the background too
     text = format_pie(report)
-    assert "skipped" in text and text.splitlines()[2].split().count("-") == 5
+    assert "skipped" in text and all(line.split().count("-") == 5 for line in text.splitlines()[2:5])
     with pytest.raises(ValueError, match="unknown method"):
         run_pie(pie_dir, embedded, methods=["magic"], progress=False)
 
