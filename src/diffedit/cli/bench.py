@@ -1,6 +1,6 @@
-"""`diffedit bench quality` (ShapeEdit), `speed` (ours against diffusers' pipeline), `caption` (the zero-shot captioner),
-`masks` and `composite` (sweeps), `batch` and `resume` (diffedit batch: throughput against one process per job; kill and
-resume).
+"""`diffedit bench quality` (ShapeEdit), `pie` (PIE-Bench's real images and table), `speed` (ours against diffusers'
+pipeline), `caption` (the zero-shot captioner), `masks` and `composite` (sweeps), `batch` and `resume` (diffedit batch:
+throughput against one process per job; kill and resume).
 
 Every default is the library function's own (read from its signature), so the CLI and `run_quality(...)` & co.
 cannot drift apart. The benchmark modules import light (diffusers' pipelines, scipy and matplotlib only when used).
@@ -16,6 +16,7 @@ from typing import Optional
 import typer
 
 from diffedit.bench import masks as masks_lib
+from diffedit.bench import pie as pie_lib
 from diffedit.bench import quality as quality_lib
 from diffedit.bench import speed as speed_lib
 from diffedit.cli.common import check_range, check_seed, edit_options, fail, quiet_libraries, require, resolve_device
@@ -37,6 +38,7 @@ def _defaults(function) -> dict:
 
 QUALITY = _defaults(quality_lib.run_quality)
 SPEED = _defaults(speed_lib.run_speed)
+PIE = _defaults(pie_lib.run_pie)
 MASKS = _defaults(masks_lib.run_mask_sweep)
 COMPOSITE = _defaults(masks_lib.run_composite_sweep)
 
@@ -123,6 +125,64 @@ def quality(
         for path in (json_path, plot, markdown, panel, compare_panel):
             if path is not None:
                 typer.echo(f"wrote {path}")
+
+
+@bench_app.command("pie")
+def pie(
+    data: Path = typer.Option(..., "--data", help="PIE-Bench's data folder: mapping_file.json and annotation_images/."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="Model folder, file or hub id (default: the embedded ShapeWorld model).",
+    ),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Only the first N entries (after --types)."),
+    types: Optional[str] = typer.Option(None, "--types", help="Comma-separated editing_type_id values (0-9) to keep."),
+    methods: str = typer.Option(
+        ",".join(PIE["methods"]), "--methods",
+        help="Comma-separated: ours, diffusers, sdedit, gt_mask (ours inside the annotated mask) or an ablation of ours.",
+    ),
+    lpips: Optional[Path] = typer.Option(
+        None, "--lpips", help="Folder with LPIPS' heads (squeeze.pth, alex.pth: lpips' weights/v0.1) and torchvision's "
+        "backbone checkpoints (squeezenet1_1-*.pth, alexnet-*.pth); without it LPIPS and NS-LPIPS are skipped.",
+    ),
+    clip: Optional[Path] = typer.Option(
+        None, "--clip", help="CLIP model folder (e.g. openai/clip-vit-large-patch14); without it the CLIP columns are skipped.",
+    ),
+    dino: Optional[Path] = typer.Option(
+        None, "--dino", help="DINO ViT folder (facebook/dino-vitb8) for the structure distance; skipped without it.",
+    ),
+    seed: int = typer.Option(PIE["seed"], "--seed", help="Seed of entry 0; entry i is edited with seed + i."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="DDIM steps of ours (default: the preset's)."),
+    baseline_steps: int = typer.Option(PIE["baseline_steps"], "--baseline-steps", help="Steps of diffusers and sdedit."),
+    preset: str = typer.Option("default", "--preset", help="Our options: fast | default | quality, then --set."),
+    settings: Optional[list[str]] = typer.Option(
+        None, "--set", metavar="NAME=VALUE", help="An EditOptions field for ours and its ablations (repeatable).",
+    ),
+    device: str = typer.Option(PIE["device"], "--device", help="cpu or cuda (the editor and the scoring networks)."),
+    dtype: str = typer.Option(PIE["dtype"], "--dtype", help="fp32 | fp16 | bf16."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report with every entry's metrics."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """PIE-Bench: edit its real images and print its table (structure distance, PSNR / LPIPS / MSE / SSIM outside the
+    mask, CLIP of the whole edit and of its edited part, NS-LPIPS, s / edit)."""
+    _check_run(None, seed, steps or 1, 1, {"--json": json_path})
+    check_range(limit, "--limit", 1, None)
+    check_range(baseline_steps, "--baseline-steps", 1, 1000)
+    set_threads(threads)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    options = edit_options({} if steps is None else {"num_inference_steps": steps}, settings, preset)
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    kinds = None if types is None else [t.strip() for t in types.split(",") if t.strip()]
+    try:
+        scorers = pie_lib.load_scorers(lpips, clip, dino, device=device)
+        report = pie_lib.run_pie(data, model, limit=limit, types=kinds, methods=names, scorers=scorers, seed=seed,
+                                 options=options, baseline_steps=baseline_steps, device=device, dtype=dtype,
+                                 json_path=json_path, progress=not quiet)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    typer.echo(pie_lib.format_pie(report))
+    if json_path is not None:
+        typer.echo(f"wrote {json_path}")
 
 
 @bench_app.command()
