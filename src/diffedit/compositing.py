@@ -84,11 +84,13 @@ class CompositeResult:
         return float(self.mask.float().mean())
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: the mask's source, prompts, seed, options, coverage, colour fit, resize, warnings."""
+        """JSON-ready: the mask's source, prompts, seed, options (EditOptions in full for a mask from prompts, else
+        the feather alone: nothing else of them applies), coverage, colour fit, resize, warnings."""
         return {
             "mask_source": self.mask_source, "source": self.source, "target": self.target, "seed": self.seed,
             "model": self.model, "coverage": self.coverage, "options": asdict(self.options),
-            "edit_options": self.edit_options.to_dict(),
+            "edit_options": (self.edit_options.to_dict() if self.mask_source == "prompts"
+                             else {"feather": self.edit_options.feather}),
             "color_fit": None if self.color_fit is None else self.color_fit.tolist(),
             "resized_from": None if self.resized_from is None else list(self.resized_from), "warnings": list(self.warnings),
         }
@@ -119,6 +121,15 @@ def _prompt_mask(editor: "DiffEditor", image: Image.Image, edited: torch.Tensor,
         pixel = snap_to_edit(result.soft, result.mask, original, guide_edit, options.mask_threshold, options.edit_trim,
                              editor.vae_scale_factor, editor.device, cover=options.edit_cover)[0]
     return pixel, result
+
+
+def _user_mask(mask: ImageInput, size: tuple[int, int]) -> np.ndarray:
+    """A user's mask as (H, W) bool: a bool array as it is, anything else read as an image (white = paste)."""
+    if isinstance(mask, np.ndarray) and mask.dtype == bool:
+        if mask.shape != (size[1], size[0]):
+            raise ValueError(f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {size[0]}x{size[1]}")
+        return mask
+    return load_mask(mask, size)
 
 
 def composite_edit(
@@ -162,7 +173,7 @@ def composite_edit(
         c = composite_options
         region, fit = difference_mask(pixels, paint, threshold=c.diff_threshold, grow=c.diff_grow, speck=c.diff_speck)
     else:
-        region = torch.from_numpy(load_mask(mask, input_image.size))
+        region = torch.from_numpy(_user_mask(mask, input_image.size))
     if not bool(region.any()):
         warnings.append("the mask is empty: the composite is the input unchanged")
 
