@@ -3,11 +3,11 @@
 An instruction editor (InstructPix2Pix and kin) repaints the whole image: besides the asked change, it often
 shifts every colour a little (a warmer tone, more contrast). To keep the input's pixels outside the edit, its
 output EDITED is pasted into INPUT inside a mask. Without prompts, the mask is where EDITED differs from INPUT
-*after the global colour change is removed*: an affine colour map EDITED ~ [INPUT, 1] @ A (a 3 x 3 matrix and an
-offset: gain, contrast, white balance, saturation) is fitted by trimmed least squares, so that the edited region
-(assumed under half the image: the fit's breakdown point) does not pull it, and a ridge towards the identity keeps
-it defined where INPUT has few colours; what it leaves unexplained, smoothed, is thresholded and cleaned (specks
-dropped, enclosed holes filled, edges grown). Images here are uint8 tensors (3, H, W) unless said otherwise.
+*after the global colour change is removed*: a gain and an offset per channel (brightness, contrast, white
+balance), EDITED ~ gain * INPUT + offset, fitted robustly (MSAC over lines through random pixel pairs, then least
+squares on the pixels it explains), so that the edited region, up to about half the image, does not pull it; what
+it leaves unexplained, smoothed, is thresholded and cleaned (specks dropped, enclosed holes filled, optionally
+grown). Images here are uint8 tensors (3, H, W) unless said otherwise.
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ from .sampling import composite, feathered_alpha
 __all__ = ["match_size", "fit_colors", "apply_colors", "undo_colors", "difference_map", "label_components",
            "remove_specks", "fill_holes", "difference_mask", "paste"]
 
-FIT_KEEP = 0.5  # the fit's pixels: the half it explains best (a trimmed least squares' usual breakdown point)
-FIT_ROUNDS = 4  # fit, trim, refit: a few rounds settle on the unchanged pixels
-FIT_SAMPLES = 1 << 16  # pixels taken (at even strides) for the fit: enough for 12 numbers, bounded time
-FIT_RIDGE = 1e-2  # pull of each gain towards 1, per pixel: decides only what INPUT's own colours cannot
+FIT_TRIALS = 256  # candidate lines (pixel pairs): one through two unchanged pixels of different colours is enough
+FIT_SPREAD = 16 / 255  # a pair closer than this in a channel says nothing of its gain (noise would)
+FIT_SAMPLES = 1 << 16  # pixels taken (at even strides) for the least squares: enough for 6 numbers, bounded time
+FIT_SCORED = 4096  # pixels each candidate is scored on
+FIT_ROUNDS = 3  # least squares on the pixels the fit explains, then again with the new fit
+FIT_RIDGE = 1e-3  # pull of each gain towards 1, per pixel: decides only what INPUT's own colours cannot
 FIT_GAINS = (0.5, 2.0)  # a global tone change keeps the order of values: no gain flips a channel or crushes it
 
 
@@ -45,33 +47,50 @@ def _rows(image: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
 
 
+def _candidates(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gains, offsets), (3, T) each: per channel, the line through two random pixels (gain 1 where they agree in
+    INPUT), and as the first candidate the median offset alone."""
+    g = torch.Generator().manual_seed(0)  # deterministic: the same images give the same fit
+    i, j = torch.randint(x.shape[1], (2, FIT_TRIALS), generator=g)
+    dx = x[:, i] - x[:, j]
+    spread = dx.abs() > FIT_SPREAD
+    gain = torch.where(spread, (y[:, i] - y[:, j]) / torch.where(spread, dx, 1.0), 1.0).clamp(*FIT_GAINS)
+    gain = torch.cat([torch.ones(3, 1, dtype=x.dtype), gain], dim=1)
+    offset = torch.cat([(y - x).median(dim=1).values[:, None], y[:, i] - gain[:, 1:] * x[:, i]], dim=1)
+    return gain, offset
+
+
 def fit_colors(
-    image: torch.Tensor, edited: torch.Tensor, *, tolerance: float = 0.0, exclude: torch.Tensor | None = None,
+    image: torch.Tensor, edited: torch.Tensor, *, tolerance: float = 0.1, exclude: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The colour map A (4, 3) with edited ~ [image, 1] @ A on the pixels the edit left alone: a gain and an offset
     per channel (A's diagonal and last row), gains within FIT_GAINS.
 
-    Trimmed least squares: fit, keep the pixels whose residual (largest channel, in [0, 1]) is within `tolerance`
-    or among the FIT_KEEP smallest, refit (FIT_ROUNDS times); a ridge FIT_RIDGE pulls each gain towards 1, so a
-    channel INPUT holds one value of is matched by its offset alone. Not a full 3 x 3 matrix: on an image of few
-    colours, 12 numbers map the old object's colour onto the new one and explain the edit itself away.
-    exclude: (H, W) bool, pixels known to be edited (left out from the start)."""
+    Robust to the edit (MSAC, Torr & Zisserman 2000): of FIT_TRIALS lines through random pixel pairs, the one whose
+    residuals (largest channel, in [0, 1], capped at `tolerance`) sum least; then least squares on the pixels it
+    explains within `tolerance` (FIT_ROUNDS times). Not a full 3 x 3 matrix: on an image of few colours, 12 numbers
+    map the old object's colour onto the new one and explain the edit itself away. exclude: (H, W) bool, pixels
+    known to be edited."""
     x, y = image.reshape(3, -1).double() / 255.0, edited.reshape(3, -1).double() / 255.0  # (3, N) each
     if exclude is not None and bool((~exclude).any()):
         x, y = x[:, ~exclude.flatten()], y[:, ~exclude.flatten()]
-    step = max(1, x.shape[1] // FIT_SAMPLES)
-    x, y = x[:, ::step], y[:, ::step]
-    chosen = torch.ones(x.shape[1], dtype=torch.bool)
+    x, y = x[:, :: max(1, x.shape[1] // FIT_SAMPLES)], y[:, :: max(1, x.shape[1] // FIT_SAMPLES)]
+    tol = tolerance if tolerance > 0 else 0.05
+    gains, offsets = _candidates(x, y)
+    xs, ys = x[:, :: max(1, x.shape[1] // FIT_SCORED)].float(), y[:, :: max(1, x.shape[1] // FIT_SCORED)].float()
+    residual = (gains.float()[:, :, None] * xs[:, None] + offsets.float()[:, :, None] - ys[:, None]).abs().amax(0)  # (T, n)
+    best = int(residual.clamp(max=tol).square().sum(1).argmin())
+    gain, offset = gains[:, best], offsets[:, best]
     for _ in range(FIT_ROUNDS):
-        xs, ys = x[:, chosen], y[:, chosen]
-        lam = FIT_RIDGE * xs.shape[1]
-        mx, my = xs.mean(1), ys.mean(1)
-        cov = ((xs - mx[:, None]) * (ys - my[:, None])).sum(1)
-        var = ((xs - mx[:, None]) ** 2).sum(1)
-        gain = ((cov + lam) / (var + lam)).clamp(*FIT_GAINS)  # (3,): least squares with the ridge towards 1
+        chosen = (gain[:, None] * x + offset[:, None] - y).abs().amax(dim=0) <= tol
+        if int(chosen.sum()) < 2:
+            break
+        xc, yc = x[:, chosen], y[:, chosen]
+        mx, my, lam = xc.mean(1), yc.mean(1), FIT_RIDGE * xc.shape[1]
+        cov = ((xc - mx[:, None]) * (yc - my[:, None])).sum(1)
+        var = ((xc - mx[:, None]) ** 2).sum(1)
+        gain = ((cov + lam) / (var + lam)).clamp(*FIT_GAINS)  # least squares with a slight pull towards 1
         offset = my - gain * mx
-        residual = (gain[:, None] * x + offset[:, None] - y).abs().amax(dim=0)
-        chosen = residual <= max(float(torch.quantile(residual.float(), FIT_KEEP)), tolerance)
     return torch.cat([torch.diag(gain), offset[None]]).float()
 
 
