@@ -1,6 +1,11 @@
 """`diffedit composite` (issue 25): another editor's output, globally recoloured, pasted into its input inside a mask."""
 
 import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +16,7 @@ from typer.testing import CliRunner
 from diffedit import DiffEditor
 from diffedit.cli import app
 from diffedit.compositing import CompositeOptions, composite_edit
+from diffedit.masks import dilate
 from diffedit.paste import fill_holes, fit_colors, label_components, match_size, remove_specks, undo_colors
 from diffedit.shapeworld.world import sample_edit
 
@@ -201,3 +207,29 @@ def test_cli_errors_exit_non_zero_with_one_line(tmp_path):
     assert res.exit_code == 3 and "mask is empty" in res.output
     res = runner.invoke(app, ["composite", str(src), str(edited), "-s", case.source, "-t", case.source.upper()])
     assert res.exit_code == 3 and "equals the source prompt" in res.output
+
+
+def test_readme_composite_example_runs_as_written(tmp_path, monkeypatch):
+    """README's `diffedit composite` block, line by line, in a fresh folder: both masks keep the background exact."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"### Composite another editor's output.*?```bash\n(.*?)```", readme, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    for line in block.replace("\\\n", " ").splitlines():
+        args = shlex.split(line, comments=True)
+        if args[0] == "diffedit":
+            res = runner.invoke(app, args[1:])
+            assert res.exit_code == 0, (line, res.output)
+        else:
+            assert args[0] == "python"
+            subprocess.run([sys.executable, *args[1:]], check=True)
+    source = np.asarray(Image.open("diffedit-demo/input.png"))
+    truth = np.asarray(Image.open("diffedit-demo/ground_truth.png"))
+    changed = (source != truth).any(-1)
+    mask = np.asarray(Image.open("mask.png")) > 127
+    assert iou(mask, changed) >= 0.85
+    for out in ("composite.png", "composite_prompts.png"):
+        composite = np.asarray(Image.open(out))
+        kept = ~dilate(torch.from_numpy(changed)[None], 3)[0].numpy()  # the prompt mask may reach past the object
+        assert (composite[kept] == source[kept]).all(-1).mean() > 0.98, out
+    assert json.loads(Path("composite_prompts.json").read_text())["mask_source"] == "prompts"
+
