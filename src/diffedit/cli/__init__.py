@@ -1,6 +1,7 @@
-"""Command line: `diffedit edit`, `diffedit mask`, `diffedit demo`, `diffedit shapeworld ...`, `diffedit bench ...`.
+"""Command line: `diffedit edit`, `diffedit mask`, `diffedit composite`, `diffedit demo`, `diffedit shapeworld ...`,
+`diffedit bench ...`.
 
-One module per group of commands (edit.py, shapeworld.py, bench.py), what they share in common.py, the checks
+One module per group of commands (edit.py, composite.py, shapeworld.py, bench.py), what they share in common.py, the checks
 made before a model loads in checks.py, exit codes and one-line errors in guard.py; this module only assembles
 them into `app`, the console script `diffedit`.
 """
@@ -11,6 +12,7 @@ import typer
 
 from diffedit.cli.batch import batch
 from diffedit.cli.bench import bench_app
+from diffedit.cli.composite import composite
 from diffedit.cli.common import fail, load_editor, quiet_libraries, resolve_device, resolve_dtype, set_threads
 from diffedit.cli.edit import demo, edit, mask_command
 from diffedit.cli.guard import GuardedGroup
@@ -29,6 +31,7 @@ app = typer.Typer(
 app.command("edit")(edit)
 app.command("mask")(mask_command)
 app.command("demo")(demo)
+app.command("composite")(composite)
 app.command("batch")(batch)
 app.command("serve")(serve)
 app.add_typer(shapeworld_app, name="shapeworld")
