@@ -35,7 +35,7 @@ from .stages import (
     prepare_batch, resolve_seeds, stack_candidates, stage,
 )
 from .stages.batch import describe_prompt
-from .stages.inpainting import InpaintingDecoder, check_inpainter, inpaint_hole, masked_image_latents
+from .stages.inpainting import InpaintingDecoder, check_inpainter, inpaint_hole, job_masked_latents
 from .stages.report import empty_mask_warnings, job_changes
 
 __all__ = ["DiffEditor"]
@@ -367,7 +367,7 @@ class DiffEditor:
             callback = step_callback(self, callback_on_step_end, group, starts[::jobs], jobs, grid)
             with parts.timed(timings, "decoding"):
                 if group[0].inpaint:
-                    masked = masked_image_latents(parts, batch.pixels[batch.job_image], hole)
+                    masked = job_masked_latents(parts, batch, masks, hole, options)
                     decoder = InpaintingDecoder(parts.inpaint_denoiser, masked.repeat(k, 1, 1, 1))
                 else:
                     decoder = stage("decoder", stages.decoder)()

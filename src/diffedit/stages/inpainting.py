@@ -16,10 +16,14 @@ import torch
 import torch.nn.functional as F
 
 from ..components import Components
-from ..masks import dilate, threshold_maps
+from ..masks import dilate, grow_into_object, threshold_maps, upsample_mask
 from .decoding import MaskedDDIMDecoder
 
-__all__ = ["InpaintingUNet", "InpaintingDecoder", "check_inpainter", "inpaint_hole", "masked_image_latents", "INPAINT_CHANNELS"]
+__all__ = [
+    "InpaintingUNet", "InpaintingDecoder", "check_inpainter", "inpaint_hole", "masked_image_latents", "pixel_hole",
+    "job_masked_latents",
+    "INPAINT_CHANNELS",
+]
 
 INPAINT_CHANNELS = 9  # noisy latent (4) + mask (1) + masked-image latent (4), diffusers' inpainting layout
 
@@ -46,14 +50,46 @@ def check_inpainter(unet, own) -> None:
         )
 
 
-@torch.no_grad()
-def masked_image_latents(parts: Components, pixels: torch.Tensor, latent_mask: torch.Tensor) -> torch.Tensor:
-    """Latents (J, C, h, w) of the job images (J, 3, Hp, Wp) in [-1, 1] with the pixels of the masked cells set to 0.
+def pixel_hole(masks, latent_hole: torch.Tensor, pixels: torch.Tensor, cover: float) -> torch.Tensor:
+    """(J, Hp, Wp) bool: the pixels the masked image holes, inside the latent hole's cells: the composite's pixel mask
+    (a user's mask as given), grown over the old object's pixels connected to it (`cover`, as the composite's edit
+    snap grows it), so the inpainter sees the exact extent of what changes and nothing of the old object.
 
-    latent_mask: (J, h, w), 1 = paint; each cell covers vae_scale_factor x vae_scale_factor pixels."""
-    m = latent_mask.float().reshape(len(pixels), 1, *latent_mask.shape[-2:]).to(pixels.device)
-    hole = F.interpolate(m, scale_factor=parts.vae_scale_factor, mode="nearest")[..., : pixels.shape[-2], : pixels.shape[-1]]
+    pixels: the job images (J, 3, Hp, Wp) in [-1, 1], padded; masks.pixel is at the input's size, inside them."""
+    j, (hp, wp) = len(pixels), pixels.shape[-2:]
+    cells = upsample_mask(latent_hole.reshape(j, *latent_hole.shape[-2:]), (hp, wp)) > 0.5
+    out = torch.zeros(j, hp, wp, dtype=torch.bool)
+    h, w = masks.pixel.shape[-2:]
+    out[:, :h, :w] = masks.pixel.bool().cpu()
+    out &= cells
+    if masks.computed and cover > 0:
+        ring = (upsample_mask(dilate(latent_hole.float(), 1), (hp, wp)) > 0.5) & ~cells
+        image = (pixels.float().cpu() + 1.0) / 2.0
+        out = torch.stack([grow_into_object(out[i], image[i], cells[i], ring[i], cover) for i in range(j)])
+    return out
+
+
+@torch.no_grad()
+def masked_image_latents(
+    parts: Components, pixels: torch.Tensor, latent_mask: torch.Tensor, hole: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Latents (J, C, h, w) of the job images (J, 3, Hp, Wp) in [-1, 1] with the hole's pixels set to 0: `hole`
+    (J, Hp, Wp) bool (pixel_hole), or else the masked cells of latent_mask (J, h, w), 1 = paint, each cell
+    vae_scale_factor x vae_scale_factor pixels."""
+    if hole is None:
+        m = latent_mask.float().reshape(len(pixels), 1, *latent_mask.shape[-2:]).to(pixels.device)
+        hole = F.interpolate(m, scale_factor=parts.vae_scale_factor, mode="nearest")[..., : pixels.shape[-2], : pixels.shape[-1]]
+    else:
+        hole = hole.to(pixels.device, pixels.dtype)[:, None]
     return parts.encode_images(pixels * (1 - hole))
+
+
+def job_masked_latents(parts: Components, batch, masks, hole: torch.Tensor, options) -> torch.Tensor:
+    """The masked-image latents (J, C, h, w) of a batch's jobs for the latent hole (J, h, w): holed at the pixel mask
+    (pixel_hole) with `inpaint_pixel_hole`, else at the hole's whole cells."""
+    pixels = batch.pixels[batch.job_image]
+    exact = pixel_hole(masks, hole, pixels, options.edit_cover) if options.inpaint_pixel_hole else None
+    return masked_image_latents(parts, pixels, hole, exact)
 
 
 class InpaintingUNet:
