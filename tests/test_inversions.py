@@ -15,6 +15,7 @@ from diffedit.stages import MaskedDDIMDecoder, NoiseStreams
 from diffedit.stages.inverting import NullTextInverter, source_guide
 from diffedit.stages.registry import INVERSIONS, inverter_of, stage
 
+from conftest import scene
 from tiny import tiny_components
 
 SOURCE, TARGET = "a red square", "a blue circle"
@@ -163,13 +164,16 @@ def test_invert_once_then_edit_with_a_guided_inversion(editor, image):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(inversion="null_text"), "unknown inversion 'null_text'"),
+    (dict(inversion="null_text"), "inversion must be .*null-text.*got 'null_text'"),
     (dict(inversion="null-text", guidance_scale=1.0), "guidance_scale 1 turns off"),
     (dict(inversion="direct", inversion_prompt="a photo"), "leave inversion_prompt empty"),
 ])
 def test_combinations_that_make_no_sense_are_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         EditOptions(**kwargs)
+    from diffedit.bounds import BOUNDS
+
+    assert BOUNDS["inversion"].choices == tuple(INVERSIONS)  # the bounds table names every registered inversion
     assert EditOptions(inversion="ddim", inversion_prompt="a photo").inversion_prompt == "a photo"
     assert EditOptions(inversion="ddpm", guidance_scale=1.0).guidance_scale == 1.0
 
@@ -190,3 +194,24 @@ def test_the_inpainting_candidate_decodes_the_levels_without_the_state(image):
              for name in res}
     assert torch.equal(alone["caption"][0], alone["direct"][0])
     assert not torch.allclose(alone["caption"][1], alone["direct"][1])
+
+
+def test_cli_inversion_flag(tmp_path, tiny_model_dir):
+    import json
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from diffedit.cli import app
+
+    src = tmp_path / "photo.png"
+    Image.fromarray(scene()).save(src)
+    base = ["edit", str(src), "-s", SOURCE, "-t", TARGET, "-m", str(tiny_model_dir), "--steps", "4", "--seed", "1", "-q"]
+    res = CliRunner().invoke(app, base + ["--inversion", "ddpm"])
+    assert res.exit_code == 0, res.output
+    sidecar = json.loads((tmp_path / "photo_edited.json").read_text())
+    assert sidecar["options"]["inversion"] == "ddpm" and sidecar["candidates"] == ["r=1", "r=0.8"]
+    res = CliRunner().invoke(app, base + ["--inversion", "negative-prompt", "--negative-prompt", "a dog"])
+    assert res.exit_code == 2 and "leave negative_prompt unset" in res.output
+    res = CliRunner().invoke(app, base + ["--inversion", "pnp"])
+    assert res.exit_code == 2 and "got 'pnp'" in res.output
