@@ -104,7 +104,7 @@ def test_background_is_blended_with_the_same_level(editor, image):
     grid = ddim_grid(editor.scheduler, 10, 0.8)
     parts = editor.components
     latents = parts.encode_images(torch.from_numpy(image.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None])
-    inv = DDIMInverter()(parts, latents, [""], grid)
+    inv = DDIMInverter()(parts, latents, [""], grid).levels
     mask = torch.zeros(1, 16, 16)
     mask[:, 4:8, 4:8] = 1
     cond = parts.encode_prompts(["a blue circle"])

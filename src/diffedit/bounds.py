@@ -68,6 +68,8 @@ BOUNDS: dict[str, Bound] = {
     "strength": Bound("float", **UNIT, low_open=True, why="a fraction of the noise range"),
     "guidance_scale": Bound("float", 0.0, 100.0, why="1 turns guidance off; far above, the guided estimate overflows"),
     "negative_prompt": Bound("str", optional=True, why="text is read up to 77 tokens"),
+    "inversion": Bound("str", choices=("ddim", "caption", "negative-prompt", "null-text", "direct", "ddpm"),
+                       why="stages/registry.py INVERSIONS (docs/inversions.md)"),
     "inversion_prompt": Bound("str", why="text is read up to 77 tokens"),
     "extra_strengths": Bound("floats", **UNIT, low_open=True, max_items=8, why="each is one more decoding"),
     "caption_candidate": Bound("bool"),

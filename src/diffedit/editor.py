@@ -29,13 +29,14 @@ from .errors import check_finite
 from .images import ImageInput
 from .loading import embedded_inpaint_path, load_components, load_inpaint_unet
 from .results import OUTPUT_TYPES, EditOptions, EditResult, InversionResult, MaskResult, resolve_options
-from .schedule import ddim_grid, ddim_scheduler, steps_at
+from .schedule import ddim_grid, ddim_scheduler
 from .stages import (
     Batch, Candidate, JobMasks, NoiseStreams, PrecomputedMask, UserMask, mask_images, method, plan_candidates,
     prepare_batch, resolve_seeds, stack_candidates, stage,
 )
 from .stages.batch import describe_prompt
 from .stages.inpainting import InpaintingDecoder, check_inpainter, inpaint_hole, job_masked_latents
+from .stages.inverting import check_walks, guide_record, invert_walks, plan_walks
 from .stages.report import empty_mask_warnings, job_changes
 
 __all__ = ["DiffEditor"]
@@ -181,17 +182,21 @@ class DiffEditor:
         image: ImageInput | Sequence[ImageInput],
         source: Prompt | Sequence[Prompt] = "",
         *,
+        seed: Seed = None,
+        generator: Generator = None,
         options: EditOptions | None = None,
         **overrides,
     ) -> InversionResult:
         """DiffEdit step 2 alone: every inversion an edit with these options needs (the unconditional walk up to
-        the highest candidate ratio; with a source prompt and the caption candidate, the caption walk too).
+        the highest candidate ratio; with a source prompt and the caption candidate, the caption walk too; the
+        source walk and its per-step state for the other inversions). seed / generator: the "ddpm" inversion's noise.
         `edit(image, source, target, inversion=result)` then skips the VAE encoding and the inversion."""
         options = resolve_options(options, overrides)
         batch = self._batch(image, source, None, options, check_targets=False)
+        noise = NoiseStreams(resolve_seeds(seed, generator, len(batch.images))[1])
         latents = self.components.encode_images(batch.pixels)
         check_finite(latents, "the VAE encoding")
-        return self._invert(batch, latents, options, plan_candidates(options, batch.sources, self.inpainter), {})
+        return self._invert(batch, latents, options, plan_candidates(options, batch.sources, self.inpainter), noise, {})
 
     # ------------------------------------------------------------------ the edit
     @torch.no_grad()
@@ -202,7 +207,7 @@ class DiffEditor:
         target: Prompt | Sequence[Prompt] | Sequence[Sequence[Prompt]],
         *,
         mask: MaskResult | ImageInput | Sequence[ImageInput] | None = None,
-        inversion: InversionResult | None = None,
+        inversion: InversionResult | str | None = None,
         seed: Seed = None,
         generator: Generator = None,
         output_type: str = "pil",
@@ -215,8 +220,10 @@ class DiffEditor:
         image: one image (path, PIL, array) or a list of same-size images. source / target: text or prompt
         embeddings (L, D); target is one prompt, several for one image (sharing its mask pass and inversion),
         or one prompt / list per image. mask: a `MaskResult` from `mask()`, or user masks (white = edit).
-        inversion: an `InversionResult` from `invert()` of the same images. seed: an int (image b uses seed + b)
-        or one per image; generator: one, or one per image (the seeds drawn from them are recorded).
+        inversion: an `InversionResult` from `invert()` of the same images, or the name of an inversion to run
+        (`EditOptions.inversion`: "ddim", "caption", "negative-prompt", "null-text", "direct", "ddpm").
+        seed: an int (image b uses seed + b) or one per image; generator: one, or one per image (the seeds drawn
+        from them are recorded).
         callback_on_step_end(editor, step, timestep, {"latents", "candidate"}) may return {"latents": ...}.
         Options: an EditOptions or preset="fast" | "default" | "quality", and/or EditOptions fields as keywords
         (num_inference_steps=..., strength=...).
@@ -224,7 +231,8 @@ class DiffEditor:
         timings: dict[str, float] = {}
         parts = self.components
         # 1. Check inputs, read the images, form the jobs, and resolve the seeds of every noise stream
-        options = resolve_options(options, overrides)
+        named = {} if inversion is None or isinstance(inversion, InversionResult) else {"inversion": inversion}
+        options, inversion = resolve_options(options, {**overrides, **named}), None if named else inversion
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
         batch = self._batch(image, source, target, options)
@@ -238,7 +246,7 @@ class DiffEditor:
                 latents = parts.encode_images(batch.pixels)  # (B, C, h, w)
             check_finite(latents, "the VAE encoding")
         else:
-            latents = self._check_inversion(inversion, batch, options, candidates)
+            latents = check_walks(inversion, batch, _fingerprint(batch.pixels), options, candidates)
 
         # 3. Mask (DiffEdit step 1): computed, previewed by mask(), or the user's
         source_stage = (
@@ -250,11 +258,11 @@ class DiffEditor:
         check_finite(masks.soft, "the mask pass")
 
         # 4. Inversion up to the encoding ratio (step 2), one per image whatever the number of targets
-        walks = inversion.walks if inversion is not None else self._invert(batch, latents, options, candidates, timings).walks
+        inversion = inversion or self._invert(batch, latents, options, candidates, noise, timings)
 
         # 5. Decode every candidate with the target prompts (step 3), all jobs in one batch, then finish each
         #    (edit snap, trim, composite)
-        outputs, finals = self._decode(batch, walks, masks, candidates, options, noise, timings, callback_on_step_end)
+        outputs, finals = self._decode(batch, inversion, masks, candidates, options, noise, timings, callback_on_step_end)
 
         # 6. Keep, per job, the candidate the model scores as most like the target
         with parts.timed(timings, "rerank"):
@@ -264,8 +272,7 @@ class DiffEditor:
         if not scores:
             del timings["rerank"]
         check_finite(torch.tensor(scores, dtype=torch.float64), "the candidates' scoring")
-        jobs = torch.arange(len(chosen))
-        pick = torch.tensor(chosen)
+        jobs, pick = torch.arange(len(chosen)), torch.tensor(chosen)
         images_u8 = torch.stack([u8 for u8, _ in outputs])[pick, jobs]  # (J, 3, H, W)
         pixel_mask = torch.stack([m for _, m in outputs])[pick, jobs]  # (J, H, W)
 
@@ -291,60 +298,25 @@ class DiffEditor:
         return prepare_batch(image, source, target, vae_scale_factor=self.vae_scale_factor, max_pixels=options.max_pixels)
 
     def _invert(
-        self, batch: Batch, latents: torch.Tensor, options: EditOptions, candidates: list[Candidate], timings: dict
+        self, batch: Batch, latents: torch.Tensor, options: EditOptions, candidates: list[Candidate], noise: NoiseStreams,
+        timings: dict,
     ) -> InversionResult:
-        """Every walk the candidates need: unconditional up to the highest ratio (lower ratios read its lower
-        levels) and, for the caption candidate, one with the source prompts at `caption_strength`."""
-        inverter = stage("inverter", method(options.method).inverter)()
-        top = max(c.strength for c in candidates if not c.caption)
-        plan = {"unconditional": (top, [options.inversion_prompt] * len(batch.images))}
-        for c in candidates:
-            if c.caption:
-                plan["caption"] = (c.strength, list(batch.sources))
-        # One batch for every walk: the caption walk's rows leave it at their lower ratio
-        steps = {kind: steps_at(options.num_inference_steps, r) for kind, (r, _) in plan.items()}
-        grid = ddim_grid(self.scheduler, options.num_inference_steps, max(r for r, _ in plan.values()))
-        prompts = [p for _, kind_prompts in plan.values() for p in kind_prompts]
-        stops = [steps[kind] for kind in plan for _ in batch.images]
+        """Every walk the candidates read (stages/inverting.py plan_walks), as one batch, with its per-step state."""
+        plan = plan_walks(options, batch.sources, candidates)
         with self.components.timed(timings, "inversion"):
-            rows = latents if len(plan) == 1 else torch.cat([latents] * len(plan))
-            levels = inverter(self.components, rows, prompts, grid, stops=stops)
-        check_finite(levels, "the inversion")
-        b = len(batch.images)
-        walks = {kind: levels[: steps[kind] + 1, i * b : (i + 1) * b] for i, kind in enumerate(plan)}  # (N_k + 1, B, ...)
+            walks, steps = invert_walks(self.components, latents, plan, options, batch.sources, noise)
         described = {kind: [describe_prompt(p) for p in kind_prompts] for kind, (_, kind_prompts) in plan.items()}
-        top_grid = ddim_grid(self.scheduler, options.num_inference_steps, top)
-        return InversionResult(walks, described, options.num_inference_steps, top_grid.timesteps, _fingerprint(batch.pixels))
-
-    def _check_inversion(
-        self, inversion: InversionResult, batch: Batch, options: EditOptions, candidates: list[Candidate]
-    ) -> torch.Tensor:
-        """The clean latents of a given inversion, after checking that it holds every walk this edit needs."""
-        if inversion.pixels_key != _fingerprint(batch.pixels):
-            raise ValueError("the inversion was computed for other images: invert these images first")
-        if inversion.num_inference_steps != options.num_inference_steps:
-            raise ValueError(
-                f"the inversion has {inversion.num_inference_steps} steps, the edit {options.num_inference_steps}: "
-                "invert with the edit's options"
-            )
-        for c in candidates:
-            kind = "caption" if c.caption else "unconditional"
-            need = steps_at(options.num_inference_steps, c.strength) + 1
-            prompts = [describe_prompt(p) for p in batch.sources] if c.caption else [options.inversion_prompt] * len(batch.images)
-            walk = inversion.walks.get(kind)
-            if walk is None or walk.shape[0] < need or inversion.prompts.get(kind) != prompts:
-                raise ValueError(
-                    f"the inversion lacks the {kind} walk of candidate {c.label} (with these prompts): call "
-                    "invert(image, source, options=...) with the edit's source prompt and options"
-                )
-        return inversion.latents[0]
+        top_grid = ddim_grid(self.scheduler, options.num_inference_steps, next(iter(plan.values()))[0])
+        return InversionResult(walks, described, options.num_inference_steps, top_grid.timesteps, _fingerprint(batch.pixels),
+                               inversion=options.inversion, steps=steps, decoding=guide_record(options))
 
     def _decode(
-        self, batch: Batch, walks: dict, masks: JobMasks, candidates: list[Candidate], options: EditOptions,
+        self, batch: Batch, inversion: InversionResult, masks: JobMasks, candidates: list[Candidate], options: EditOptions,
         noise: NoiseStreams, timings: dict, callback_on_step_end,
     ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[torch.Tensor]]:
         """Decode and finish every candidate: per candidate (uint8 images (J, 3, H, W), pixel masks (J, H, W)), and
-        the decoded latents (J, C, h, w) of each."""
+        the decoded latents (J, C, h, w) of each. The inversion's per-step state belongs to the model's own UNet: the
+        inpainting candidate decodes the levels alone."""
         parts, stages = self.components, method(options.method)
         finisher = stage("finisher", stages.finisher)()
         h, w = batch.size
@@ -359,8 +331,8 @@ class DiffEditor:
             if not group:
                 continue
             grid = ddim_grid(self.scheduler, options.num_inference_steps, max(c.strength for c in group))
-            levels, starts = stack_candidates(walks, group, batch.job_image, masks.latent, noise, grid,
-                                              options.num_inference_steps)
+            levels, starts, state = stack_candidates(inversion.walks, group, batch.job_image, masks.latent, noise, grid,
+                                                     options.num_inference_steps, None if group[0].inpaint else inversion.steps)
             k = len(group)
             hole = masks.latent if not group[0].inpaint else inpaint_hole(masks, options)
             c_k, u_k, m_k = (None if t is None else t.repeat(k, *[1] * (t.dim() - 1)) for t in (cond, uncond, hole))
@@ -372,7 +344,7 @@ class DiffEditor:
                 else:
                     decoder = stage("decoder", stages.decoder)()
                 edited = decoder(parts, levels, m_k, c_k, u_k, grid, guidance_scale=options.guidance_scale,
-                                 job_image=None, starts=starts, callback=callback)
+                                 job_image=None, starts=starts, callback=callback, **({"steps": state} if state else {}))
             by_candidate.update({c: edited[i * jobs : (i + 1) * jobs] for i, c in enumerate(group)})
         outputs, finals = [], []
         for c in candidates:

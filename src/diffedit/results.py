@@ -28,6 +28,7 @@ class EditOptions:
     guidance_scale: float = 7.5  # classifier-free guidance of the decoding (paper: 7.5)
     negative_prompt: str | None = None  # what the decoding steers away from; None: the source prompt
     # inversion (step 2)
+    inversion: str = "ddim"  # how the image is inverted (stages/registry.py INVERSIONS; docs/inversions.md); ddim: the paper
     inversion_prompt: str = ""  # "": unconditional encoding (paper); or a caption of the input
     # candidates, one kept per edit by the model's own score (stages/candidates.py)
     extra_strengths: tuple[float, ...] = ()  # also decode from these ratios; () with no caption candidate: one decoding
@@ -74,6 +75,7 @@ class EditOptions:
             object.__setattr__(self, f.name, check_field(f.name, getattr(self, f.name)))
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; available: {', '.join(sorted(METHODS))}")
+        self._check_inversion()
         if int(self.num_inference_steps * self.strength) < 1:
             raise ValueError(
                 f"strength {self.strength} x {self.num_inference_steps} steps leaves no denoising step"
@@ -86,6 +88,28 @@ class EditOptions:
             raise ValueError(
                 f"an extra or caption strength in {self.extra_strengths}, {self.caption_strength} x {self.num_inference_steps} "
                 "steps leaves no denoising step"
+            )
+
+    def _check_inversion(self) -> None:
+        """The inversion against the fields it ties: its prompt, the negative prompt, the guidance."""
+        from .stages.registry import INVERSIONS
+
+        if self.inversion not in INVERSIONS:
+            raise ValueError(f"unknown inversion {self.inversion!r}; available: {', '.join(INVERSIONS)}")
+        if self.inversion_prompt and INVERSIONS[self.inversion].source_walk:
+            raise ValueError(
+                f"inversion_prompt is the ddim inversion's prompt; the {self.inversion} inversion walks with the source "
+                "prompt: leave inversion_prompt empty"
+            )
+        if self.inversion == "negative-prompt" and self.negative_prompt is not None:
+            raise ValueError(
+                "the negative-prompt inversion decodes with the source prompt as the negative prompt: leave "
+                "negative_prompt unset, or use inversion 'caption' with your negative prompt"
+            )
+        if self.inversion == "null-text" and self.guidance_scale == 1.0:
+            raise ValueError(
+                "null-text inversion optimises the unconditional branch of guidance, which guidance_scale 1 turns off: "
+                "raise guidance_scale, or use inversion 'direct' or 'ddpm'"
             )
 
     @classmethod
@@ -168,7 +192,8 @@ class InversionResult:
 
     walks["unconditional"] is inverted with `EditOptions.inversion_prompt` ("" by default) up to the highest
     ratio the candidates need, walks["caption"] with the source prompts at `caption_strength` (when the caption
-    candidate is on). Level 0 of a walk is the clean latent, level k the latent at UNet timestep timesteps[k].
+    candidate is on); any inversion but ddim has one walk, walks["source"], with the source prompts (DDPM: noised
+    on its own at every level). Level 0 of a walk is the clean latent, level k the latent at UNet timestep timesteps[k].
     """
 
     walks: dict[str, torch.Tensor]  # kind -> (N_k + 1, B, C, h, w)
@@ -176,11 +201,19 @@ class InversionResult:
     num_inference_steps: int  # steps over the full range; a walk of ratio r holds int(steps * r) + 1 levels
     timesteps: torch.Tensor  # (N + 1,) UNet timestep of each level of `latents`, -1 for the clean level
     pixels_key: str = ""  # fingerprint of the padded input pixels, so an edit cannot reuse another image's walk
+    inversion: str = "ddim"  # EditOptions.inversion it was made with
+    steps: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # walk -> per-step state (N_k, B, ...) by name
+    decoding: dict[str, Any] = field(default_factory=dict)  # guided inversions: the guidance and negative prompt fitted to
 
     @property
     def latents(self) -> torch.Tensor:
         """The unconditional walk (the paper's), or the only one."""
         return self.walks.get("unconditional", next(iter(self.walks.values())))
+
+    @property
+    def state(self) -> dict[str, torch.Tensor]:
+        """The main walk's per-step state (inversion.Inversion.steps): "uncond", "offset" or "noise"; {} for DDIM."""
+        return self.steps.get("unconditional", next(iter(self.steps.values()), {}))
 
 
 @dataclass

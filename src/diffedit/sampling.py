@@ -15,7 +15,7 @@ import torch
 
 from .inversion import guided_unet_output
 from .masks import dilate
-from .schedule import DDIMGrid, ddim_step
+from .schedule import DDIMGrid, ddim_step, ddpm_step
 
 __all__ = ["masked_denoise", "feathered_alpha", "composite"]
 
@@ -33,6 +33,9 @@ def masked_denoise(
     job_image: list[int] | None = None,
     starts: list[int] | None = None,
     callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
+    step_uncond: torch.Tensor | None = None,
+    step_offset: torch.Tensor | None = None,
+    step_noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Decode from the top inverted level to level 0, blending the background at every level.
 
@@ -42,6 +45,11 @@ def masked_denoise(
     job j starts from (default N, the top): decodings of several encoding ratios share one walk, a job joining
     the batch once the walk reaches its level. All jobs at or below the current level run as one batch (2 rows
     each with guidance). Returns (J, C, h, w) latents at level 0.
+
+    An inversion's per-step state (inversion.Inversion.steps; (N, B, ...) rows like `inverted`'s, row k - 1 for the
+    step from level k): step_uncond (N, B, L, D) replaces uncond at each step (null-text inversion), step_noise
+    (N, B, C, h, w) makes each step DDPM's with that z (edit-friendly DDPM inversion), step_offset (N, B, C, h, w)
+    is added after each step (direct inversion).
     """
     n, b = grid.num_steps, inverted.shape[1]
     if inverted.shape[0] != n + 1:
@@ -58,8 +66,16 @@ def masked_denoise(
         on = (begin >= k).nonzero().flatten()  # the jobs decoding at this level
         rows = slice(None) if len(on) == len(job_image) else on  # a slice keeps the usual path copy-free
         c, u = cond[rows], None if uncond is None else uncond[rows]
+        if step_uncond is not None:
+            u = step_uncond[k - 1][index[rows]]
         out = guided_unet_output(unet, x[rows], int(grid.timesteps[k]), c, u, guidance_scale)
-        step = ddim_step(out, x[rows], float(grid.alphas[k]), float(grid.alphas[k - 1]), grid.prediction_type)
+        alpha, alpha_next = float(grid.alphas[k]), float(grid.alphas[k - 1])
+        if step_noise is None:
+            step = ddim_step(out, x[rows], alpha, alpha_next, grid.prediction_type)
+        else:
+            step = ddpm_step(out, x[rows], alpha, alpha_next, step_noise[k - 1][index[rows]], grid.prediction_type)
+        if step_offset is not None:
+            step = step + step_offset[k - 1][index[rows]]
         landed = m[rows] * step + (1 - m[rows]) * inverted[k - 1][index[rows]]  # same level k-1 for x and background
         if isinstance(rows, slice):
             x = landed

@@ -27,7 +27,10 @@ from dataclasses import dataclass
 import torch
 from diffusers import DDIMScheduler, SchedulerMixin
 
-__all__ = ["DDIMGrid", "ddim_grid", "steps_at", "ddim_scheduler", "ddim_step", "model_output_to_eps_x0", "sd_scheduler"]
+__all__ = [
+    "DDIMGrid", "ddim_grid", "steps_at", "ddim_scheduler", "ddim_step", "ddpm_sigma", "ddpm_step", "model_output_to_eps_x0",
+    "sd_scheduler",
+]
 
 
 def sd_scheduler() -> DDIMScheduler:
@@ -110,3 +113,21 @@ def ddim_step(
     """One deterministic DDIM move of x from level alpha to level alpha_next (eq. 12, sigma = 0)."""
     eps, x0 = model_output_to_eps_x0(output, x, alpha, prediction_type)
     return alpha_next**0.5 * x0 + (1.0 - alpha_next) ** 0.5 * eps
+
+
+def ddpm_sigma(alpha: float, alpha_next: float) -> float:
+    """sigma_t of DDIM eq. 16 with eta = 1: the standard deviation of DDPM's posterior from level alpha to the less
+    noisy alpha_next (0 when alpha_next is 1)."""
+    return ((1.0 - alpha_next) / (1.0 - alpha) * (1.0 - alpha / alpha_next)) ** 0.5
+
+
+def ddpm_step(
+    output: torch.Tensor, x: torch.Tensor, alpha: float, alpha_next: float, noise: torch.Tensor | None,
+    prediction_type: str = "epsilon",
+) -> torch.Tensor:
+    """One stochastic DDPM move of x from level alpha to alpha_next: DDIM eq. 12 with sigma_t of eq. 16 (eta = 1), the
+    noise z given (None: the posterior mean)."""
+    eps, x0 = model_output_to_eps_x0(output, x, alpha, prediction_type)
+    sigma = ddpm_sigma(alpha, alpha_next)
+    mean = alpha_next**0.5 * x0 + max(1.0 - alpha_next - sigma**2, 0.0) ** 0.5 * eps
+    return mean if noise is None else mean + sigma * noise

@@ -56,6 +56,12 @@ OURS_VARIANTS: dict[str, dict] = {
     "ours_attention_mask": {"method": "diffedit_attention_mask"},  # the mask from the changed words' cross-attention
     "ours_no_inpaint": {"inpaint_candidate": False},  # the model's own decoders only (the default before issue 21)
     "ours_inpaint": {"caption_candidate": False},  # the inpainting UNet's decoding alone under our mask (needs one)
+    # inversions (docs/inversions.md): every candidate from the source prompt's walk (Miyake et al.'s negative-prompt
+    # inversion: the caption encoding decoded against the source), with null-text embeddings, direct offsets, or DDPM's
+    "ours_negative_prompt": {"inversion": "negative-prompt"},
+    "ours_null_text": {"inversion": "null-text"},
+    "ours_direct": {"inversion": "direct"},
+    "ours_ddpm": {"inversion": "ddpm"},
 }
 
 

@@ -112,6 +112,12 @@ def edit(
         DEFAULTS.negative_prompt, "--negative-prompt", help="What the decoding steers away from (default: the source prompt).",
         rich_help_panel=EDIT,
     ),
+    inversion: Optional[str] = typer.Option(
+        None, "--inversion",
+        help="ddim | caption | negative-prompt | null-text | direct | ddpm: how the image is inverted (default: "
+        f"{DEFAULTS.inversion}, the paper's; docs/inversions.md).",
+        rich_help_panel=EDIT,
+    ),
     one_candidate: bool = typer.Option(
         False, "--one-candidate",
         help="The paper's single decoding at --strength: no extra candidates, no scoring.",
@@ -160,8 +166,8 @@ def edit(
 
     flags = dict(
         num_inference_steps=steps, strength=strength, guidance_scale=guidance, negative_prompt=negative_prompt,
-        mask_threshold=threshold, decode_threshold=decode_threshold, mask_noises=mask_noises, mask_smooth=smooth,
-        mask_dilate=dilate, composite=not no_composite, feather=feather, max_pixels=max_pixels,
+        inversion=inversion, mask_threshold=threshold, decode_threshold=decode_threshold, mask_noises=mask_noises,
+        mask_smooth=smooth, mask_dilate=dilate, composite=not no_composite, feather=feather, max_pixels=max_pixels,
     )
     if one_candidate:
         flags.update(extra_strengths=(), noise_candidates=(), caption_candidate=False, inpaint_candidate=False)

@@ -19,7 +19,7 @@ from ..schedule import DDIMGrid, steps_at
 from .batch import Batch
 from .decoding import noised_start
 from .noise import NoiseStreams
-from .registry import register
+from .registry import INVERSIONS, register
 
 __all__ = ["Candidate", "plan_candidates", "stack_candidates", "ModelScoreSelector"]
 
@@ -42,7 +42,9 @@ class Candidate:
 def plan_candidates(options, sources: list, inpainter: bool = False) -> list[Candidate]:
     """The unconditional decoding at `strength` first (by the inpainting UNet when one is loaded and
     `inpaint_candidate`), then the extra ratios, noise candidates (from the top unconditional level) and the caption
-    candidate at `caption_strength` (only when every source prompt says something and no inversion prompt is set)."""
+    candidate at `caption_strength` (only when every source prompt says something and no inversion prompt is set). An
+    inversion that walks with the source prompt already (INVERSIONS[...].source_walk) has its caption candidate read
+    that walk at `caption_strength`: another ratio, not another walk."""
     out = [Candidate(options.strength, inpaint=inpainter and options.inpaint_candidate)]
     out += [c for c in dict.fromkeys(Candidate(r) for r in options.extra_strengths) if c not in out]
     top = max(c.strength for c in out)
@@ -51,26 +53,34 @@ def plan_candidates(options, sources: list, inpainter: bool = False) -> list[Can
         out.remove(Candidate(options.strength))  # an extra ratio equal to `strength` is the inpainted one
     spoken = all(not isinstance(s, str) or s.strip() for s in sources)
     if options.caption_candidate and spoken and not options.inversion_prompt:
-        out.append(Candidate(options.caption_strength or options.strength, caption=True))
+        caption = Candidate(options.caption_strength or options.strength, caption=not INVERSIONS[options.inversion].source_walk)
+        out += [caption] if caption not in out else []
     return out
 
 
 def stack_candidates(
     walks: dict[str, torch.Tensor], candidates: list[Candidate], job_image: list[int], latent_mask: torch.Tensor,
-    noise: NoiseStreams, grid: DDIMGrid, num_inference_steps: int,
-) -> tuple[torch.Tensor, list[int]]:
+    noise: NoiseStreams, grid: DDIMGrid, num_inference_steps: int, steps: dict[str, dict[str, torch.Tensor]] | None = None,
+) -> tuple[torch.Tensor, list[int], dict[str, torch.Tensor]]:
     """Levels (N + 1, K * J, C, h, w) of every candidate's jobs, candidate-major, for one batched decoding on `grid`
-    (the highest ratio's), and the level each row starts at. Rows of a lower ratio are padded above their start with
-    their top level, which the decoder never reads."""
-    levels, starts = [], []
+    (the highest ratio's), the level each row starts at, and the per-step state of the walks they read (`steps`:
+    walk -> {name: (N_k, B, ...)}) stacked the same way, name -> (N, K * J, ...). Rows of a lower ratio are padded
+    above their start with their top level (state: zeros), which the decoder never reads. A candidate that is not
+    the caption one reads the main walk: "unconditional" (ddim inversion) or "source" (the others)."""
+    levels, starts, state = [], [], {}
+    main = "unconditional" if "unconditional" in walks else "source"
     for c in candidates:
         n = steps_at(num_inference_steps, c.strength)
-        walk = walks["caption" if c.caption else "unconditional"][: n + 1, job_image]  # (n + 1, J, C, h, w)
+        kind = "caption" if c.caption else main
+        walk = walks[kind][: n + 1, job_image]  # (n + 1, J, C, h, w)
         if c.noise:  # each job's top level mixed with fresh noise inside its own mask
             walk = noised_start(walk, latent_mask, c.noise, job_image, noise)
         levels.append(torch.cat([walk, walk[-1:].expand(grid.num_steps - n, *walk.shape[1:])]))
         starts += [n] * len(job_image)
-    return torch.cat(levels, dim=1), starts
+        for name, t in (steps or {}).get(kind, {}).items():
+            rows = t[:n, job_image]  # (n, J, ...)
+            state.setdefault(name, []).append(torch.cat([rows, rows.new_zeros(grid.num_steps - n, *rows.shape[1:])]))
+    return torch.cat(levels, dim=1), starts, {name: torch.cat(parts, dim=1) for name, parts in state.items()}
 
 
 @register("selector", "model_score")

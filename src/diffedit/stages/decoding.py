@@ -1,8 +1,10 @@
 """Decoders (DiffEdit step 3): walk each job from its top inverted level down to a clean latent.
 
-Protocol: `decoder(parts, levels, mask, cond, uncond, grid, *, guidance_scale, job_image, starts, callback) -> (J, C, h, w)`:
-row j of the batch decodes from level starts[j] (the editor stacks every candidate's jobs into one batch), and
-callback(level, latents) follows each step, with the level just reached; it may return replacement latents.
+Protocol: `decoder(parts, levels, mask, cond, uncond, grid, *, guidance_scale, job_image, starts, callback[, steps])
+-> (J, C, h, w)`: row j of the batch decodes from level starts[j] (the editor stacks every candidate's jobs into one
+batch), and callback(level, latents) follows each step, with the level just reached; it may return replacement
+latents. `steps`, given only with an inversion that has per-step state (null-text, direct, ddpm: stages/inverting.py),
+holds it: name -> (N, J, ...), "uncond", "offset" or "noise" (inversion.Inversion).
 `masked_ddim` is the paper's decoding: DDIM with the target prompt, the background replaced at every step by
 the inverted latent of the same level (sampling.masked_denoise).
 """
@@ -47,7 +49,12 @@ class MaskedDDIMDecoder:
         job_image: list[int] | None,
         starts: list[int] | None = None,
         callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
+        steps: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        steps = steps or {}
+        unknown = sorted(set(steps) - {"uncond", "offset", "noise"})
+        if unknown:
+            raise ValueError(f"the {self.name} decoder knows no per-step state {unknown}")
         denoiser = self.denoiser(parts, mask, starts)
         with parts.bar(max(starts) if starts else grid.num_steps, self.phase) as bar:
 
@@ -57,7 +64,8 @@ class MaskedDDIMDecoder:
 
             return masked_denoise(
                 denoiser, levels, mask, cond, grid, uncond=uncond, guidance_scale=guidance_scale,
-                job_image=job_image, starts=starts, callback=step_end,
+                job_image=job_image, starts=starts, callback=step_end, step_uncond=steps.get("uncond"),
+                step_offset=steps.get("offset"), step_noise=steps.get("noise"),
             )
 
 

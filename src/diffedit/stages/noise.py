@@ -16,6 +16,7 @@ STREAMS = {
     "mask": 0,  # the mask pass's n noises (DiffEdit step 1)
     "rerank": 2**32,  # the noises that score candidates (rerank.py)
     "fresh": 2**33,  # fresh noise mixed into a noise candidate's starting latent
+    "ddpm": 3 * 2**32,  # the noisy levels of edit-friendly DDPM inversion (stages/inverting.py)
 }
 MAX_SEED = 2**62  # seeds are drawn below this, so seed + offset + image stays inside a 64-bit generator seed
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["KINDS", "METHODS", "Method", "register", "stage", "method"]
+__all__ = ["KINDS", "METHODS", "INVERSIONS", "Method", "InversionKind", "register", "stage", "method", "inverter_of"]
 
 KINDS = ("mask", "inverter", "decoder", "selector", "finisher")
 _TABLES: dict[str, dict[str, type]] = {kind: {} for kind in KINDS}
@@ -61,3 +61,37 @@ def method(name: str) -> Method:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
     return METHODS[name]
+
+
+@dataclass(frozen=True)
+class InversionKind:
+    """An inversion (`EditOptions.inversion`): which inverter stage walks up, and with which prompt."""
+
+    inverter: str  # the registered inverter stage ("ddim": the method's own)
+    source_walk: bool  # walks with the source prompt; every candidate reads that one walk (the caption one included)
+    guided: bool = False  # per-step state fitted to the decoding's guidance and negative prompt (stages/inverting.Guide)
+
+
+INVERSIONS: dict[str, InversionKind] = {
+    # the paper: DDIM with `inversion_prompt` (unconditional), plus the caption candidate's DDIM walk with the source
+    "ddim": InversionKind("ddim", source_walk=False),
+    # DDIM with the source prompt for every candidate (the paper's caption encoding)
+    "caption": InversionKind("ddim", source_walk=True),
+    # the caption inversion decoded with the source prompt as the negative one (Miyake et al. 2023): `caption` with
+    # `negative_prompt` left at the source, named
+    "negative-prompt": InversionKind("ddim", source_walk=True),
+    # DDIM with the source prompt as the pivot, per-step unconditional embeddings optimised onto it (Mokady et al. 2023)
+    "null-text": InversionKind("null_text", source_walk=True, guided=True),
+    # DDIM with the source prompt, each step's drift from it added back while decoding (Ju et al. 2023)
+    "direct": InversionKind("direct", source_walk=True, guided=True),
+    # edit-friendly DDPM: levels drawn independently, per-step noise maps that retrace them (Huberman-Spiegelglas et al.)
+    "ddpm": InversionKind("ddpm", source_walk=True, guided=True),
+}
+
+
+def inverter_of(options) -> str:
+    """The inverter stage of an edit: its inversion's, or for a DDIM inversion the method's own."""
+    if options.inversion not in INVERSIONS:
+        raise ValueError(f"unknown inversion {options.inversion!r}; available: {', '.join(INVERSIONS)}")
+    name = INVERSIONS[options.inversion].inverter
+    return method(options.method).inverter if name == "ddim" else name

@@ -24,6 +24,7 @@ from ..editor import DiffEditor
 from ..images import DEFAULT_MAX_PIXELS, load_image
 from ..results import EditOptions, EditResult, InversionResult, MaskResult
 from ..stages import mask_images
+from ..stages.inverting import guide_record
 from ..stages.masking import threshold_normalized
 
 __all__ = ["Session", "Preview", "Edits", "remask", "select_job", "image_key", "MASK_FIELDS", "INVERSION_FIELDS",
@@ -34,7 +35,7 @@ MASK_FIELDS = ("method", "num_inference_steps", "mask_noises", "mask_strength", 
                "mask_clamp", "mask_quantile", "mask_mean_ratio", "mask_per_image", "mask_batch_size", "max_pixels")
 # the options the inversion depends on (with the image and the source prompt): the candidates' walks
 INVERSION_FIELDS = ("method", "num_inference_steps", "strength", "extra_strengths", "noise_candidates",
-                    "caption_candidate", "inversion_prompt", "max_pixels")
+                    "caption_candidate", "inversion", "inversion_prompt", "max_pixels")
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")  # what an upload may be, by its header
 MAX_SEED = 2**31  # seeds the page draws stay exact in a browser's numbers
 
@@ -164,7 +165,7 @@ class Session:
     def inversion(self, image: Image.Image, source: str, options: EditOptions, phase: Phase | None = None
                   ) -> tuple[InversionResult, bool]:
         """(The inversion of `image` for edits with these options, whether it was stored already)."""
-        key = (image_key(image), source, _fields(options, INVERSION_FIELDS))
+        key = (image_key(image), source, _fields(options, INVERSION_FIELDS), tuple(guide_record(options).items()))
         with self.lock:
             stored = self.inversions.get(key)
         if stored is not None:
