@@ -56,6 +56,9 @@ OURS_VARIANTS: dict[str, dict] = {
     "ours_attention_mask": {"method": "diffedit_attention_mask"},  # the mask from the changed words' cross-attention
     "ours_no_inpaint": {"inpaint_candidate": False},  # the model's own decoders only (the default before issue 21)
     "ours_inpaint": {"caption_candidate": False},  # the inpainting UNet's decoding alone under our mask (needs one)
+    "p2p": {"method": "p2p"},  # Prompt-to-Prompt over DDIM inversion, its own local blend (docs/attention.md)
+    "diffedit_p2p": {"method": "diffedit_p2p"},  # our mask around a Prompt-to-Prompt-controlled decoding
+    "diffedit_p2p_no_inpaint": {"method": "diffedit_p2p", "inpaint_candidate": False},  # ... every candidate controlled
 }
 
 

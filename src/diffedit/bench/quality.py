@@ -37,7 +37,7 @@ METHODS = (
     "ours", "diffusers", "sdedit", "gt_mask", "ours_no_smooth", "ours_no_composite", "ours_batch_norm", "ours_no_edit_snap",
     "ours_no_refine", "ours_snap_input", "ours_one_threshold", "ours_no_trim", "ours_whole_prompt_mask", "ours_one_candidate",
     "ours_noise_candidate", "ours_no_cover", "ours_feather2", "ours_attention_mask", "ours_no_inpaint", "ours_inpaint",
-    "gt_mask_inpaint", *PROMPTED,
+    "gt_mask_inpaint", "p2p", "diffedit_p2p", "diffedit_p2p_no_inpaint", *PROMPTED,
 )
 
 
