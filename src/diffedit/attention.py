@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CrossAttentionStore", "capture_cross_attention", "changed_token_positions"]
+__all__ = ["CrossAttentionStore", "attention_grid", "capture_cross_attention", "changed_token_positions", "word_token_spans"]
 
 
 class CrossAttentionStore:
@@ -30,17 +30,19 @@ class CrossAttentionStore:
 
     def maps(self, size: tuple[int, int]) -> torch.Tensor:
         """(B, tokens, h, w): every layer's map resized to `size` (the latent grid) and averaged over layers and calls."""
-        h, w = size
-        resized = []
-        for calls in self.layers.values():
-            for probs in calls:
-                b, cells, tokens = probs.shape
-                lh = max(1, round((cells * h / w) ** 0.5))
-                grid = probs.transpose(1, 2).reshape(b, tokens, lh, cells // lh)
-                resized.append(F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False))
+        resized = [attention_grid(probs, size) for calls in self.layers.values() for probs in calls]
         if not resized:
             raise ValueError("no cross-attention was recorded: the UNet has no cross-attention layers, or was not called")
         return torch.stack(resized).mean(0)
+
+
+def attention_grid(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, cells, tokens) probabilities of one layer -> (B, tokens, h, w) maps on the latent grid `size` (bilinear)."""
+    b, cells, tokens = probs.shape
+    h, w = size
+    lh = max(1, round((cells * h / w) ** 0.5))  # the layer's own grid keeps the latent's aspect ratio
+    grid = probs.transpose(1, 2).reshape(b, tokens, lh, cells // lh)
+    return F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)
 
 
 def _cross_attention_probs(attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, temb) -> torch.Tensor:
@@ -93,9 +95,17 @@ def changed_token_positions(tokenizer, source: str, target: str) -> list[int]:
     s, t = source.split(), target.split()
     changed = [j for op, _, _, j1, j2 in difflib.SequenceMatcher(a=s, b=t, autojunk=False).get_opcodes()
                if op in ("replace", "insert") for j in range(j1, j2)]
-    ends = [_content_length(tokenizer, " ".join(t[:k])) for k in range(len(t) + 1)]
+    spans = word_token_spans(tokenizer, target)
+    return [p for j in changed for p in spans[j]]
+
+
+def word_token_spans(tokenizer, text: str) -> list[range]:
+    """The token positions of each whitespace-split word of `text`, as the text encoder sees the whole prompt (start
+    token at 0; positions past the tokenizer's length dropped)."""
+    words = text.split()
+    ends = [_content_length(tokenizer, " ".join(words[:k])) for k in range(len(words) + 1)]
     limit = tokenizer.model_max_length
-    return [p for j in changed for p in range(ends[j], ends[j + 1]) if p < limit]
+    return [range(ends[k], min(ends[k + 1], max(ends[k], limit))) for k in range(len(words))]
 
 
 def _content_length(tokenizer, text: str) -> int:

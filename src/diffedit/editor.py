@@ -31,7 +31,7 @@ from .loading import embedded_inpaint_path, load_components, load_inpaint_unet
 from .results import OUTPUT_TYPES, EditOptions, EditResult, InversionResult, MaskResult, resolve_options
 from .schedule import ddim_grid, ddim_scheduler
 from .stages import (
-    Batch, Candidate, JobMasks, NoiseStreams, PrecomputedMask, UserMask, mask_images, method, plan_candidates,
+    Batch, Candidate, JobMasks, NoiseStreams, PrecomputedMask, UserMask, decoder_for, mask_images, method, plan_candidates,
     prepare_batch, resolve_seeds, stack_candidates, stage,
 )
 from .stages.batch import describe_prompt
@@ -342,7 +342,7 @@ class DiffEditor:
                     masked = job_masked_latents(parts, batch, masks, hole, options)
                     decoder = InpaintingDecoder(parts.inpaint_denoiser, masked.repeat(k, 1, 1, 1))
                 else:
-                    decoder = stage("decoder", stages.decoder)()
+                    decoder = decoder_for(stages.decoder, batch, options)
                 edited = decoder(parts, levels, m_k, c_k, u_k, grid, guidance_scale=options.guidance_scale,
                                  job_image=None, starts=starts, callback=callback, **({"steps": state} if state else {}))
             by_candidate.update({c: edited[i * jobs : (i + 1) * jobs] for i, c in enumerate(group)})

@@ -57,6 +57,12 @@ class EditOptions:
     #   object's whole footprint, so none of it survives as a ghost); 0 = off
     feather: int = 0  # width in pixels of an opacity ramp outside the composite's mask; 0 = a hard edge
     max_pixels: int | None = DEFAULT_MAX_PIXELS  # refuse larger inputs with a clear error
+    # attention control, Prompt-to-Prompt (methods p2p and diffedit_p2p; docs/attention.md)
+    cross_replace: float = 0.8  # fraction of the decoding's steps whose target cross-attention is the source's (paper: 0.8)
+    self_replace: float = 0.4  # fraction of the steps whose target self-attention is the source's: the layout (paper: 0.2-0.6)
+    reweight: str = ""  # target words whose attention is scaled, "word=factor ..." (the paper's re-weighting); "": none
+    local_blend: bool = True  # p2p: keep the source branch outside the changed words' attention (diffedit_p2p: DiffEdit's mask)
+    blend_threshold: float = 0.3  # threshold of the local blend's word maps, each scaled to a maximum of 1 (paper: 0.3)
     # advanced: ablations and diffusers-compatible variants (the benchmark's `ours_*` rows set these)
     noise_candidates: tuple[float, ...] = ()  # also decode from the top level with this share of fresh noise in the mask
     rerank_unconditional: float = 0.0  # weight of (empty prompt's error - target's) in the candidates' score
@@ -69,6 +75,7 @@ class EditOptions:
 
     def __post_init__(self) -> None:
         """Every field on its own against bounds.BOUNDS (type, finite, range; normalised), then the fields together."""
+        from .stages.p2p import check_attention_options
         from .stages.registry import METHODS
 
         for f in fields(self):
@@ -76,6 +83,7 @@ class EditOptions:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; available: {', '.join(sorted(METHODS))}")
         self._check_inversion()
+        check_attention_options(self)
         if int(self.num_inference_steps * self.strength) < 1:
             raise ValueError(
                 f"strength {self.strength} x {self.num_inference_steps} steps leaves no denoising step"

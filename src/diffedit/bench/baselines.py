@@ -62,6 +62,9 @@ OURS_VARIANTS: dict[str, dict] = {
     "ours_null_text": {"inversion": "null-text"},
     "ours_direct": {"inversion": "direct"},
     "ours_ddpm": {"inversion": "ddpm"},
+    "p2p": {"method": "p2p"},  # Prompt-to-Prompt over DDIM inversion, its own local blend (docs/attention.md)
+    "diffedit_p2p": {"method": "diffedit_p2p"},  # our mask around a Prompt-to-Prompt-controlled decoding
+    "diffedit_p2p_no_inpaint": {"method": "diffedit_p2p", "inpaint_candidate": False},  # ... every candidate controlled
 }
 
 

@@ -37,7 +37,9 @@ METHODS = (
     "ours", "diffusers", "sdedit", "gt_mask", "ours_no_smooth", "ours_no_composite", "ours_batch_norm", "ours_no_edit_snap",
     "ours_no_refine", "ours_snap_input", "ours_one_threshold", "ours_no_trim", "ours_whole_prompt_mask", "ours_one_candidate",
     "ours_noise_candidate", "ours_no_cover", "ours_feather2", "ours_attention_mask", "ours_no_inpaint", "ours_inpaint",
-    "gt_mask_inpaint", "ours_negative_prompt", "ours_null_text", "ours_direct", "ours_ddpm", *PROMPTED,
+    "gt_mask_inpaint", "ours_negative_prompt", "ours_null_text", "ours_direct", "ours_ddpm",
+    "p2p", "diffedit_p2p", "diffedit_p2p_no_inpaint",
+    *PROMPTED,
 )
 
 
@@ -216,17 +218,18 @@ def _fmt(value, spec: str, scale: float = 1.0) -> str:
 def format_quality(report: dict) -> str:
     """Text tables of a run_quality report: overall figures, then edit success by group."""
     r = report
+    width = max(19, *(len(name) + 1 for name in r["methods"]))  # the method column fits the longest name
     lines = [
         f"ShapeEdit: model {r['model']}, {r['cases']} cases (seed {r['seed']}), {r['steps']} steps "
         f"(baselines {r.get('baseline_steps', r['steps'])}), "
         f"strength {r['options']['strength']}, guidance {r['options']['guidance_scale']}, PSNR capped at {r['psnr_cap_db']:g} dB",
-        f"  {'method':<19}{'mask IoU':>9}{'bg PSNR':>9}{'tgt PSNR':>9}{'success':>9}{'no ghost':>9}{'clean':>9}"
+        f"  {'method':<{width}}{'mask IoU':>9}{'bg PSNR':>9}{'tgt PSNR':>9}{'success':>9}{'no ghost':>9}{'clean':>9}"
         f"{'ghost px':>9}{'s/edit':>9}",
     ]
     for name, m in r["methods"].items():
         o = m["summary"]["overall"]
         lines.append(
-            f"  {name:<19}{_fmt(o['mask_iou'], '9.3f')}{_fmt(o['background_psnr'], '9.2f')}"
+            f"  {name:<{width}}{_fmt(o['mask_iou'], '9.3f')}{_fmt(o['background_psnr'], '9.2f')}"
             f"{_fmt(o['target_psnr'], '9.2f')}{_fmt(o['success'], '8.1f', 100)}%{_fmt(o.get('ghost_free'), '8.1f', 100)}%"
             f"{_fmt(o.get('clean'), '8.1f', 100)}%{_fmt(o.get('ghost_pixels'), '9.1f')}{m['seconds_per_edit']:9.2f}"
         )
@@ -237,11 +240,11 @@ def format_quality(report: dict) -> str:
     groups = [(g, k) for g in ("by_kind", "by_background", "by_num_objects") for k in first[g]]
     head = "".join(f"{str(k) + (' obj' if g == 'by_num_objects' else ''):>10}" for g, k in groups)
     for metric in ("success", "ghost_free", "clean"):
-        lines += [f"{metric} % by kind, background and number of objects", f"  {'method':<19}{head}"]
+        lines += [f"{metric} % by kind, background and number of objects", f"  {'method':<{width}}{head}"]
         for name, m in r["methods"].items():
             s = m["summary"]
             cells = "".join(f"{_fmt(s[g][k].get(metric) if k in s[g] else None, '10.1f', 100)}" for g, k in groups)
-            lines.append(f"  {name:<19}{cells}")
+            lines.append(f"  {name:<{width}}{cells}")
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ from diffedit.cli.checks import check_files, check_prompts, nothing_to_edit, pan
 from diffedit.cli.checks import unchanged, write_outputs
 from diffedit.cli.common import SET_HELP, check_seed, default_output, edit_options, indexed, load_editor, set_threads
 from diffedit.cli.common import resolve_device, resolve_dtype
+from diffedit.stages.registry import METHODS
 
 
 EDIT, MASK, OUTPUT, MODEL, ADVANCED = "Edit", "Mask", "Output", "Model and device", "Advanced"
@@ -118,6 +119,15 @@ def edit(
         f"{DEFAULTS.inversion}, the paper's; docs/inversions.md).",
         rich_help_panel=EDIT,
     ),
+    method: Optional[str] = typer.Option(
+        None, "--method", help=f"Which stages run: {' | '.join(METHODS)} (default: {DEFAULTS.method}; docs/engine.md).",
+        rich_help_panel=EDIT,
+    ),
+    reweight: Optional[str] = typer.Option(
+        None, "--reweight", metavar="WORD=FACTOR ...",
+        help="Scale target words' attention, e.g. 'blue=2' (methods p2p, diffedit_p2p; docs/attention.md).",
+        rich_help_panel=EDIT,
+    ),
     one_candidate: bool = typer.Option(
         False, "--one-candidate",
         help="The paper's single decoding at --strength: no extra candidates, no scoring.",
@@ -168,6 +178,7 @@ def edit(
         num_inference_steps=steps, strength=strength, guidance_scale=guidance, negative_prompt=negative_prompt,
         inversion=inversion, mask_threshold=threshold, decode_threshold=decode_threshold, mask_noises=mask_noises,
         mask_smooth=smooth, mask_dilate=dilate, composite=not no_composite, feather=feather, max_pixels=max_pixels,
+        method=method, reweight=reweight,
     )
     if one_candidate:
         flags.update(extra_strengths=(), noise_candidates=(), caption_candidate=False, inpaint_candidate=False)

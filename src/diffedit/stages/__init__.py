@@ -1,6 +1,6 @@
 """The stages an edit is composed of, one protocol per kind, registered by name (registry.py).
 
-Floors, bottom up: registry, noise, batch -> masking, inverting, decoding -> attention_mask, candidates, finishing.
+Floors, bottom up: registry, noise, batch -> masking, inverting, decoding -> attention_mask, candidates, finishing, p2p.
 Importing this package registers every built-in stage.
 """
 
@@ -12,7 +12,8 @@ from .finishing import CompositeFinisher, mask_images, snap_to_edit
 from .inverting import DDIMInverter
 from .masking import JobMasks, NoiseDifferenceMask, PrecomputedMask, UserMask, mask_changes
 from .noise import STREAMS, NoiseStreams, resolve_seeds
-from .registry import KINDS, METHODS, Method, method, register, stage
+from .p2p import MaskedPromptToPromptDecoder, PromptToPromptDecoder, WholeMask
+from .registry import KINDS, METHODS, Method, decoder_for, method, register, stage
 
 __all__ = [
     "CrossAttentionMask",
@@ -20,5 +21,5 @@ __all__ = [
     "noised_start",
     "CompositeFinisher", "mask_images", "snap_to_edit", "DDIMInverter", "JobMasks", "NoiseDifferenceMask",
     "PrecomputedMask", "UserMask", "mask_changes", "STREAMS", "NoiseStreams", "resolve_seeds", "KINDS", "METHODS",
-    "Method", "method", "register", "stage",
+    "Method", "method", "register", "stage", "decoder_for", "MaskedPromptToPromptDecoder", "PromptToPromptDecoder", "WholeMask",
 ]

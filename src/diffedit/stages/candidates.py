@@ -19,7 +19,7 @@ from ..schedule import DDIMGrid, steps_at
 from .batch import Batch
 from .decoding import noised_start
 from .noise import NoiseStreams
-from .registry import INVERSIONS, register
+from .registry import INVERSIONS, method, register
 
 __all__ = ["Candidate", "plan_candidates", "stack_candidates", "ModelScoreSelector"]
 
@@ -40,12 +40,13 @@ class Candidate:
 
 
 def plan_candidates(options, sources: list, inpainter: bool = False) -> list[Candidate]:
-    """The unconditional decoding at `strength` first (by the inpainting UNet when one is loaded and
-    `inpaint_candidate`), then the extra ratios, noise candidates (from the top unconditional level) and the caption
-    candidate at `caption_strength` (only when every source prompt says something and no inversion prompt is set). An
-    inversion that walks with the source prompt already (INVERSIONS[...].source_walk) has its caption candidate read
-    that walk at `caption_strength`: another ratio, not another walk."""
-    out = [Candidate(options.strength, inpaint=inpainter and options.inpaint_candidate)]
+    """The unconditional decoding at `strength` first (by the inpainting UNet when one is loaded,
+    `inpaint_candidate` and the method edits inside a mask), then the extra ratios, noise candidates (from the top
+    unconditional level) and the caption candidate at `caption_strength` (only when every source prompt says
+    something and no inversion prompt is set). An inversion that walks with the source prompt already
+    (INVERSIONS[...].source_walk) has its caption candidate read that walk at `caption_strength`: another ratio, not
+    another walk."""
+    out = [Candidate(options.strength, inpaint=inpainter and options.inpaint_candidate and method(options.method).inpaint)]
     out += [c for c in dict.fromkeys(Candidate(r) for r in options.extra_strengths) if c not in out]
     top = max(c.strength for c in out)
     out += [c for c in dict.fromkeys(Candidate(top, noise=s) for s in options.noise_candidates) if c not in out]

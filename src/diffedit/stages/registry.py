@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["KINDS", "METHODS", "INVERSIONS", "Method", "InversionKind", "register", "stage", "method", "inverter_of"]
+__all__ = [
+    "KINDS", "METHODS", "INVERSIONS", "Method", "InversionKind", "register", "stage", "method", "inverter_of", "decoder_for",
+]
 
 KINDS = ("mask", "inverter", "decoder", "selector", "finisher")
 _TABLES: dict[str, dict[str, type]] = {kind: {} for kind in KINDS}
@@ -37,6 +39,13 @@ def stage(kind: str, name: str) -> type:
     return table[name]
 
 
+def decoder_for(name: str, batch, options):
+    """The decoder registered as `name`, built for one edit: by its class's `for_edit(batch, options)` when it has one
+    (a decoder that reads the jobs' prompts and the options, as attention control does), else with no arguments."""
+    cls = stage("decoder", name)
+    return cls.for_edit(batch, options) if hasattr(cls, "for_edit") else cls()
+
+
 @dataclass(frozen=True)
 class Method:
     """A method is one stage of each kind, by name."""
@@ -46,6 +55,7 @@ class Method:
     decoder: str
     selector: str
     finisher: str
+    inpaint: bool = True  # the inpainting candidate may decode (it paints a hole: a method that edits inside a mask)
 
 
 METHODS: dict[str, Method] = {
@@ -54,6 +64,11 @@ METHODS: dict[str, Method] = {
     "diffedit": Method("noise_difference", "ddim", "masked_ddim", "model_score", "composite"),
     # DiffEdit decoding inside a mask from the changed words' cross-attention (one pass; issue 20)
     "diffedit_attention_mask": Method("cross_attention", "ddim", "masked_ddim", "model_score", "composite"),
+    # Prompt-to-Prompt (Hertz et al. 2022) over DDIM inversion: source and target branches under attention control,
+    # the source branch kept outside the changed words' attention (local blend); no mask, so no inpainting candidate
+    "p2p": Method("whole", "ddim", "p2p", "model_score", "composite", inpaint=False),
+    # DiffEdit's mask and same-level background blending around a Prompt-to-Prompt-controlled decoding
+    "diffedit_p2p": Method("noise_difference", "ddim", "masked_p2p", "model_score", "composite"),
 }
 
 
