@@ -17,6 +17,7 @@ STREAMS = {
     "rerank": 2**32,  # the noises that score candidates (rerank.py)
     "fresh": 2**33,  # fresh noise mixed into a noise candidate's starting latent
     "ddpm": 3 * 2**32,  # the noisy levels of edit-friendly DDPM inversion (stages/inverting.py)
+    "flowedit": 5 * 2**32,  # FlowEdit's fresh noise of every step (flow/editor.py)
 }
 MAX_SEED = 2**62  # seeds are drawn below this, so seed + offset + image stays inside a 64-bit generator seed
 

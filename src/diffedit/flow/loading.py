@@ -1,0 +1,51 @@
+"""A flow-matching model from a diffusers folder or hub id: its family read from model_index.json's `_class_name`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelError
+from .components import FAMILIES, FlowComponents
+
+__all__ = ["flow_family", "load_flow_components"]
+
+_ENCODERS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3")
+
+
+def flow_family(model: str | Path | None) -> str | None:
+    """"sd3" or "flux" when `model` is a local diffusers folder of that pipeline class, else None (any other model)."""
+    if model is None:
+        return None
+    index = Path(model) / "model_index.json"
+    if not index.is_file():
+        return None
+    try:
+        name = json.loads(index.read_text()).get("_class_name")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return None
+    return next((family for family, cls in FAMILIES.items() if cls == name), None)
+
+
+def load_flow_components(model: str | Path, family: str | None = None, torch_dtype: torch.dtype | None = None,
+                         device: str | torch.device | None = None) -> FlowComponents:
+    """Load through the family's diffusers pipeline (every component from its subfolder) and keep the parts."""
+    import diffusers
+
+    family = family or flow_family(model)
+    if family not in FAMILIES:
+        raise ModelError(f"{model} is not an SD3 or FLUX diffusers folder (model_index.json _class_name "
+                         f"{' or '.join(FAMILIES.values())})")
+    try:
+        pipe = getattr(diffusers, FAMILIES[family]).from_pretrained(str(model), torch_dtype=torch_dtype)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise ModelError(f"cannot load the {family} model {model}: {type(e).__name__}: {e}") from e
+    encoders = {k: getattr(pipe, k) for k in _ENCODERS if getattr(pipe, k, None) is not None}
+    parts = FlowComponents(family, pipe.vae, pipe.transformer, pipe.scheduler, encoders, name=str(model))
+    for m in parts.modules():
+        m.eval().requires_grad_(False)
+    if device is not None:
+        parts.to(device)
+    return parts
