@@ -173,6 +173,9 @@ def load_editor(model: str | None, device: str | None, dtype: str, config: str |
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     try:
+        flow = _flow_editor(model, device, dtype, quiet)  # an SD3 or FLUX folder: the flow editor (docs/flow.md)
+        if flow is not None:
+            return flow
         inpaint = None if inpaint_model in ("none", "same") else inpaint_model
         return DiffEditor.from_pretrained(model, device=device, torch_dtype=dtype, config=config, progress=not quiet,
                                           inpaint_model=inpaint)
@@ -182,6 +185,30 @@ def load_editor(model: str | None, device: str | None, dtype: str, config: str |
         if is_out_of_memory(e):
             raise
         fail(str(e))
+
+
+def _flow_editor(model: str | None, device, dtype, quiet: bool):
+    """A FlowEditor when `model` is a diffusers folder of an SD3 or FLUX pipeline (model_index.json), else None."""
+    from diffedit.flow.loading import flow_family
+
+    if flow_family(model) is None:
+        return None
+    from diffedit.flow.editor import FlowEditor
+
+    return FlowEditor.from_pretrained(model, device=device, torch_dtype=dtype, progress=not quiet)
+
+
+def flow_decoder_option(editor, decoder: str | None) -> dict:
+    """edit()'s keyword for --flow-decoder: {} when not given; exit 2 when given for a model that is no flow model."""
+    if decoder is None:
+        return {}
+    if not hasattr(editor, "decoder"):
+        fail("--flow-decoder applies to SD3 and FLUX models only")
+    from diffedit.flow.editor import DECODERS
+
+    if decoder not in DECODERS:
+        fail(f"unknown --flow-decoder {decoder!r}; available: {', '.join(DECODERS)}")
+    return {"decoder": decoder}
 
 
 def default_output(image: Path, suffix: str) -> Path:

@@ -13,7 +13,7 @@ from diffedit.cli.auto_prompts import TARGET_SET_OPTION, PromptRequest
 from diffedit.cli.checks import check_files, check_prompts, nothing_to_edit, panel_size, read_image, read_user_mask
 from diffedit.cli.checks import unchanged, write_outputs
 from diffedit.cli.common import SET_HELP, check_seed, default_output, edit_options, indexed, load_editor, set_threads
-from diffedit.cli.common import resolve_device, resolve_dtype
+from diffedit.cli.common import flow_decoder_option, resolve_device, resolve_dtype
 from diffedit.stages.registry import METHODS
 
 
@@ -133,6 +133,9 @@ def edit(
         help="The paper's single decoding at --strength: no extra candidates, no scoring.",
         rich_help_panel=EDIT,
     ),
+    flow_decoder: Optional[str] = typer.Option(
+        None, "--flow-decoder", help="SD3/FLUX models: flowedit (default) | inverted (docs/flow.md).", rich_help_panel=EDIT,
+    ),
     mask: Optional[Path] = typer.Option(
         None, "--mask", help="Use this mask (white = edit) instead of computing one.", rich_help_panel=MASK,
     ),
@@ -197,7 +200,8 @@ def edit(
     nothing_to_edit(source, targets, mask, user_mask)
     editor = load_editor(model, device, dtype, config, quiet, inpaint_model)
     source, targets, prompts = request.derive(editor, input_image, seed, quiet)
-    result = editor.edit(input_image, source, targets, mask=mask, seed=seed, options=options)
+    result = editor.edit(input_image, source, targets, mask=mask, seed=seed, options=options,
+                         **flow_decoder_option(editor, flow_decoder))
     contents = list(result.images) + (list(result.mask_images) if mask_output else [])
     if panel:
         contents.append(make_panel([[input_image, mask_overlay(input_image, m), im]

@@ -60,10 +60,12 @@ class FlowEditor:
         return cls(components, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, model: str | Path, *, torch_dtype: torch.dtype | None = None,
+    def from_pretrained(cls, model: str | Path, *, torch_dtype: torch.dtype | str | None = None,
                         device: str | torch.device | None = None, **kwargs) -> "FlowEditor":
         """An SD3 or FLUX diffusers folder (model_index.json's `_class_name` says which)."""
-        return cls(load_flow_components(model, torch_dtype=torch_dtype, device=device), **kwargs)
+        from ..devices import parse_dtype
+
+        return cls(load_flow_components(model, torch_dtype=parse_dtype(torch_dtype), device=device), **kwargs)
 
     name = property(lambda self: self.components.name)
     device = property(lambda self: self.components.device)

@@ -66,7 +66,7 @@ def flowedit(
     for i in range(start, sigmas.shape[0] - 1):
         t, t_next = float(sigmas[i]), float(sigmas[i + 1])
         xs_t = noised(x_src, noise(i).to(x_src), t)
-        xt_t = z + xs_t - x_src
+        xt_t = xs_t + (z - x_src)  # exactly xs_t while Z is x_src (z + xs_t - x_src rounds): equal prompts edit nothing
         z = z + (t_next - t) * (v_target(xt_t, t) - v_source(xs_t, t)).to(z.dtype)
         if m is not None:
             z = m * z + (1 - m) * x_src
