@@ -1,0 +1,82 @@
+"""SD3 and FLUX diffusers folders through the CLI (`diffedit edit`, `mask`, `composite`) and FlowEditor.from_pretrained:
+the folder's model_index.json picks the flow editor."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from diffedit.cli import app
+from diffedit.flow.editor import FlowEditor
+from diffedit.flow.loading import flow_family
+from tiny_flow import save_tiny_flow, tiny_flux, tiny_sd3
+
+runner = CliRunner()
+FAST = ["--steps", "4", "--mask-noises", "2", "--seed", "0", "-q"]
+
+
+@pytest.fixture(scope="module", params=["sd3", "flux"])
+def folder(request, tmp_path_factory):
+    parts = (tiny_sd3 if request.param == "sd3" else tiny_flux)()
+    return request.param, save_tiny_flow(parts, tmp_path_factory.mktemp(request.param) / "model")
+
+
+@pytest.fixture(scope="module")
+def image_path(tmp_path_factory):
+    arr = np.full((32, 32, 3), 200, np.uint8)
+    arr[8:24, 8:24] = (220, 30, 30)
+    path = tmp_path_factory.mktemp("img") / "in.png"
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def test_folder_loads_as_its_family(folder, image_path):
+    family, path = folder
+    assert flow_family(path) == family and flow_family(path.parent) is None
+    loaded = FlowEditor.from_pretrained(path, progress=False)
+    built = FlowEditor((tiny_sd3 if family == "sd3" else tiny_flux)(), progress=False)
+    a = loaded.mask(Image.open(image_path), "a red square", "a blue circle", seed=0, num_inference_steps=4, mask_noises=2)
+    b = built.mask(Image.open(image_path), "a red square", "a blue circle", seed=0, num_inference_steps=4, mask_noises=2)
+    torch.testing.assert_close(a.soft, b.soft)  # the saved weights are the ones loaded
+
+
+@pytest.mark.parametrize("decoder", ["flowedit", "inverted"])
+def test_cli_edit(folder, image_path, tmp_path, decoder):
+    family, model = folder
+    out = tmp_path / "out.png"
+    res = runner.invoke(app, ["edit", str(image_path), "-s", "a red square", "-t", "a blue circle", "-m", str(model),
+                              "-o", str(out), "--mask-output", str(tmp_path / "m.png"), "--flow-decoder", decoder, *FAST])
+    assert res.exit_code == 0, res.output
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["decoder"] == decoder and record["family"] == family and record["model"] == str(model)
+    edited, inp = np.array(Image.open(out)), np.array(Image.open(image_path))
+    mask = np.array(Image.open(tmp_path / "m.png")) > 0
+    assert edited.shape == inp.shape and (edited[~mask] == inp[~mask]).all() and (edited[mask] != inp[mask]).any()
+
+
+def test_cli_mask_and_composite(folder, image_path, tmp_path):
+    _, model = folder
+    res = runner.invoke(app, ["mask", str(image_path), "-s", "a red square", "-t", "a blue circle", "-m", str(model),
+                              "-o", str(tmp_path / "mask.png"), "--seed", "0", "-q"])
+    assert res.exit_code == 0, res.output
+    assert (np.array(Image.open(tmp_path / "mask.png")) > 0).any()
+    other = np.zeros((32, 32, 3), np.uint8)  # "another editor's" output: black everywhere (--no-snap: a random model's
+    #   mask may lie on flat grey, which the snap's trim to the background would rightly drop)
+    Image.fromarray(other).save(tmp_path / "other.png")
+    res = runner.invoke(app, ["composite", str(image_path), str(tmp_path / "other.png"), "-s", "a red square",
+                              "-t", "a blue circle", "-m", str(model), "-o", str(tmp_path / "c.png"),
+                              "--mask-output", str(tmp_path / "cm.png"), "--seed", "0", "-q", "--no-snap"])
+    assert res.exit_code == 0, res.output
+    comp, inp = np.array(Image.open(tmp_path / "c.png")), np.array(Image.open(image_path))
+    mask = np.array(Image.open(tmp_path / "cm.png")) > 0
+    assert mask.any() and (comp[~mask] == inp[~mask]).all() and (comp[mask] == 0).all()
+
+
+def test_cli_flow_decoder_needs_a_flow_model(image_path, tmp_path, folder):
+    _, model = folder
+    res = runner.invoke(app, ["edit", str(image_path), "-s", "a red square", "-t", "a blue circle", "-m", str(model),
+                              "-o", str(tmp_path / "x.png"), "--flow-decoder", "ddim", *FAST])
+    assert res.exit_code == 2 and "unknown --flow-decoder" in res.output
