@@ -80,3 +80,12 @@ def test_cli_flow_decoder_needs_a_flow_model(image_path, tmp_path, folder):
     res = runner.invoke(app, ["edit", str(image_path), "-s", "a red square", "-t", "a blue circle", "-m", str(model),
                               "-o", str(tmp_path / "x.png"), "--flow-decoder", "ddim", *FAST])
     assert res.exit_code == 2 and "unknown --flow-decoder" in res.output
+
+
+def test_a_folder_of_another_pipeline_is_no_flow_model(tmp_path):
+    from diffedit.errors import ModelError
+
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    assert flow_family(tmp_path) is None
+    with pytest.raises(ModelError, match="not an SD3 or FLUX"):
+        FlowEditor.from_pretrained(tmp_path)

@@ -60,12 +60,14 @@ class FlowEditor:
         return cls(components, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, model: str | Path, *, torch_dtype: torch.dtype | str | None = None,
+    def from_pretrained(cls, model: str | Path, *, family: str | None = None, torch_dtype: torch.dtype | str | None = None,
                         device: str | torch.device | None = None, **kwargs) -> "FlowEditor":
-        """An SD3 or FLUX diffusers folder (model_index.json's `_class_name` says which)."""
+        """An SD3 or FLUX diffusers folder (model_index.json's `_class_name` says which), or a hub id with its
+        `family` ("sd3" or "flux") named."""
         from ..devices import parse_dtype
 
-        return cls(load_flow_components(model, torch_dtype=parse_dtype(torch_dtype), device=device), **kwargs)
+        parts = load_flow_components(model, family=family, torch_dtype=parse_dtype(torch_dtype), device=device)
+        return cls(parts, **kwargs)
 
     name = property(lambda self: self.components.name)
     device = property(lambda self: self.components.device)
