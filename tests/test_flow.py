@@ -74,6 +74,20 @@ def test_ode_keeps_the_source_when_fields_agree_and_outside_the_mask():
     assert torch.equal(out[0][:, outside], x_src[1][:, outside]) and not torch.equal(out[0], x_src[1])
 
 
+def test_the_map_lies_where_the_velocities_differ():
+    """Fields that disagree only in a box (as a target prompt that changes one object would) give a mask of that box."""
+    from diffedit.masks import finish_mask
+
+    box = torch.zeros(16, 16, dtype=torch.bool)
+    box[4:9, 6:12] = True
+    v_src = lambda x, s: x * s  # noqa: E731
+    v_tar = lambda x, s: x * s + box * torch.tanh(x)  # noqa: E731
+    maps = velocity_difference_maps(v_src, v_tar, torch.randn(2, 4, 16, 16), torch.randn(2, 3, 4, 16, 16), 0.5)
+    assert torch.equal(maps > 0, box.expand(2, 16, 16))
+    _, mask = finish_mask(maps, smooth=0.0, threshold=0.5)
+    assert mask.any() and not (mask & ~box).any()
+
+
 def test_mask_is_empty_when_source_equals_target(editor, image):
     parts = editor.components
     v = parts.field(parts.encode_prompts([SRC]))
@@ -134,3 +148,13 @@ def test_edit_takes_a_previewed_mask(editor, image):
     assert torch.equal(result.mask, preview.mask)
     with pytest.raises(ValueError, match="unknown flow decoder"):
         editor.edit(image, SRC, TGT, seed=1, decoder="ddim", **FAST)
+
+
+def test_several_targets_share_one_image(editor, image):
+    result = editor.edit(image, SRC, [TGT, "a green square"], seed=0, decoder="inverted", **FAST)
+    assert len(result.images) == 2 and result.mask.shape == (2, 16, 16) and result.job_image == [0, 0]
+    inp = np.array(image)
+    for out, m in zip(result.images, result.mask_images):
+        mask = np.array(m) > 0
+        assert (np.array(out)[~mask] == inp[~mask]).all()
+    assert not np.array_equal(np.array(result.images[0]), np.array(result.images[1]))
