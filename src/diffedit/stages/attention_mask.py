@@ -6,6 +6,7 @@ changed words' tokens in the attention each cell gives the prompt's words (all i
 target with no word changed), then rescaled and thresholded like the noise difference
 (stages/masking.threshold_normalized). A one-pass mask in the
 manner of InstDiffEdit (Zou et al. 2024): half the UNet rows of the noise difference, no reference prompt.
+`noise_and_attention` (EditOptions.mask_source "both") combines this map with the noise difference's.
 """
 
 from __future__ import annotations
