@@ -80,6 +80,8 @@ BOUNDS: dict[str, Bound] = {
     "rerank_noises": Bound("int", 1, 64, why="UNet rows of the scoring grow with it"),
     "rerank_levels": Bound("floats", **UNIT, high_open=True, min_items=1, max_items=16,
                            why="fractions of the training timesteps; UNet rows of the scoring grow with their number"),
+    "mask_source": Bound("str", choices=("noise", "attention", "both"), optional=True,
+                         why="stages/registry.py MASK_SOURCES; null: the method's own (docs/engine.md)"),
     "mask_noises": Bound("int", 1, 64, why="UNet rows (and memory, unchunked) of the mask pass grow with it"),
     "mask_strength": Bound("float", **UNIT, low_open=True, why="a fraction of the noise range"),
     "mask_reference": Bound("str", optional=True, why="text is read up to 77 tokens"),

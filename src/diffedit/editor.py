@@ -32,7 +32,7 @@ from .results import OUTPUT_TYPES, EditOptions, EditResult, InversionResult, Mas
 from .schedule import ddim_grid, ddim_scheduler
 from .stages import (
     Batch, Candidate, JobMasks, NoiseStreams, PrecomputedMask, UserMask, decoder_for, mask_images, method, plan_candidates,
-    prepare_batch, resolve_seeds, stack_candidates, stage,
+    mask_of, prepare_batch, resolve_seeds, stack_candidates, stage,
 )
 from .stages.batch import describe_prompt
 from .stages.inpainting import InpaintingDecoder, check_inpainter, inpaint_hole, job_masked_latents
@@ -170,7 +170,7 @@ class DiffEditor:
         base, seeds = resolve_seeds(seed, generator, len(batch.images))
         latents = self.components.encode_images(batch.pixels)
         check_finite(latents, "the VAE encoding")
-        masks = stage("mask", method(options.method).mask)()(self.components, batch, latents, options, NoiseStreams(seeds))
+        masks = stage("mask", mask_of(options))()(self.components, batch, latents, options, NoiseStreams(seeds))
         check_finite(masks.soft, "the mask pass")
         binary, soft = mask_images(masks.soft, masks.pixel, tuple(batch.pixels.shape[-2:]), batch.size)
         return MaskResult(masks.soft, masks.latent, masks.pixel, binary, soft, base, list(seeds), masks.changes,
@@ -251,7 +251,7 @@ class DiffEditor:
         # 3. Mask (DiffEdit step 1): computed, previewed by mask(), or the user's
         source_stage = (
             PrecomputedMask(mask) if isinstance(mask, MaskResult)
-            else UserMask(mask) if mask is not None else stage("mask", stages.mask)()
+            else UserMask(mask) if mask is not None else stage("mask", mask_of(options))()
         )
         with parts.timed(timings, "mask"):
             masks = source_stage(parts, batch, latents, options, noise)

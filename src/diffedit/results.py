@@ -40,6 +40,7 @@ class EditOptions:
     rerank_noises: int = 4  # noises per level when scoring candidates
     rerank_levels: tuple[float, ...] = (0.4, 0.6, 0.8)  # noise levels (fractions of training steps) of the score
     # mask (step 1)
+    mask_source: str | None = None  # "noise", "attention" or "both" (stages/registry.py MASK_SOURCES); None: the method's own
     mask_noises: int = 10  # noises averaged for the map (paper: n = 10)
     mask_strength: float = 0.5  # noise level of the mask pass (paper: 50 %)
     mask_reference: str | None = None  # prompt the target is compared with; None: the source prompt; "": empty
@@ -76,13 +77,14 @@ class EditOptions:
     def __post_init__(self) -> None:
         """Every field on its own against bounds.BOUNDS (type, finite, range; normalised), then the fields together."""
         from .stages.p2p import check_attention_options
-        from .stages.registry import METHODS
+        from .stages.registry import METHODS, mask_of
 
         for f in fields(self):
             object.__setattr__(self, f.name, check_field(f.name, getattr(self, f.name)))
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; available: {', '.join(sorted(METHODS))}")
         self._check_inversion()
+        mask_of(self)
         check_attention_options(self)
         if int(self.num_inference_steps * self.strength) < 1:
             raise ValueError(

@@ -54,6 +54,7 @@ OURS_VARIANTS: dict[str, dict] = {
     # the paper's single decoding at r
     "ours_one_candidate": {"extra_strengths": (), "noise_candidates": (), "caption_candidate": False},
     "ours_attention_mask": {"method": "diffedit_attention_mask"},  # the mask from the changed words' cross-attention
+    "ours_both_mask": {"mask_source": "both"},  # the noise difference and the attention map combined (mask_source)
     "ours_no_inpaint": {"inpaint_candidate": False},  # the model's own decoders only (the default before issue 21)
     "ours_inpaint": {"caption_candidate": False},  # the inpainting UNet's decoding alone under our mask (needs one)
     # inversions (docs/inversions.md): every candidate from the source prompt's walk (Miyake et al.'s negative-prompt

@@ -13,12 +13,22 @@ from diffedit.cli.auto_prompts import TARGET_SET_OPTION, PromptRequest
 from diffedit.cli.checks import check_files, check_prompts, nothing_to_edit, panel_size, read_image, read_user_mask
 from diffedit.cli.checks import unchanged, write_outputs
 from diffedit.cli.common import SET_HELP, check_seed, default_output, edit_options, indexed, load_editor, set_threads
-from diffedit.cli.common import flow_decoder_option, resolve_device, resolve_dtype
-from diffedit.stages.registry import METHODS
+from diffedit.cli.common import fail, flow_decoder_option, resolve_device, resolve_dtype
+from diffedit.stages.registry import MASK_SOURCES, METHODS
 
 
 EDIT, MASK, OUTPUT, MODEL, ADVANCED = "Edit", "Mask", "Output", "Model and device", "Advanced"
 DEFAULTS = EditOptions()  # every default below is the library's: one place for them
+
+
+def mask_source_flag(value: str | None, mask: Path | None) -> tuple[str | None, Path | None]:
+    """--mask-source: (EditOptions.mask_source, user mask path): a registered source, or else a user mask's path (the
+    --mask route); with --mask too, a one-line error."""
+    if value is None or value in MASK_SOURCES:
+        return value, mask
+    if mask is not None:
+        fail(f"--mask-source {value} and --mask {mask} both name a mask file: give one")
+    return None, Path(value)
 
 # options edit and mask share (typer reads an Option's settings, it does not change them)
 MODEL_OPTION = typer.Option(
@@ -139,6 +149,12 @@ def edit(
     mask: Optional[Path] = typer.Option(
         None, "--mask", help="Use this mask (white = edit) instead of computing one.", rich_help_panel=MASK,
     ),
+    mask_source: Optional[str] = typer.Option(
+        None, "--mask-source", metavar="noise|attention|both|FILE",
+        help="Where the mask comes from: the noise difference, the changed words' cross-attention (one pass), both "
+        "combined, or a mask file (as --mask) (default: the method's; docs/engine.md).",
+        rich_help_panel=MASK,
+    ),
     threshold: float = typer.Option(
         DEFAULTS.mask_threshold, "--threshold",
         help="Mask threshold in [0, 1]: the composite's pixel mask; caps --decode-threshold.", rich_help_panel=MASK,
@@ -177,11 +193,12 @@ def edit(
     from diffedit.files import OutputFile
     from diffedit.images import make_panel, mask_overlay
 
+    mask_source, mask = mask_source_flag(mask_source, mask)  # a FILE takes the --mask route
     flags = dict(
         num_inference_steps=steps, strength=strength, guidance_scale=guidance, negative_prompt=negative_prompt,
         inversion=inversion, mask_threshold=threshold, decode_threshold=decode_threshold, mask_noises=mask_noises,
         mask_smooth=smooth, mask_dilate=dilate, composite=not no_composite, feather=feather, max_pixels=max_pixels,
-        method=method, reweight=reweight,
+        method=method, reweight=reweight, mask_source=mask_source,
     )
     if one_candidate:
         flags.update(extra_strengths=(), noise_candidates=(), caption_candidate=False, inpaint_candidate=False)

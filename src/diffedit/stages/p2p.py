@@ -27,14 +27,14 @@ from ..attention_control import (
 )
 from ..components import Components
 from ..inversion import guided_unet_output
-from ..schedule import DDIMGrid, ddim_step
+from ..schedule import DDIMGrid, ddim_step, ddpm_step
 from .batch import Batch
 from .masking import JobMasks
 from .noise import NoiseStreams
 from .registry import METHODS, method, register, stage
 
 __all__ = ["ATTENTION_OPTIONS", "MaskedPromptToPromptDecoder", "PromptToPromptDecoder", "WholeMask",
-           "check_attention_options", "p2p_denoise"]
+           "check_attention_options", "check_steps", "p2p_denoise"]
 
 ATTENTION_OPTIONS = ("cross_replace", "self_replace", "reweight", "local_blend", "blend_threshold")  # EditOptions'
 
@@ -55,12 +55,18 @@ def p2p_denoise(
     unet, controller: AttentionController, levels: torch.Tensor, source_cond: torch.Tensor, cond: torch.Tensor,
     uncond: torch.Tensor | None, grid: DDIMGrid, *, guidance_scale: float, starts: list[int],
     blend: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-    callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
+    callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None, steps: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """DDIM (Song et al. 2021, eq. 12) of both branches from each row's start level, one UNet call a step with the
     controller told the rows in it. levels: (N + 1, R, C, h, w); source_cond, cond, uncond: (R, L, D), uncond shared
     by both branches (None: no guidance). blend(level, rows, source, target) returns the target latents a step lands
-    on; callback(level, target latents of every row) may replace them. Returns (source, target) latents at level 0."""
+    on; callback(level, target latents of every row) may replace them. Returns (source, target) latents at level 0.
+
+    steps: an inversion's per-step state (N, R, ...), row k - 1 for the step from level k, as sampling.masked_denoise
+    reads it: "uncond" replaces uncond in both branches (null-text with Prompt-to-Prompt, Mokady et al. 2023),
+    "noise" makes both branches' steps DDPM's with that z (edit-friendly DDPM), "offset" is added to the source
+    branch alone (direct inversion, Ju et al. 2023: the source branch stays on the inverted path)."""
+    steps = check_steps(steps, "p2p")
     rows = torch.arange(levels.shape[1], device=levels.device)
     begin = torch.tensor(starts, device=levels.device)
     source = levels[begin, rows]  # (R, C, h, w): each row's top level, where both branches start
@@ -70,9 +76,16 @@ def p2p_denoise(
         controller.at_step(on, [s - k for s in begin[on].tolist()], begin[on].tolist())
         x = torch.cat([source[on], target[on]])
         c = torch.cat([source_cond[on], cond[on]])
-        u = None if uncond is None else torch.cat([uncond[on], uncond[on]])
-        out = guided_unet_output(unet, x, int(grid.timesteps[k]), c, u, guidance_scale)
-        s, t = ddim_step(out, x, float(grid.alphas[k]), float(grid.alphas[k - 1]), grid.prediction_type).chunk(2)
+        u = steps["uncond"][k - 1, on] if "uncond" in steps else None if uncond is None else uncond[on]
+        out = guided_unet_output(unet, x, int(grid.timesteps[k]), c, None if u is None else torch.cat([u, u]), guidance_scale)
+        alpha, alpha_next = float(grid.alphas[k]), float(grid.alphas[k - 1])
+        if "noise" in steps:
+            z = steps["noise"][k - 1, on]
+            s, t = ddpm_step(out, x, alpha, alpha_next, torch.cat([z, z]), grid.prediction_type).chunk(2)
+        else:
+            s, t = ddim_step(out, x, alpha, alpha_next, grid.prediction_type).chunk(2)
+        if "offset" in steps:
+            s = s + steps["offset"][k - 1, on]
         source, target = source.clone(), target.clone()  # new tensors every step, as a callback may keep the last one
         source[on], target[on] = s, (t if blend is None else blend(k - 1, on, s, t))
         if callback is not None:
@@ -105,18 +118,22 @@ class PromptToPromptDecoder:
         self, parts: Components, levels: torch.Tensor, mask: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
         grid: DDIMGrid, *, guidance_scale: float, job_image: list[int] | None, starts: list[int] | None = None,
         callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
+        steps: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         return self.branches(parts, levels, mask, cond, uncond, grid, guidance_scale=guidance_scale, job_image=job_image,
-                             starts=starts, callback=callback)[1]
+                             starts=starts, callback=callback, steps=steps)[1]
 
     def branches(
         self, parts: Components, levels: torch.Tensor, mask: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor | None,
         grid: DDIMGrid, *, guidance_scale: float, job_image: list[int] | None = None, starts: list[int] | None = None,
         callback: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None,
+        steps: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(source, target) latents at level 0 of every row (the decoder protocol's arguments)."""
+        """(source, target) latents at level 0 of every row (the decoder protocol's arguments, `steps` the inversion's
+        per-step state: p2p_denoise)."""
+        steps = check_steps(steps, self.name)
         if job_image is not None:
-            levels = levels[:, job_image]
+            levels, steps = levels[:, job_image], {name: t[:, job_image] for name, t in steps.items()}
         rows, jobs = levels.shape[1], len(self.sources)
         if rows % jobs:
             raise ValueError(f"{rows} rows to decode for {jobs} jobs: the rows must be whole candidates")
@@ -135,7 +152,7 @@ class PromptToPromptDecoder:
                 return None if callback is None else callback(level, x)
 
             return p2p_denoise(parts.unet, controller, levels, source_cond, cond, uncond, grid,
-                               guidance_scale=guidance_scale, starts=starts, blend=blend, callback=step_end)
+                               guidance_scale=guidance_scale, starts=starts, blend=blend, callback=step_end, steps=steps)
 
     def blends(self) -> bool:
         """Whether the controller keeps cross-attention maps for a local blend."""
@@ -186,6 +203,15 @@ class MaskedPromptToPromptDecoder(PromptToPromptDecoder):
         return same_level
 
 
+def check_steps(steps: dict[str, torch.Tensor] | None, name: str) -> dict[str, torch.Tensor]:
+    """An inversion's per-step state, {} for none; a ValueError for a kind no decoder reads."""
+    steps = steps or {}
+    unknown = sorted(set(steps) - {"uncond", "offset", "noise"})
+    if unknown:
+        raise ValueError(f"the {name} decoder knows no per-step state {unknown}")
+    return steps
+
+
 def check_attention_options(options) -> None:
     """A ValueError for attention-control options changed from their defaults for a method whose decoder does not
     read them (EditOptions checks it)."""
@@ -198,10 +224,4 @@ def check_attention_options(options) -> None:
                          if set(changed) <= set(getattr(stage("decoder", m.decoder), "attention_options", ())))
         raise ValueError(f"{', '.join(changed)} {'applies' if len(changed) == 1 else 'apply'} to method(s) "
                          f"{', '.join(readers) or 'none'}, not {options.method!r}: choose one of them or leave the default")
-    from .registry import INVERSIONS
-
-    if used and INVERSIONS[options.inversion].guided:
-        raise ValueError(f"the {options.inversion} inversion hands the decoder per-step state that the attention-controlled "
-                         f"decoding of method {options.method!r} does not read yet: use inversion ddim, caption or "
-                         "negative-prompt with it")
     parse_reweight(options.reweight)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "KINDS", "METHODS", "INVERSIONS", "Method", "InversionKind", "register", "stage", "method", "inverter_of", "decoder_for",
+    "MASK_SOURCES", "mask_of",
 ]
 
 KINDS = ("mask", "inverter", "decoder", "selector", "finisher")
@@ -110,3 +111,24 @@ def inverter_of(options) -> str:
         raise ValueError(f"unknown inversion {options.inversion!r}; available: {', '.join(INVERSIONS)}")
     name = INVERSIONS[options.inversion].inverter
     return method(options.method).inverter if name == "ddim" else name
+
+
+MASK_SOURCES: dict[str, str] = {  # EditOptions.mask_source -> the mask stage it runs in place of the method's own
+    "noise": "noise_difference",  # the paper's noise difference
+    "attention": "cross_attention",  # the changed words' cross-attention, one pass (InstDiffEdit's manner)
+    "both": "noise_and_attention",  # both maps rescaled and combined (stages/attention_mask.py CombinedMask)
+}
+
+
+def mask_of(options) -> str:
+    """The mask stage of an edit: its `mask_source`'s, or the method's own; a method without a mask (`whole`: its
+    decoder alone decides what changes) takes no mask source."""
+    own = method(options.method).mask
+    if options.mask_source is None:
+        return own
+    if options.mask_source not in MASK_SOURCES:
+        raise ValueError(f"unknown mask source {options.mask_source!r}; available: {', '.join(MASK_SOURCES)}")
+    if own == "whole":
+        raise ValueError(f"method {options.method!r} edits without a mask (its decoder decides what changes): a mask "
+                         "source applies to the masked methods, e.g. diffedit_p2p")
+    return MASK_SOURCES[options.mask_source]
