@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -51,12 +52,14 @@ class DiffEditor:
 
     def __init__(
         self, vae, unet, text_encoder, tokenizer, scheduler, *, name: str = "custom", progress: bool = True,
-        inpaint_unet=None,
+        inpaint_unet=None, components: Components | None = None,
     ):
         for module in (vae, unet, text_encoder):
             module.eval()
             module.requires_grad_(False)
-        self.components = Components(vae, unet, text_encoder, tokenizer, ddim_scheduler(scheduler), name)
+        self.components = Components(vae, unet, text_encoder, tokenizer, ddim_scheduler(scheduler), name) if components \
+            is None else replace(components, scheduler=ddim_scheduler(scheduler), name=name, inpaint_unet=None,
+                                inpaint_denoiser=None)  # a kind (SDXL) kept whole
         self.components.progress = {"disable": not progress}
         self.acceleration: str | None = None  # the method behind `denoiser`, re-applied after .to()
         self.accelerate("auto")  # bit-identical outputs; a long-lived editor's small CPU edits get traced UNet calls
@@ -68,7 +71,8 @@ class DiffEditor:
     def from_components(cls, components: Components, **kwargs) -> "DiffEditor":
         c = components
         kwargs.setdefault("inpaint_unet", c.inpaint_unet)
-        return cls(c.vae, c.unet, c.text_encoder, c.tokenizer, c.scheduler, name=c.name, **kwargs)
+        kind = {} if type(c) is Components else {"components": c}  # a subclass (components_sdxl) is kept whole
+        return cls(c.vae, c.unet, c.text_encoder, c.tokenizer, c.scheduler, name=c.name, **kind, **kwargs)
 
     @classmethod
     def from_pretrained(
