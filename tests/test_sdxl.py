@@ -1,0 +1,157 @@
+"""SDXL (issue 25) on a tiny random SDXL at diffusers' own test sizes: two text encoders, the pooled row carried in the
+prompt embeddings, the size conditioning, folder loading, and mask / edit / composite from the API and the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import scene
+from tiny_sdxl import save_tiny_sdxl, tiny_sdxl_components
+
+from diffedit import DiffEditor
+from diffedit.cli import app
+from diffedit.components_sdxl import SDXLComponents, SDXLUNet
+from diffedit.loading import load_components
+from diffedit.loading_sdxl import is_sdxl_checkpoint, is_sdxl_folder
+
+ONE = dict(extra_strengths=(), noise_candidates=(), caption_candidate=False, num_inference_steps=5)  # one decoding
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def parts() -> SDXLComponents:
+    return tiny_sdxl_components()
+
+
+@pytest.fixture(scope="module")
+def xl(parts) -> DiffEditor:
+    return DiffEditor.from_components(parts, progress=False)
+
+
+@pytest.fixture(scope="module")
+def xl_dir(tmp_path_factory):
+    return save_tiny_sdxl(tmp_path_factory.mktemp("tiny_sdxl"))
+
+
+def test_prompts_are_both_encoders_side_by_side_and_the_pooled_row_last(parts):
+    e = parts.encode_prompts(["a red square", "", "a cat", "a red square"])
+    assert e.shape == (4, 16 + 1, 64)  # 16 tokens of 32 + 32 wide, and the pooled row
+    ids = parts.tokenizer(["a cat"], padding="max_length", max_length=16, return_tensors="pt").input_ids
+    first = parts.text_encoder(ids, output_hidden_states=True).hidden_states[-2][0]
+    out2 = parts.text_encoder_2(ids, output_hidden_states=True)  # both tiny tokenizers are the same
+    assert torch.allclose(e[2, :16], torch.cat([first, out2.hidden_states[-2][0]], -1))
+    assert torch.allclose(e[2, 16, :32], out2.text_embeds[0]) and not e[2, 16, 32:].any()
+    assert not e[1].any() and torch.equal(e[0], e[3])  # "" is zeros (force_zeros_for_empty_prompt); rows follow prompts
+    mixed = parts.encode_prompts([e[2], "a red square"])  # embeddings pass through as (L + 1, D)
+    assert torch.equal(mixed[0], e[2]) and torch.allclose(mixed[1], e[0], atol=1e-5)  # batch of 1: ulp-close
+
+
+def test_the_unet_reads_the_pooled_row_and_the_size(parts):
+    unet = parts.unet
+    assert isinstance(unet, SDXLUNet) and unet.pooled_dim == 32 and unet.config.cross_attention_dim == 64
+    torch.manual_seed(0)
+    x, t = torch.randn(2, 4, 16, 16), torch.tensor([500, 500])
+    e = parts.encode_prompts(["a red square", "a blue circle"])
+    with torch.no_grad():
+        out = unet(x, t, encoder_hidden_states=e).sample
+        ids = torch.tensor([[32.0, 32, 0, 0, 32, 32]]).repeat(2, 1)  # pixels: 16 latent cells x VAE factor 2
+        direct = unet.unet(x, t, encoder_hidden_states=e[:, :-1], added_cond_kwargs={"text_embeds": e[:, -1, :32],
+                                                                                    "time_ids": ids}).sample
+        assert torch.equal(out, direct)
+        swapped = e.clone()
+        swapped[:, -1] = e.flip(0)[:, -1]  # the other prompt's pooled vector, same hidden states
+        assert not torch.allclose(unet(x, t, encoder_hidden_states=swapped).sample, out, atol=1e-4)
+        other = unet.unet(x, t, encoder_hidden_states=e[:, :-1],
+                          added_cond_kwargs={"text_embeds": e[:, -1, :32], "time_ids": ids * 2}).sample
+        assert not torch.allclose(other, out, atol=1e-4)  # the size conditioning matters: it must be the input's
+
+
+def test_edit_shapes_determinism_and_the_background_kept(xl):
+    img = scene(37, 45, seed=4)  # not a multiple of the VAE factor: padded, then cropped back
+    res = xl.edit(img, "a red square", "a blue circle", seed=3, **ONE)
+    out, inside = np.asarray(res.image), np.asarray(res.mask_image) > 0
+    assert out.shape == img.shape and res.mask.shape == (1, 23, 19)
+    assert inside.any() and (~inside).any()
+    assert np.array_equal(out[~inside], img[~inside]) and not np.array_equal(out[inside], img[inside])
+    again = xl.edit(img, "a red square", "a blue circle", seed=3, **ONE)
+    assert np.array_equal(np.asarray(again.image), out)
+    assert not np.array_equal(np.asarray(xl.edit(img, "a red square", "a blue circle", seed=4, **ONE).image), out)
+
+
+def test_the_mask_follows_the_words_and_rows_keep_their_pooled_vectors(xl, image):
+    both = xl.mask(image, "a red square", ["a blue square", "a red circle"], seed=1, num_inference_steps=5)
+    alone = [xl.mask(image, "a red square", t, seed=1, num_inference_steps=5) for t in ("a blue square", "a red circle")]
+    for k in range(2):  # batched with another target (rows doubled and repeated) = alone: each row's pooled vector follows it
+        assert torch.allclose(both.soft[k], alone[k].soft[0], atol=1e-5)
+    assert not torch.allclose(both.soft[0], both.soft[1], atol=1e-3)  # another changed word, another map
+
+
+def test_the_edit_reads_what_only_the_second_encoder_gives(xl, image):
+    e = [xl.components.encode_prompts([p])[0] for p in ("a blue circle", "a dog")]  # one at a time, as an edit does
+    pooled_only = e[0].clone()
+    pooled_only[-1] = e[1][-1]  # the target's hidden states with another prompt's pooled vector
+    kw = dict(seed=0, mask_per_change=False, **ONE)  # per-change maps need the target as text
+    base = np.asarray(xl.edit(image, "a red square", e[0], composite=False, **kw).image)
+    assert np.array_equal(base, np.asarray(xl.edit(image, "a red square", "a blue circle", composite=False, **kw).image))
+    assert not np.array_equal(base, np.asarray(xl.edit(image, "a red square", pooled_only, composite=False, **kw).image))
+    unet, real = xl.components.unet, SDXLUNet.time_ids
+    try:  # a size conditioning that ignored the input would give another edit
+        SDXLUNet.time_ids = lambda self, sample, dtype: real(self, sample, dtype) * 4
+        sized = np.asarray(xl.edit(image, "a red square", "a blue circle", composite=False, **kw).image)
+    finally:
+        SDXLUNet.time_ids = real
+    assert isinstance(unet, SDXLUNet) and not np.array_equal(base, sized)
+
+
+def test_a_folder_loads_as_sdxl_and_edits_as_in_memory(xl, xl_dir, image):
+    assert is_sdxl_folder(xl_dir) and not is_sdxl_folder(xl_dir / "unet")
+    loaded = load_components(xl_dir)
+    assert isinstance(loaded, SDXLComponents) and loaded.force_zeros_for_empty_prompt
+    assert type(loaded.text_encoder_2).__name__ == "CLIPTextModelWithProjection"
+    assert torch.allclose(loaded.encode_prompts(["a cat"]), xl.components.encode_prompts(["a cat"]), atol=1e-5)
+    editor = DiffEditor.from_pretrained(str(xl_dir), progress=False)
+    assert isinstance(editor.components, SDXLComponents)
+    a = editor.edit(image, "a red square", "a blue circle", seed=2, **ONE)
+    b = xl.edit(image, "a red square", "a blue circle", seed=2, **ONE)
+    diff = np.abs(np.asarray(a.image).astype(int) - np.asarray(b.image).astype(int))  # loaded encoders: ulp-close
+    assert diff.max() <= 2 and torch.equal(a.mask, b.mask)
+
+
+def test_single_files_are_told_by_their_keys_or_their_config(tmp_path, xl_dir):
+    from safetensors.torch import save_file
+
+    save_file({"conditioner.embedders.1.model.ln_final.weight": torch.zeros(2)}, str(tmp_path / "xl.safetensors"))
+    save_file({"cond_stage_model.transformer.x": torch.zeros(2)}, str(tmp_path / "sd1.safetensors"))
+    assert is_sdxl_checkpoint(tmp_path / "xl.safetensors") and not is_sdxl_checkpoint(tmp_path / "sd1.safetensors")
+    assert is_sdxl_checkpoint(tmp_path / "sd1.safetensors", config=str(xl_dir))  # the config folder says SDXL
+
+
+def _write(tmp_path):
+    path = tmp_path / "photo.png"
+    Image.fromarray(scene(37, 45)).save(path)
+    return path
+
+
+def test_cli_mask_edit_and_composite_on_an_sdxl_folder(tmp_path, xl_dir):
+    src, model = _write(tmp_path), str(xl_dir)
+    res = runner.invoke(app, ["mask", str(src), "-s", "a red square", "-t", "a blue circle", "-m", model,
+                              "-o", str(tmp_path / "m.png"), "--seed", "1", "--set", "num_inference_steps=5", "-q"])
+    assert res.exit_code == 0, res.output
+    assert np.asarray(Image.open(tmp_path / "m.png")).shape == (45, 37)
+    res = runner.invoke(app, ["edit", str(src), "-s", "a red square", "-t", "a blue circle", "-m", model, "--steps", "5",
+                              "--seed", "7", "--one-candidate", "--mask-output", str(tmp_path / "em.png"), "-q"])
+    assert res.exit_code == 0, res.output
+    out, inside = np.asarray(Image.open(tmp_path / "photo_edited.png")), np.asarray(Image.open(tmp_path / "em.png")) > 0
+    original = np.asarray(Image.open(src))
+    assert np.array_equal(out[~inside], original[~inside]) and not np.array_equal(out, original)
+    assert json.loads((tmp_path / "photo_edited.json").read_text())["model"] == model
+    res = runner.invoke(app, ["composite", str(src), str(tmp_path / "photo_edited.png"), "-s", "a red square",
+                              "-t", "a blue circle", "-m", model, "--seed", "1", "-o", str(tmp_path / "c.png"), "-q"])
+    assert res.exit_code == 0, res.output
+    sidecar = json.loads((tmp_path / "c.json").read_text())
+    assert sidecar["mask_source"] == "prompts" and sidecar["model"] == model
+    assert np.asarray(Image.open(tmp_path / "c.png")).shape == original.shape
