@@ -121,6 +121,23 @@ def test_a_folder_loads_as_sdxl_and_edits_as_in_memory(xl, xl_dir, image):
     assert diff.max() <= 2 and torch.equal(a.mask, b.mask)
 
 
+def test_a_cached_hub_id_loads_as_sdxl(tmp_path, monkeypatch, xl_dir):
+    import shutil
+
+    import huggingface_hub.constants as hub
+
+    snapshot = tmp_path / "hub" / "models--owner--tiny-sdxl" / "snapshots" / ("0" * 40)
+    shutil.copytree(xl_dir, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    loaded = load_components("owner/tiny-sdxl")
+    assert isinstance(loaded, SDXLComponents) and loaded.name == "owner/tiny-sdxl"
+    assert torch.equal(loaded.unet.unet.conv_in.weight, load_components(xl_dir).unet.unet.conv_in.weight)
+
+
 def test_single_files_are_told_by_their_keys_or_their_config(tmp_path, xl_dir):
     from safetensors.torch import save_file
 

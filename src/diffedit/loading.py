@@ -13,7 +13,7 @@ import torch
 from .components import Components
 from .errors import ModelError, is_out_of_memory
 from .loading_sdxl import (
-    folder_force_zeros, is_sdxl_checkpoint, is_sdxl_folder, sdxl_components, sdxl_from_pipeline, sdxl_loaders,
+    cached_folder, folder_force_zeros, is_sdxl_checkpoint, is_sdxl_folder, sdxl_components, sdxl_from_pipeline, sdxl_loaders,
     sdxl_pipeline_class,
 )
 
@@ -101,7 +101,8 @@ def _from_folder(path: str, hub: bool = False, **kwargs) -> Components:
         "tokenizer": lambda: CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **_without_dtype(kwargs)),
         "scheduler": lambda: DDIMScheduler.from_pretrained(path, subfolder="scheduler"),
     }
-    sdxl = not hub and is_sdxl_folder(Path(path))  # SDXL: a second text encoder and tokenizer (loading_sdxl.py)
+    local = cached_folder(path) if hub else Path(path)  # a hub id's cached snapshot, if any
+    sdxl = local is not None and is_sdxl_folder(local)  # SDXL: a second text encoder and tokenizer (loading_sdxl.py)
     loaders.update(sdxl_loaders(path, kwargs) if sdxl else {})
     parts = {}
     for name, load in loaders.items():
@@ -115,7 +116,7 @@ def _from_folder(path: str, hub: bool = False, **kwargs) -> Components:
     if positions and not 0 < parts["tokenizer"].model_max_length <= positions:  # a tokenizer without its config
         parts["tokenizer"].model_max_length = positions  # says 1e30: pad prompts to what the encoder reads
     if sdxl:
-        return sdxl_components(parts, str(path), folder_force_zeros(Path(path)))
+        return sdxl_components(parts, str(path), folder_force_zeros(local))
     return Components(**parts, name=str(path))
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from .components_sdxl import SDXLComponents
 
-__all__ = ["folder_force_zeros", "is_sdxl_checkpoint", "is_sdxl_folder", "sdxl_components", "sdxl_from_pipeline", "sdxl_loaders",
-           "sdxl_pipeline_class"]
+__all__ = ["cached_folder", "folder_force_zeros", "is_sdxl_checkpoint", "is_sdxl_folder", "sdxl_components",
+           "sdxl_from_pipeline", "sdxl_loaders", "sdxl_pipeline_class"]
 
 SDXL_CHECKPOINT_KEY = "conditioner.embedders.1."  # the second text encoder: SDXL base (the refiner has only .0)
 
@@ -23,6 +23,17 @@ def is_sdxl_folder(path: Path) -> bool:
     except (ValueError, UnicodeDecodeError, AttributeError):
         name = ""
     return str(name).startswith("StableDiffusionXL") or ((path / "text_encoder_2").is_dir() and (path / "unet").is_dir())
+
+
+def cached_folder(repo: str) -> Path | None:
+    """The cached snapshot folder of a hub id's model_index.json, or None (nothing is downloaded)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        index = try_to_load_from_cache(repo, "model_index.json")
+    except Exception:  # an id the cache cannot hold (bad characters): SD's loaders give the error
+        return None
+    return Path(index).parent if isinstance(index, str) else None
 
 
 def is_sdxl_checkpoint(path: Path, config: str | None = None) -> bool:
