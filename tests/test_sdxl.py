@@ -147,6 +147,29 @@ def test_single_files_are_told_by_their_keys_or_their_config(tmp_path, xl_dir):
     assert is_sdxl_checkpoint(tmp_path / "sd1.safetensors", config=str(xl_dir))  # the config folder says SDXL
 
 
+def test_a_single_file_loads_back_bit_exact(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hub
+    from safetensors.torch import save_file
+
+    from ldm_keys import sdxl_checkpoint
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "empty_hub_cache"))
+    c = tiny_sdxl_components(width_2=40)  # diffusers tells the two encoders apart by width (SDXL: 768 and 1280)
+    config = save_tiny_sdxl(tmp_path / "config", components=c, weights=False)
+    ckpt = tmp_path / "tiny_sdxl.safetensors"
+    save_file(sdxl_checkpoint(c.unet.unet, c.vae, c.text_encoder, c.text_encoder_2), str(ckpt))
+    assert is_sdxl_checkpoint(ckpt)
+    loaded = load_components(ckpt, config=str(config))
+    assert isinstance(loaded, SDXLComponents) and loaded.name == str(ckpt)
+    for a, b in [(loaded.unet.unet, c.unet.unet), (loaded.vae, c.vae), (loaded.text_encoder, c.text_encoder),
+                 (loaded.text_encoder_2, c.text_encoder_2)]:
+        sa, sb = a.state_dict(), b.state_dict()
+        assert set(sa) == set(sb) and all(torch.equal(sa[k], sb[k]) for k in sb)
+    assert torch.allclose(loaded.encode_prompts(["a cat"]), c.encode_prompts(["a cat"]), atol=1e-5)
+
+
 def _write(tmp_path):
     path = tmp_path / "photo.png"
     Image.fromarray(scene(37, 45)).save(path)
