@@ -107,6 +107,16 @@ def test_the_edit_reads_what_only_the_second_encoder_gives(xl, image):
     assert isinstance(unet, SDXLUNet) and not np.array_equal(base, sized)
 
 
+@pytest.mark.parametrize("method", ["diffedit_attention_mask", "p2p", "diffedit_p2p"])
+def test_the_attention_methods_attend_to_the_tokens_only(xl, image, method):
+    res = xl.edit(image, "a red square", "a blue square", seed=0, method=method, **ONE)
+    out = np.asarray(res.image)
+    assert out.shape == image.shape and not np.array_equal(out, image)
+    if method != "p2p":  # a DiffEdit mask: the background is the input's
+        inside = np.asarray(res.mask_image) > 0
+        assert inside.any() and np.array_equal(out[~inside], image[~inside])
+
+
 def test_a_folder_loads_as_sdxl_and_edits_as_in_memory(xl, xl_dir, image):
     assert is_sdxl_folder(xl_dir) and not is_sdxl_folder(xl_dir / "unet")
     loaded = load_components(xl_dir)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -68,6 +68,7 @@ class SDXLComponents(Components):
     text_encoder_2: Any = None  # CLIPTextModelWithProjection: penultimate hidden states and the pooled projection
     tokenizer_2: Any = None
     force_zeros_for_empty_prompt: bool = True  # "" encodes to zeros, as diffusers' SDXL pipeline does for no prompt
+    pooled_rows: ClassVar[int] = 1  # rows of the prompt embeddings after the tokens (the pooled one): not attended to
 
     def __post_init__(self) -> None:
         if not isinstance(self.unet, SDXLUNet):
