@@ -117,6 +117,16 @@ def test_the_attention_methods_attend_to_the_tokens_only(xl, image, method):
         assert inside.any() and np.array_equal(out[~inside], image[~inside])
 
 
+def test_to_moves_the_second_encoder_and_the_pooled_row_follows():
+    editor = DiffEditor.from_components(tiny_sdxl_components(), progress=False).to(dtype=torch.float64)
+    parts = editor.components
+    assert parts.text_encoder_2.dtype == parts.unet.unet.dtype == parts.dtype == torch.float64
+    e = parts.encode_prompts(["a cat"])
+    assert e.dtype == torch.float64 and e.shape == (1, 17, 64)
+    res = editor.edit(scene(), "a red square", "a blue circle", seed=0, output_type="pt", **ONE)
+    assert torch.isfinite(res.images).all() and res.images.shape == (1, 3, 32, 32)
+
+
 def test_a_folder_loads_as_sdxl_and_edits_as_in_memory(xl, xl_dir, image):
     assert is_sdxl_folder(xl_dir) and not is_sdxl_folder(xl_dir / "unet")
     loaded = load_components(xl_dir)
@@ -193,12 +203,14 @@ def test_cli_mask_edit_and_composite_on_an_sdxl_folder(tmp_path, xl_dir):
     assert res.exit_code == 0, res.output
     assert np.asarray(Image.open(tmp_path / "m.png")).shape == (45, 37)
     res = runner.invoke(app, ["edit", str(src), "-s", "a red square", "-t", "a blue circle", "-m", model, "--steps", "5",
-                              "--seed", "7", "--one-candidate", "--mask-output", str(tmp_path / "em.png"), "-q"])
+                              "--seed", "7", "--mask-output", str(tmp_path / "em.png"), "-q"])  # default: 2 candidates
     assert res.exit_code == 0, res.output
     out, inside = np.asarray(Image.open(tmp_path / "photo_edited.png")), np.asarray(Image.open(tmp_path / "em.png")) > 0
     original = np.asarray(Image.open(src))
     assert np.array_equal(out[~inside], original[~inside]) and not np.array_equal(out, original)
-    assert json.loads((tmp_path / "photo_edited.json").read_text())["model"] == model
+    sidecar = json.loads((tmp_path / "photo_edited.json").read_text())
+    assert sidecar["model"] == model and sidecar["candidates"] == ["r=1", "r=0.8 caption"]
+    assert len(sidecar["candidate_scores"][0]) == 2 and len(set(sidecar["candidate_scores"][0])) == 2  # reranked
     res = runner.invoke(app, ["composite", str(src), str(tmp_path / "photo_edited.png"), "-s", "a red square",
                               "-t", "a blue circle", "-m", model, "--seed", "1", "-o", str(tmp_path / "c.png"), "-q"])
     assert res.exit_code == 0, res.output
