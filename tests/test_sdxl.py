@@ -127,6 +127,20 @@ def test_to_moves_the_second_encoder_and_the_pooled_row_follows():
     assert torch.isfinite(res.images).all() and res.images.shape == (1, 3, 32, 32)
 
 
+def test_an_sdxl_inpainting_unet_decodes_a_candidate(image):
+    from diffedit.shapeworld.train_inpaint import widen_unet
+
+    unet = widen_unet(tiny_sdxl_components().unet.unet)  # 9 input channels, the new ones random
+    with torch.no_grad():
+        unet.conv_in.weight[:, 4:] = torch.randn(unet.conv_in.weight[:, 4:].shape, generator=torch.Generator().manual_seed(0))
+    editor = DiffEditor.from_components(tiny_sdxl_components(), progress=False, inpaint_unet=unet.eval())
+    assert isinstance(editor.components.inpaint_unet, SDXLUNet) and editor.inpainter
+    res = editor.edit(image, "a red square", "a blue circle", seed=0, **ONE)
+    assert res.candidates == ["r=1 inpaint"]  # the inpainting UNet decoded the one candidate (unwrapped it would raise)
+    inside = np.asarray(res.mask_image) > 0
+    assert np.array_equal(np.asarray(res.image)[~inside], image[~inside])
+
+
 def test_a_folder_loads_as_sdxl_and_edits_as_in_memory(xl, xl_dir, image):
     assert is_sdxl_folder(xl_dir) and not is_sdxl_folder(xl_dir / "unet")
     loaded = load_components(xl_dir)

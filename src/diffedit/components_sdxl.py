@@ -81,6 +81,13 @@ class SDXLComponents(Components):
         if self.unet.pooled_dim > width:
             raise ValueError(f"SDXL pooled embeddings of width {self.unet.pooled_dim} do not fit a token row of {width}")
 
+    def __setattr__(self, name: str, value) -> None:
+        """An SDXL inpainting UNet given as `inpaint_unet` is wrapped as the UNet is (its calls need the pooled row too)."""
+        if name == "inpaint_unet" and value is not None and not isinstance(value, SDXLUNet) \
+                and getattr(value.config, "addition_embed_type", None) == "text_time":
+            value = SDXLUNet(value, self.vae_scale_factor)
+        super().__setattr__(name, value)
+
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> None:
         super().to(device, dtype)
         move = {"dtype": dtype} if dtype not in (None, self.text_encoder_2.dtype) else {}

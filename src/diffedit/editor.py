@@ -115,7 +115,7 @@ class DiffEditor:
             check_inpainter(unet, self.components.unet)
             unet.eval().requires_grad_(False).to(self.components.device, self.components.dtype)
         self.components.inpaint_unet = unet
-        self.components.inpaint_denoiser = accelerated(unet, self.acceleration)
+        self.components.inpaint_denoiser = accelerated(self.components.inpaint_unet, self.acceleration)  # as the kind holds it
         return self
 
     def to(self, *args, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None) -> "DiffEditor":
