@@ -57,9 +57,11 @@ class DiffEditor:
         for module in (vae, unet, text_encoder):
             module.eval()
             module.requires_grad_(False)
-        self.components = Components(vae, unet, text_encoder, tokenizer, ddim_scheduler(scheduler), name) if components \
-            is None else replace(components, scheduler=ddim_scheduler(scheduler), name=name, inpaint_unet=None,
-                                inpaint_denoiser=None)  # a kind (SDXL) kept whole
+        if components is None:
+            self.components = Components(vae, unet, text_encoder, tokenizer, ddim_scheduler(scheduler), name)
+        else:  # a kind of Components (components_sdxl.SDXLComponents) kept whole; the inpainter is set below
+            self.components = replace(components, scheduler=ddim_scheduler(scheduler), name=name, inpaint_unet=None,
+                                      inpaint_denoiser=None)
         self.components.progress = {"disable": not progress}
         self.acceleration: str | None = None  # the method behind `denoiser`, re-applied after .to()
         self.accelerate("auto")  # bit-identical outputs; a long-lived editor's small CPU edits get traced UNet calls
