@@ -75,6 +75,7 @@ def test_edit_shapes_determinism_and_the_background_kept(xl):
     res = xl.edit(img, "a red square", "a blue circle", seed=3, **ONE)
     out, inside = np.asarray(res.image), np.asarray(res.mask_image) > 0
     assert out.shape == img.shape and res.mask.shape == (1, 23, 19)
+    assert res.mask_changes == [["a blue square", "a red circle"]]  # one map per changed word, merged
     assert inside.any() and (~inside).any()
     assert np.array_equal(out[~inside], img[~inside]) and not np.array_equal(out[inside], img[inside])
     again = xl.edit(img, "a red square", "a blue circle", seed=3, **ONE)
