@@ -25,7 +25,8 @@ import re
 
 import torch
 
-__all__ = ["UNET_PREFIX", "VAE_PREFIX", "CLIP_PREFIX", "unet_to_ldm", "vae_to_ldm", "clip_to_ldm", "sd1_checkpoint"]
+__all__ = ["UNET_PREFIX", "VAE_PREFIX", "CLIP_PREFIX", "unet_to_ldm", "vae_to_ldm", "clip_to_ldm", "sd1_checkpoint",
+           "open_clip_to_ldm", "sdxl_checkpoint"]
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -158,4 +159,41 @@ def sd1_checkpoint(unet, vae, text_encoder, scheduler=None) -> dict[str, torch.T
         sd["betas"] = betas
         sd["alphas_cumprod"] = alphas_cumprod
         sd["alphas_cumprod_prev"] = torch.cat([torch.ones(1), alphas_cumprod[:-1]])
+    return {k: v.detach().clone().contiguous() for k, v in sd.items()}
+
+
+_OPEN_CLIP = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+              "self_attn.out_proj": "attn.out_proj"}
+
+
+def open_clip_to_ldm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CLIPTextModelWithProjection state dict -> OpenCLIP names (SDXL's `conditioner.embedders.1.model.`), no prefix:
+    q/k/v fused into `in_proj_*`, the projection transposed."""
+    sd = {k.removeprefix("text_model."): v for k, v in state_dict.items() if not k.endswith("position_ids")}
+    out = {"positional_embedding": sd.pop("embeddings.position_embedding.weight"),
+           "token_embedding.weight": sd.pop("embeddings.token_embedding.weight"),
+           "ln_final.weight": sd.pop("final_layer_norm.weight"), "ln_final.bias": sd.pop("final_layer_norm.bias"),
+           "text_projection": sd.pop("text_projection.weight").T}
+    for key in [k for k in sd if ".self_attn.q_proj." in k]:
+        layer, param = re.fullmatch(r"encoder\.layers\.(\d+)\.self_attn\.q_proj\.(weight|bias)", key).groups()
+        qkv = [sd.pop(f"encoder.layers.{layer}.self_attn.{p}_proj.{param}") for p in "qkv"]
+        out[f"transformer.resblocks.{layer}.attn.in_proj_{param}"] = torch.cat(qkv)
+    for key, value in sd.items():
+        m = re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)", key)
+        if m is None or m[2] not in _OPEN_CLIP:
+            raise KeyError(f"no OpenCLIP name for {key!r}")
+        out[f"transformer.resblocks.{m[1]}.{_OPEN_CLIP[m[2]]}.{m[3]}"] = value
+    return out
+
+
+def sdxl_checkpoint(unet, vae, text_encoder, text_encoder_2) -> dict[str, torch.Tensor]:
+    """One original-format SDXL base state dict: the UNet (its `label_emb` the added conditioning), the VAE, CLIP-L
+    as `conditioner.embedders.0.transformer.` and the OpenCLIP-G-shaped encoder as `conditioner.embedders.1.model.`."""
+    names = {"add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}
+    plain = {k: v for k, v in unet.state_dict().items() if not k.startswith("add_embedding.")}
+    sd = {UNET_PREFIX + k: v for k, v in unet_to_ldm(plain, unet.config.layers_per_block).items()}
+    sd.update({UNET_PREFIX + _top(k, names): v for k, v in unet.state_dict().items() if k.startswith("add_embedding.")})
+    sd.update({VAE_PREFIX + k: v for k, v in vae_to_ldm(vae.state_dict(), len(vae.config.block_out_channels)).items()})
+    sd.update({"conditioner.embedders.0.transformer." + k: v for k, v in clip_to_ldm(text_encoder.state_dict()).items()})
+    sd.update({"conditioner.embedders.1.model." + k: v for k, v in open_clip_to_ldm(text_encoder_2.state_dict()).items()})
     return {k: v.detach().clone().contiguous() for k, v in sd.items()}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -51,12 +52,16 @@ class DiffEditor:
 
     def __init__(
         self, vae, unet, text_encoder, tokenizer, scheduler, *, name: str = "custom", progress: bool = True,
-        inpaint_unet=None,
+        inpaint_unet=None, components: Components | None = None,
     ):
         for module in (vae, unet, text_encoder):
             module.eval()
             module.requires_grad_(False)
-        self.components = Components(vae, unet, text_encoder, tokenizer, ddim_scheduler(scheduler), name)
+        if components is None:
+            self.components = Components(vae, unet, text_encoder, tokenizer, ddim_scheduler(scheduler), name)
+        else:  # a kind of Components (components_sdxl.SDXLComponents) kept whole; the inpainter is set below
+            self.components = replace(components, scheduler=ddim_scheduler(scheduler), name=name, inpaint_unet=None,
+                                      inpaint_denoiser=None)
         self.components.progress = {"disable": not progress}
         self.acceleration: str | None = None  # the method behind `denoiser`, re-applied after .to()
         self.accelerate("auto")  # bit-identical outputs; a long-lived editor's small CPU edits get traced UNet calls
@@ -68,7 +73,8 @@ class DiffEditor:
     def from_components(cls, components: Components, **kwargs) -> "DiffEditor":
         c = components
         kwargs.setdefault("inpaint_unet", c.inpaint_unet)
-        return cls(c.vae, c.unet, c.text_encoder, c.tokenizer, c.scheduler, name=c.name, **kwargs)
+        kind = {} if type(c) is Components else {"components": c}  # a subclass (components_sdxl) is kept whole
+        return cls(c.vae, c.unet, c.text_encoder, c.tokenizer, c.scheduler, name=c.name, **kind, **kwargs)
 
     @classmethod
     def from_pretrained(
@@ -111,7 +117,7 @@ class DiffEditor:
             check_inpainter(unet, self.components.unet)
             unet.eval().requires_grad_(False).to(self.components.device, self.components.dtype)
         self.components.inpaint_unet = unet
-        self.components.inpaint_denoiser = accelerated(unet, self.acceleration)
+        self.components.inpaint_denoiser = accelerated(self.components.inpaint_unet, self.acceleration)  # as the kind holds it
         return self
 
     def to(self, *args, device: str | torch.device | None = None, dtype: torch.dtype | str | None = None) -> "DiffEditor":

@@ -12,6 +12,10 @@ import torch
 
 from .components import Components
 from .errors import ModelError, is_out_of_memory
+from .loading_sdxl import (
+    cached_folder, folder_force_zeros, is_sdxl_checkpoint, is_sdxl_folder, sdxl_components, sdxl_from_pipeline, sdxl_loaders,
+    sdxl_pipeline_class,
+)
 
 __all__ = ["Components", "embedded_model_path", "load_components", "EMBEDDED_MODEL_NAME", "check_model_folder",
            "check_weights_file"]
@@ -97,6 +101,9 @@ def _from_folder(path: str, hub: bool = False, **kwargs) -> Components:
         "tokenizer": lambda: CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **_without_dtype(kwargs)),
         "scheduler": lambda: DDIMScheduler.from_pretrained(path, subfolder="scheduler"),
     }
+    local = cached_folder(path) if hub else Path(path)  # a hub id's cached snapshot, if any
+    sdxl = local is not None and is_sdxl_folder(local)  # SDXL: a second text encoder and tokenizer (loading_sdxl.py)
+    loaders.update(sdxl_loaders(path, kwargs) if sdxl else {})
     parts = {}
     for name, load in loaders.items():
         try:
@@ -108,6 +115,8 @@ def _from_folder(path: str, hub: bool = False, **kwargs) -> Components:
     positions = getattr(parts["text_encoder"].config, "max_position_embeddings", None)
     if positions and not 0 < parts["tokenizer"].model_max_length <= positions:  # a tokenizer without its config
         parts["tokenizer"].model_max_length = positions  # says 1e30: pad prompts to what the encoder reads
+    if sdxl:
+        return sdxl_components(parts, str(path), folder_force_zeros(local))
     return Components(**parts, name=str(path))
 
 
@@ -119,8 +128,9 @@ def _from_single_file(path: Path, config: str | None, **kwargs) -> Components:
     from diffusers import StableDiffusionPipeline
 
     extra = {"config": config} if config else {}
+    sdxl = is_sdxl_checkpoint(path, config)  # SDXL base: StableDiffusionXLPipeline's conversion (loading_sdxl.py)
     try:
-        pipe = StableDiffusionPipeline.from_single_file(str(path), **kwargs, **extra)
+        pipe = (sdxl_pipeline_class() if sdxl else StableDiffusionPipeline).from_single_file(str(path), **kwargs, **extra)
     except OSError as e:  # a hub look-up of the configs with no network (LocalEntryNotFoundError), a bad file
         hint = "" if config and Path(config).is_dir() else (
             " If the diffusers configs could not be fetched (this machine may have no internet), pass config= "
@@ -134,6 +144,8 @@ def _from_single_file(path: Path, config: str | None, **kwargs) -> Components:
         if is_out_of_memory(e):
             raise
         raise ModelError(f"could not load the single-file checkpoint {path.name}: {type(e).__name__}: {e}") from e
+    if sdxl:
+        return sdxl_from_pipeline(pipe, str(path))
     return Components(pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.scheduler, str(path))
 
 

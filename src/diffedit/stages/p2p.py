@@ -138,7 +138,8 @@ class PromptToPromptDecoder:
         if rows % jobs:
             raise ValueError(f"{rows} rows to decode for {jobs} jobs: the rows must be whole candidates")
         k, starts = rows // jobs, [grid.num_steps] * rows if starts is None else list(starts)
-        edit = token_edits(parts.tokenizer, self.sources, self.targets, cond.shape[1], self.reweight)
+        tokens = cond.shape[1] - getattr(parts, "pooled_rows", 0)  # SDXL's pooled row is no token (components_sdxl.py)
+        edit = token_edits(parts.tokenizer, self.sources, self.targets, tokens, self.reweight)
         controller = AttentionController(
             edit.repeat(k).to(levels.device), cross_replace=self.options.cross_replace,
             self_replace=self.options.self_replace, blend_size=tuple(levels.shape[-2:]) if self.blends() else None,
