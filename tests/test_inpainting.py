@@ -69,6 +69,32 @@ def test_masked_image_latents_blank_the_masked_cells(image):
     assert torch.allclose(masked_image_latents(parts, pixels, mask), parts.encode_images(holed), atol=1e-6)
 
 
+def test_the_exact_hole_is_the_pixel_mask_grown_over_the_old_object_inside_the_cells():
+    from types import SimpleNamespace
+
+    from diffedit.stages.inpainting import pixel_hole
+
+    parts = tiny_components()
+    pixels = -torch.ones(1, 3, 32, 32)  # a black scene with a white 8 x 8 object
+    pixels[..., 8:16, 8:16] = 1.0
+    cells = torch.zeros(1, 16, 16, dtype=torch.bool)
+    cells[0, 3:9, 3:9] = True  # pixels 6..17, the object and a ring of background
+    pixel = torch.zeros(1, 32, 32, dtype=torch.bool)
+    pixel[0, 9:12, 9:12] = True  # the computed mask caught only part of the object
+    computed = SimpleNamespace(pixel=pixel, computed=True)
+    hole = pixel_hole(computed, cells, pixels, cover=0.12)
+    assert hole[0, 8:16, 8:16].all() and hole.sum() == 64, "grown over the whole object, not the background"
+    assert torch.equal(pixel_hole(SimpleNamespace(pixel=pixel, computed=False), cells, pixels, cover=0.12), pixel)
+    assert torch.equal(pixel_hole(computed, cells, pixels, cover=0.0), pixel)
+    outside = torch.ones(1, 32, 32, dtype=torch.bool)  # a pixel mask past the cells is cut to them
+    assert torch.equal(pixel_hole(SimpleNamespace(pixel=outside, computed=False), cells, pixels, cover=0.0)[0, 6:18, 6:18],
+                       torch.ones(12, 12, dtype=torch.bool))
+    assert pixel_hole(SimpleNamespace(pixel=outside, computed=False), cells, pixels, cover=0.0).sum() == 144
+    holed = pixels.clone()
+    holed[..., 8:16, 8:16] = 0
+    assert torch.allclose(masked_image_latents(parts, pixels, cells, hole), parts.encode_images(holed), atol=1e-6)
+
+
 def test_edit_decodes_an_inpainting_candidate_that_reads_the_masked_image(inpaint_editor, image):
     res = inpaint_editor.edit(image, "a red square", "a blue circle", seed=0, **KW)
     assert res.candidates == ["r=1 inpaint", "r=0.8 caption"] and len(res.candidate_scores[0]) == 2
@@ -131,7 +157,7 @@ def test_training_examples_mask_the_edited_object_in_the_input():
     rng = np.random.default_rng(3)
     kinds = set()
     for _ in range(40):
-        target, holed_from, cells, hole, caption = draw_example(rng, 8)
+        target, holed_from, cells, hole, caption = draw_example(rng, 8, pixel_share=0.6)
         assert cells.shape == (16, 16) and cells.any() and isinstance(caption, str)
         inside = np.kron(cells, np.ones((8, 8), bool))
         assert hole.shape == (128, 128) and not (hole & ~inside).any(), "the pixel hole stays inside the latent cells"
@@ -143,6 +169,8 @@ def test_training_examples_mask_the_edited_object_in_the_input():
         grown = np.kron(_grow(cells), np.ones((8, 8), bool))
         assert np.array_equal(target[~grown], holed_from[~grown])
     assert kinds == {"cells", "pixels"}  # edits hole their changed pixels or whole cells; rectangles whole cells
+    plain = [draw_example(np.random.default_rng(4), 8) for _ in range(10)]  # share 0: the shipped recipe, all cells
+    assert all(np.array_equal(h, np.kron(c, np.ones((8, 8), bool))) for _, _, c, h, _ in plain)
     pixels = np.zeros((16, 16), bool)
     pixels[0:3, 0:8] = True  # 3 of the 8 rows of the first two 8 x 8 cells... of a 2 x 2 grid
     assert cell_mask(pixels, 0.0, 8).tolist() == [[True, False], [False, False]]
@@ -175,6 +203,19 @@ def test_train_inpaint_continues_from_its_state(tmp_path, tiny_model_dir):
     assert load_inpaint_unet(str(out / "model")).config.in_channels == 9
     with pytest.raises(ValueError, match="exactly one"):
         train_inpaint(out, base=tiny_model_dir, quiet=True)
+
+
+def test_train_inpaint_can_start_from_an_inpainter(tmp_path, tiny_model_dir):
+    start = tmp_path / "start"
+    inpainter(seed=3).save_pretrained(start / "unet")
+    out = train_inpaint(tmp_path / "run", base=tiny_model_dir, init=start, steps=1, examples=4, batch_size=2,
+                        pixel_holes=0.5, quiet=True)
+    info = json.loads((tmp_path / "run" / "model" / "training.json").read_text())
+    assert info["stages"][0] == {"stage": "init", "from": str(start), "total_steps": 0}
+    assert info["stages"][1]["pixel_holes"] == 0.5 and out["total_steps"] == 1
+    trained = load_inpaint_unet(str(tmp_path / "run" / "model")).conv_in.weight[:, 4:].float()
+    widened = load_inpaint_unet(str(start)).conv_in.weight[:, 4:].float()
+    assert trained.abs().sum() > 0 and torch.allclose(trained, widened, atol=0.05), "started from the given inpainter"
 
 
 def test_traced_inpainting_calls_give_the_plain_ones_outputs(inpaint_editor, image):

@@ -123,6 +123,7 @@ def shapeworld_train_inpaint(
     examples: int = typer.Option(10_000, "--examples", help="Training examples encoded once (first call only)."),
     batch_size: int = typer.Option(32, "--batch-size"),
     lr: float = typer.Option(2e-4, "--lr", help="AdamW learning rate."),
+    pixel_holes: float = typer.Option(0.0, "--pixel-holes", help="Share of edits holed at their pixels, not cells (first call)."),
     anneal: bool = typer.Option(False, "--anneal", help="Cosine-decay the learning rate to 10 % over this call (a last run)."),
     seed: int = typer.Option(0, "--seed"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
@@ -136,6 +137,7 @@ def shapeworld_train_inpaint(
     for value, flag in ((steps, "--steps"), (examples, "--examples"), (batch_size, "--batch-size")):
         check_range(value, flag, 1, 10**9)
     check_range(lr, "--lr", 1e-8, 1.0)
+    check_range(pixel_holes, "--pixel-holes", 0.0, 1.0)
     if (minutes is None) == (steps is None):
         fail("give exactly one of --minutes and --steps")
     if output.exists() and not output.is_dir():
@@ -143,7 +145,8 @@ def shapeworld_train_inpaint(
     quiet_libraries()
     try:
         figures = train_inpaint(output, base=base, init=init, minutes=minutes, steps=steps, examples=examples,
-                                batch_size=batch_size, lr=lr, anneal=anneal, seed=seed, threads=threads, quiet=quiet)
+                                batch_size=batch_size, lr=lr, anneal=anneal, pixel_holes=pixel_holes, seed=seed,
+                                threads=threads, quiet=quiet)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     typer.echo(json.dumps(figures, indent=2, default=str))

@@ -37,7 +37,6 @@ from diffedit.shapeworld.training_log import Logger
 
 INPAINT_CHANNELS = 9  # [noisy latent, mask, masked-image latent], diffusers' inpainting order
 EDIT_SHARE = 0.7  # examples whose mask is an edit's (the rest: 2/3 random rectangles, 1/3 the whole image)
-PIXEL_HOLE_SHARE = 0.6  # edits whose masked image holes the changed pixels (the rest: the mask's whole cells)
 
 
 def widen_unet(unet: UNet2DConditionModel) -> UNet2DConditionModel:
@@ -76,11 +75,14 @@ def pixel_hole(rng: np.random.Generator, changed: np.ndarray, cells: np.ndarray)
     return pixels & np.kron(cells, np.ones((cell, cell), bool))
 
 
-def draw_example(rng: np.random.Generator, cell: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
+def draw_example(
+    rng: np.random.Generator, cell: int, pixel_share: float = 0.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
     """One example: (target image, image to mask, mask of cell x cell latent cells, pixels to hole, target caption).
 
-    An edit's hole is, in PIXEL_HOLE_SHARE of the examples, the changed pixels (pixel_hole: the inpainter learns the
-    object's exact extent from the hole's edge) and otherwise the whole cells; rectangles and full masks hole cells."""
+    An edit's hole is, in `pixel_share` of the examples, the changed pixels (pixel_hole: the inpainter learns the
+    object's exact extent from the hole's edge) and otherwise the whole cells; rectangles and full masks hole cells.
+    With `pixel_share` 0 (the shipped inpainter's recipe) it draws the same examples as before pixel holes existed."""
     kind = rng.random()
     if kind < EDIT_SHARE:
         case = world.sample_edit(rng)
@@ -88,7 +90,7 @@ def draw_example(rng: np.random.Generator, cell: int) -> tuple[np.ndarray, np.nd
         if rng.random() < 0.3:
             cells = _grow(cells)
         whole = np.kron(cells, np.ones((cell, cell), bool))
-        hole = pixel_hole(rng, case.mask, cells) if rng.random() < PIXEL_HOLE_SHARE else whole
+        hole = pixel_hole(rng, case.mask, cells) if pixel_share and rng.random() < pixel_share else whole
         return case.target_image, case.source_image, cells, hole, case.target
     scene = world.sample_scene(rng)
     image = scene.render()
@@ -111,13 +113,15 @@ def masked_pixels(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def encode_examples(vae, n: int, seed: int, *, batch_size: int = 64, log: Logger | None = None) -> dict:
+def encode_examples(
+    vae, n: int, seed: int, *, batch_size: int = 64, log: Logger | None = None, pixel_share: float = 0.0
+) -> dict:
     """n examples encoded once: target latents, masked-image latents (n, 4, h, w) fp16, masks (n, 1, h, w), captions."""
     rng = np.random.default_rng(seed)
     scale, cell = vae.config.scaling_factor, 2 ** (len(vae.config.block_out_channels) - 1)
     z0, zm, masks, captions = [], [], [], []
     for i in range(0, n, batch_size):
-        batch = [draw_example(rng, cell) for _ in range(min(batch_size, n - i))]
+        batch = [draw_example(rng, cell, pixel_share) for _ in range(min(batch_size, n - i))]
         target = images_to_tensor(np.stack([b[0] for b in batch])).to(vae.device, vae.dtype)
         holed = images_to_tensor(np.stack([masked_pixels(b[1], b[3]) for b in batch])).to(vae.device, vae.dtype)
         z0.append((vae.encode(target).latent_dist.mean.float() * scale).half().cpu())
@@ -159,13 +163,16 @@ def train_inpaint(
     ema_decay: float = 0.998,
     caption_dropout: float = 0.1,
     anneal: bool = False,
+    pixel_holes: float = 0.0,
     seed: int = 0,
     threads: int | None = None,
     quiet: bool = False,
 ) -> dict:
     """Train (or continue, when output/ckpt holds a state) the inpainting UNet of the ShapeWorld model `base`
     (default: the embedded one) for `minutes` or `steps`; saves output/model and returns the figures. A first call
-    starts from the inpainting UNet folder `init` when given (e.g. the embedded inpainter), else from the widened base."""
+    starts from the inpainting UNet folder `init` when given (e.g. the embedded inpainter), else from the widened base.
+    `pixel_holes`: the share of edit examples whose masked image holes the changed pixels, not whole cells (first call:
+    the examples are encoded then)."""
     from diffedit.loading import embedded_model_path
     from diffedit.shapeworld.model import load_model
 
@@ -180,7 +187,7 @@ def train_inpaint(
     base = Path(base) if base is not None else embedded_model_path()
     parts = load_model(base)
     # 1. The examples (encoded once, cached for the next call) and their frozen text states
-    data = _examples(parts, ckpt / "inpaint_data.pt", examples, seed, log)
+    data = _examples(parts, ckpt / "inpaint_data.pt", examples, seed, log, pixel_holes)
     with torch.no_grad():
         states = parts["text_encoder"](tokenize(parts["tokenizer"], data["captions"]))[0]  # (N, T, D)
         empty = parts["text_encoder"](tokenize(parts["tokenizer"], [""]))[0]  # (1, T, D)
@@ -213,7 +220,8 @@ def train_inpaint(
     # 4. The state for the next call, and the model folder
     seconds = round(time.time() - t_start, 1)
     history.append({"stage": "inpaint", "steps": step, "total_steps": start_step + step, "seconds": seconds,
-                    "final_loss": ema_loss, "anneal": anneal, "lr": lr, "examples": len(data["captions"])})
+                    "final_loss": ema_loss, "anneal": anneal, "lr": lr, "examples": len(data["captions"]),
+                    "pixel_holes": pixel_holes})
     torch.save({"unet": unet.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
                 "step": start_step + step, "history": history}, state_path)
     model = _save_inpainter(parts, ema, output / "model", base, history)
@@ -244,12 +252,12 @@ def _unet_and_state(base_unet, lr: float, state_path: Path, log: Logger, init: s
     return unet, ema, opt, state["step"], state["history"]
 
 
-def _examples(parts: dict, path: Path, n: int, seed: int, log: Logger) -> dict:
+def _examples(parts: dict, path: Path, n: int, seed: int, log: Logger, pixel_share: float = 0.0) -> dict:
     """The cached examples at `path`, or n fresh ones encoded and cached there."""
     if path.exists():
         return torch.load(path)
     t0 = time.time()
-    data = encode_examples(parts["vae"].eval(), n, seed + 1, log=log)
+    data = encode_examples(parts["vae"].eval(), n, seed + 1, log=log, pixel_share=pixel_share)
     torch.save(data, path)
     log(f"encoded {n} examples in {time.time() - t0:.0f} s")
     return data
