@@ -148,6 +148,13 @@ def _valid(name: str, value) -> bool:
             from diffedit.stages.registry import METHODS
 
             return isinstance(value, str) and value in METHODS
+        if name == "reweight":  # a format as well as a text: word=factor items (attention_control.parse_reweight)
+            from diffedit.attention_control import parse_reweight
+
+            try:
+                return isinstance(value, str) and len(value) <= MAX_PROMPT_CHARS and parse_reweight(value) is not None
+            except ValueError:
+                return False
         return isinstance(value, str) and len(value) <= MAX_PROMPT_CHARS and (not b.choices or value in b.choices)
     items = [value] if b.kind != "floats" or isinstance(value, (int, float)) else value
     if b.kind == "floats" and (not isinstance(value, (list, tuple, int, float)) or not b.min_items <= len(items) <= b.max_items):
@@ -179,7 +186,8 @@ def test_fuzz_edit_options_at_and_beyond_their_bounds(values):
         options = EditOptions(**values)
     except ValueError as e:
         message = str(e)
-        together = "steps leaves" in message or "inversion" in message  # fields that tie others (strength, inversion)
+        # fields that tie others: strength and steps, the inversion, attention options and mask sources and the method
+        together = any(text in message for text in ("steps leaves", "inversion", "to method(s)", "edits without a mask"))
         assert bad and any(n in message for n in bad) or (not bad and together), (values, message)
         return
     assert not bad, (values, options)
