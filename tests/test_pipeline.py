@@ -133,7 +133,8 @@ def test_diffusers_inversion_levels_are_ours_without_the_clean_one(pipe, theirs,
         ours = pipe.invert(prompt=SOURCE, image=clean, num_inference_steps=STEPS, guidance_scale=guidance).latents
         their = theirs.invert(prompt=SOURCE, image=clean, num_inference_steps=STEPS, guidance_scale=guidance).latents
         assert ours.shape == (1, 9, 4, 16, 16) and their.shape == (1, 8, 4, 16, 16)
-        assert torch.allclose(ours[:, :-1], their, atol=1e-5)
+        # float32 rounding of two orders of the same guided step: 2e-5 at guidance 7.5 on an AMD EPYC, on levels up to 1.7
+        assert torch.allclose(ours[:, :-1], their, atol=1e-4)
         assert torch.equal(ours[:, -1], clean)
 
 
