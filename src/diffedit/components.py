@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from .prompts import encode_prompts
 from .timing import timed
 
-__all__ = ["Components", "Prompt"]
+__all__ = ["Components", "Prompt", "vae_encode", "vae_decode"]
 
 Prompt = Union[str, torch.Tensor]  # a prompt's text, or its embeddings (L, D) / (1, L, D)
 
@@ -28,6 +28,22 @@ def dtype_of(module) -> torch.dtype:
     """A module's dtype from its first floating-point parameter (diffusers' `.dtype` walks every submodule)."""
     first = next((p for p in module.parameters() if p.is_floating_point()), None)
     return module.dtype if first is None else first.dtype
+
+
+@torch.no_grad()
+def vae_encode(vae, pixels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, 3, H, W) in [-1, 1] -> (B, C, h, w) latents in `dtype`, shifted (SD3, FLUX) and scaled (posterior mean)."""
+    z = vae.encode(pixels.to(device_of(vae), dtype_of(vae))).latent_dist.mean
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return ((z - shift) * vae.config.scaling_factor).to(dtype)
+
+
+@torch.no_grad()
+def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) shifted and scaled latents -> (B, 3, H, W) float32 images in [-1, 1]."""
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    z = latents.to(dtype_of(vae)) / vae.config.scaling_factor + shift
+    return vae.decode(z).sample.float().clamp(-1, 1)
 
 
 @dataclass
@@ -76,19 +92,13 @@ class Components:
         force_upcast = dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False)
         move(self.vae, torch.float32 if force_upcast else dtype)
 
-    @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> (B, C, h, w) scaled latents (posterior mean: deterministic)."""
-        z = self.vae.encode(pixels.to(device_of(self.vae), dtype_of(self.vae))).latent_dist.mean
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        return ((z - shift) * self.vae.config.scaling_factor).to(self.dtype)
+        return vae_encode(self.vae, pixels, self.dtype)
 
-    @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) scaled latents -> (B, 3, H, W) float32 images in [-1, 1]."""
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        z = latents.to(dtype_of(self.vae)) / self.vae.config.scaling_factor + shift
-        return self.vae.decode(z).sample.float().clamp(-1, 1)
+        return vae_decode(self.vae, latents)
 
     def encode_prompts(self, prompts: Sequence[Prompt]) -> torch.Tensor:
         """(P,) prompts or embeddings -> (P, L, D) text embeddings in the model's dtype and device."""

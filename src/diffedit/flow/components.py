@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..components import device_of, dtype_of
+from ..components import device_of, dtype_of, vae_decode, vae_encode
 from ..timing import timed
 
 __all__ = ["FAMILIES", "Conditioning", "FlowComponents", "pack", "unpack"]
@@ -104,19 +104,13 @@ class FlowComponents:
         for m in self.modules():
             m.to(device=device, **({"dtype": dtype} if dtype is not None else {}))
 
-    @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> (B, C, h, w) latents, scaled and shifted (posterior mean: deterministic)."""
-        z = self.vae.encode(pixels.to(device_of(self.vae), dtype_of(self.vae))).latent_dist.mean
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        return ((z - shift) * self.vae.config.scaling_factor).to(self.dtype)
+        return vae_encode(self.vae, pixels, self.dtype)
 
-    @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) latents -> (B, 3, H, W) float32 images in [-1, 1]."""
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
-        z = latents.to(dtype_of(self.vae)) / self.vae.config.scaling_factor + shift
-        return self.vae.decode(z).sample.float().clamp(-1, 1)
+        return vae_decode(self.vae, latents)
 
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
