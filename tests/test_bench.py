@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from diffedit.bench.baselines import diffusers_edit, diffusers_pipeline, sdedit
 from diffedit.cli.bench import bench_app
+from diffedit.bench.flow_rows import FLOW_METHODS
 from diffedit.bench.quality import INPAINT_METHODS, METHODS, format_quality, format_quality_markdown, run_quality
 from diffedit.bench.speed import _PeakMemory, format_speed, run_speed
 from diffedit.results import EditOptions
@@ -81,7 +82,8 @@ def test_run_quality_all_methods(shapeworld_tiny_dir, tmp_path):
         str(shapeworld_tiny_dir), cases=3, steps=4, batch_size=3, options=cheap,
         json_path=tmp_path / "q.json", plot_path=tmp_path / "q.png", panel_path=tmp_path / "worst.png", progress=False,
     )
-    assert list(report["methods"]) == [m for m in METHODS if m not in INPAINT_METHODS]  # this model has no inpainter
+    # this model has no inpainter, and 'all' on a model other than the embedded one has no ShapeWorld flow rows
+    assert list(report["methods"]) == [m for m in METHODS if m not in INPAINT_METHODS + FLOW_METHODS]
     for name, m in report["methods"].items():
         overall = m["summary"]["overall"]
         assert overall["n"] == 3 and len(m["rows"]) == 3
@@ -125,6 +127,24 @@ def test_compare_panel_shows_two_methods_on_typical_and_worst_cases(shapeworld_t
     assert [edit_cases(8, 0)[i].kind for i in picked] == ["color"] * 2 + ["shape"] * 2 + ["both"] * 2
     # 6 typical rows + the 2 other cases (of 8) as the worst, 4 columns of 128 px with 4 px gaps
     assert Image.open(tmp_path / "c.png").size == (4 * 128 + 3 * 4, 8 * 128 + 7 * 4)
+
+
+def test_flow_rows_edit_with_the_flow_model(shapeworld_tiny_dir, tmp_path):
+    """The flow rows run the flow editor of `flow_model` (here a ShapeWorld-shaped tiny flow UNet); without our mask
+    FlowEdit may change the whole image, with it the background outside the mask is the input's."""
+    from diffedit.shapeworld.model import build_components
+    from diffedit.shapeworld.train_flow import flow_scheduler, save_flow_model
+
+    torch.manual_seed(1)
+    flow = save_flow_model(dict(build_components("tiny"), scheduler=flow_scheduler()), tmp_path / "flow",
+                           shapeworld_tiny_dir, [], {})
+    report = run_quality(str(shapeworld_tiny_dir), cases=2, methods=list(FLOW_METHODS), flow_model=flow,
+                         options=EditOptions(mask_noises=2), progress=False)
+    rows = {m: report["methods"][m]["summary"]["overall"] for m in FLOW_METHODS}
+    assert rows["flowedit_no_mask"]["mask_iou"] is None
+    assert all(math.isfinite(rows[m]["mask_iou"]) for m in ("flowedit", "flow_inverted"))
+    assert rows["flowedit"]["background_psnr"] > rows["flowedit_no_mask"]["background_psnr"]
+    assert all(report["methods"][m]["seconds_per_edit"] > 0 for m in FLOW_METHODS)
 
 
 def test_run_quality_rejects_unknown_methods(shapeworld_tiny_dir):

@@ -1,4 +1,4 @@
-"""Flow-matching backbones (issue 25): tiny random SD3 and FLUX models (the sizes diffusers' tests use) run the
+"""Flow-matching backbones (issue 25): tiny random SD3, FLUX and flow-UNet models (the sizes diffusers' tests use) run the
 velocity-difference mask, FlowEdit and the inverted flow, and the composite, from the Python API (here) and the CLI
 (test_flow_cli.py). Random models know no words: the tests check the mechanism, not the quality of an edit."""
 
@@ -10,7 +10,7 @@ from PIL import Image
 from diffedit.flow.components import pack, unpack
 from diffedit.flow.editor import FlowEditor
 from diffedit.flow.ode import flowedit, invert_flow, masked_flow_decode, start_index, velocity_difference_maps
-from tiny_flow import tiny_flux, tiny_sd3
+from tiny_flow import TINY
 
 FAST = dict(num_inference_steps=4, mask_noises=2)  # tiny and quick
 SRC, TGT = "a red square", "a blue circle"
@@ -24,9 +24,9 @@ def image():
     return Image.fromarray(arr)
 
 
-@pytest.fixture(scope="module", params=["sd3", "flux"])
+@pytest.fixture(scope="module", params=list(TINY))
 def editor(request):
-    return FlowEditor((tiny_sd3 if request.param == "sd3" else tiny_flux)(), progress=False)
+    return FlowEditor(TINY[request.param](), progress=False)
 
 
 def test_pack_unpack_round_trip():
@@ -42,7 +42,7 @@ def test_velocity_shape_and_guidance(editor):
     v = parts.velocity(x, 0.5, cond)
     assert v.shape == x.shape and torch.isfinite(v).all()
     assert not torch.allclose(v[0], v[1])  # the prompt reaches the transformer
-    if parts.family == "sd3":  # classifier-free guidance: scale 1 is the conditional velocity
+    if parts.family != "flux":  # classifier-free guidance: scale 1 is the conditional velocity
         torch.testing.assert_close(parts.velocity(x, 0.5, cond, empty, 1.0), v)
         assert not torch.allclose(parts.velocity(x, 0.5, cond, empty, 5.0), v)
     else:  # FLUX.1-dev's guidance embedding takes the scale
@@ -119,7 +119,7 @@ def test_edit_keeps_the_background_exactly(editor, image, decoder):
 
 
 def test_edit_is_deterministic_with_a_seed(editor, image):
-    decoder = "flowedit" if editor.components.family == "sd3" else "inverted"
+    decoder = "inverted" if editor.components.family == "flux" else "flowedit"
     a = editor.edit(image, SRC, TGT, seed=3, decoder=decoder, **FAST)
     b = editor.edit(image, SRC, TGT, seed=3, decoder=decoder, **FAST)
     assert np.array_equal(np.array(a.image), np.array(b.image)) and torch.equal(a.mask, b.mask)
@@ -128,7 +128,7 @@ def test_edit_is_deterministic_with_a_seed(editor, image):
 def test_the_backbone_decides_the_edit(editor, image):
     """A user mask fixes where; another transformer (other random weights) must give other pixels there."""
     family = editor.components.family
-    other = (tiny_sd3 if family == "sd3" else tiny_flux)(seed=7)
+    other = TINY[family](seed=7)
     parts = editor.components
     swapped = FlowEditor(type(parts)(family, parts.vae, other.transformer, parts.scheduler, parts.encoders), progress=False)
     user = np.zeros((32, 32), bool)

@@ -1,5 +1,5 @@
-"""SD3 and FLUX diffusers folders through the CLI (`diffedit edit`, `mask`, `composite`) and FlowEditor.from_pretrained:
-the folder's model_index.json picks the flow editor."""
+"""SD3, FLUX and flow-UNet diffusers folders through the CLI (`diffedit edit`, `mask`, `composite`) and
+FlowEditor.from_pretrained: the folder's model_index.json picks the flow editor."""
 
 import json
 
@@ -12,15 +12,15 @@ from typer.testing import CliRunner
 from diffedit.cli import app
 from diffedit.flow.editor import FlowEditor
 from diffedit.flow.loading import flow_family
-from tiny_flow import save_tiny_flow, tiny_flux, tiny_sd3
+from tiny_flow import TINY, save_tiny_flow
 
 runner = CliRunner()
 FAST = ["--steps", "4", "--mask-noises", "2", "--seed", "0", "-q"]
 
 
-@pytest.fixture(scope="module", params=["sd3", "flux"])
+@pytest.fixture(scope="module", params=list(TINY))
 def folder(request, tmp_path_factory):
-    parts = (tiny_sd3 if request.param == "sd3" else tiny_flux)()
+    parts = TINY[request.param]()
     return request.param, save_tiny_flow(parts, tmp_path_factory.mktemp(request.param) / "model")
 
 
@@ -37,7 +37,7 @@ def test_folder_loads_as_its_family(folder, image_path):
     family, path = folder
     assert flow_family(path) == family and flow_family(path.parent) is None
     loaded = FlowEditor.from_pretrained(path, progress=False)
-    built = FlowEditor((tiny_sd3 if family == "sd3" else tiny_flux)(), progress=False)
+    built = FlowEditor(TINY[family](), progress=False)
     a = loaded.mask(Image.open(image_path), "a red square", "a blue circle", seed=0, num_inference_steps=4, mask_noises=2)
     b = built.mask(Image.open(image_path), "a red square", "a blue circle", seed=0, num_inference_steps=4, mask_noises=2)
     torch.testing.assert_close(a.soft, b.soft)  # the saved weights are the ones loaded
@@ -85,7 +85,11 @@ def test_cli_flow_decoder_needs_a_flow_model(image_path, tmp_path, folder):
 def test_a_folder_of_another_pipeline_is_no_flow_model(tmp_path):
     from diffedit.errors import ModelError
 
-    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
-    assert flow_family(tmp_path) is None
-    with pytest.raises(ModelError, match="not an SD3 or FLUX"):
+    index = {"_class_name": "StableDiffusionPipeline", "scheduler": ["diffusers", "DDIMScheduler"]}
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    assert flow_family(tmp_path) is None  # SD's layout with a noise scheduler: DiffEditor's, not the flow editor's
+    with pytest.raises(ModelError, match="not an SD3, FLUX or flow-UNet"):
         FlowEditor.from_pretrained(tmp_path)
+    index["scheduler"][1] = "FlowMatchEulerDiscreteScheduler"
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    assert flow_family(tmp_path) == "unet"

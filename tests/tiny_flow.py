@@ -1,4 +1,4 @@
-"""Tiny random SD3 and FLUX models built offline (the sizes diffusers' own tests use), for the flow tests.
+"""Tiny random SD3, FLUX and flow-UNet models built offline (the sizes diffusers' own tests use), for the flow tests.
 
 No T5 tokenizer can be built offline (it needs a SentencePiece model), so the T5 encoder reads the project's
 in-memory character tokenizer (bench.models.char_tokenizer): the pipelines call it as any tokenizer."""
@@ -77,12 +77,39 @@ def tiny_flux(seed: int = 0) -> FlowComponents:
     return parts
 
 
+def tiny_flow_unet(seed: int = 0) -> FlowComponents:
+    """A flow UNet in SD's layout (as the embedded ShapeWorld flow model): the tiny SD components of the DiffEdit tests
+    (VAE factor 2, UNet 32/64, one CLIP encoder) with diffusers' flow scheduler."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from diffedit.bench.models import tiny_components
+
+    c = tiny_components(seed)
+    encoders = {"text_encoder": c.text_encoder, "tokenizer": c.tokenizer}
+    parts = FlowComponents("unet", c.vae, c.unet, FlowMatchEulerDiscreteScheduler(shift=1.0), encoders, name="tiny-unet")
+    _eval(parts)
+    return parts
+
+
+TINY = {"sd3": tiny_sd3, "flux": tiny_flux, "unet": tiny_flow_unet}  # family -> its tiny model
+
+
 def _eval(parts: FlowComponents) -> None:
     for m in parts.modules():
         m.eval().requires_grad_(False)
 
 
 def save_tiny_flow(parts: FlowComponents, path: Path) -> Path:
-    """Write the components as a diffusers folder (model_index.json names the family's pipeline)."""
+    """Write the components as a diffusers folder (model_index.json names the family's pipeline; a flow UNet's is SD's
+    with the flow scheduler)."""
+    if parts.family == "unet":
+        from diffusers import StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline(vae=parts.vae, text_encoder=parts.encoders["text_encoder"],
+                                       tokenizer=parts.encoders["tokenizer"], unet=parts.transformer,
+                                       scheduler=parts.scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+        pipe.save_pretrained(path)
+        return path
     parts._pipe.save_pretrained(path)
     return path

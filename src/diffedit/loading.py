@@ -208,6 +208,11 @@ def embedded_inpaint_path() -> Path:
     return Path(str(resources.files("diffedit.shapeworld").joinpath("inpaint_weights")))
 
 
+def embedded_flow_path() -> Path:
+    """Folder of the embedded ShapeWorld flow model (a rectified-flow UNet on the embedded model's VAE and text encoder)."""
+    return Path(str(resources.files("diffedit.shapeworld").joinpath("flow_weights")))
+
+
 def load_inpaint_unet(model: str | os.PathLike | None = None, *, dtype: torch.dtype | None = None, config: str | None = None):
     """The 9-channel UNet of an inpainting model: None for the embedded ShapeWorld inpainter, a diffusers inpainting
     folder (or a UNet folder), a single-file inpainting checkpoint (`config`: its diffusers configs, as for

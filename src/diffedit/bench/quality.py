@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from diffedit.bench.flow_rows import FLOW_METHODS, flow_edit, load_flow_bench_editor
 from diffedit.bench.baselines import OURS_VARIANTS, diffusers_edit, diffusers_pipeline, gt_mask_edit, sdedit
 from diffedit.bench.models import load_bench_editor
 from diffedit.bench.panels import compare_panel, worst_ghost_panel
@@ -39,7 +40,7 @@ METHODS = (
     "ours_noise_candidate", "ours_no_cover", "ours_feather2", "ours_attention_mask", "ours_both_mask", "ours_no_inpaint",
     "ours_inpaint", "gt_mask_inpaint", "ours_negative_prompt", "ours_null_text", "ours_direct", "ours_ddpm",
     "p2p", "diffedit_p2p", "diffedit_p2p_no_inpaint",
-    *PROMPTED,
+    *PROMPTED, *FLOW_METHODS,
 )
 
 
@@ -55,11 +56,13 @@ def _chunks(n: int, size: int):
 
 def _edit_method(
     method: str, editor: DiffEditor, cases: list[EditCase], *, seed: int, options: EditOptions, batch_size: int, bar,
-    baseline_steps: int = BASELINE_STEPS, notes: dict | None = None,
+    baseline_steps: int = BASELINE_STEPS, notes: dict | None = None, flow_editor=None,
 ) -> list[tuple[np.ndarray, np.ndarray | None]]:
     """(edited uint8 (128, 128, 3), predicted bool (128, 128) mask or None) for every case; diffusers' pipeline and
     SDEdit decode with `baseline_steps`, ours, its ablations and gt_mask with the options' own steps; the rows with
-    derived prompts (prompted.py) note how their prompts came out in `notes`."""
+    derived prompts (prompted.py) note how their prompts came out in `notes`; the flow rows edit with `flow_editor`."""
+    if method in FLOW_METHODS:
+        return flow_edit(method, flow_editor, cases, seed=seed, options=options, batch_size=batch_size, bar=bar)
     if method in PROMPTED:
         return prompted_edit(method, editor, cases, seed=seed, options=options, batch_size=batch_size, bar=bar,
                              notes=notes if notes is not None else {})
@@ -98,14 +101,14 @@ def _edit_method(
 
 
 def _run_method(method: str, editor: DiffEditor, case_list: list[EditCase], *, seed: int, options: EditOptions,
-                batch_size: int, baseline_steps: int, progress: bool) -> tuple[list, list[dict], float, dict]:
+                batch_size: int, baseline_steps: int, progress: bool, flow_editor=None) -> tuple[list, list[dict], float, dict]:
     """One method on every case: (edits, scored rows, seconds, prompt notes)."""
     with tqdm(total=len(case_list), desc=method, disable=not progress, leave=False, dynamic_ncols=True) as bar:
         timings: dict[str, float] = {}
         notes: dict = {}
         with timed(timings, method, editor.device):
             edits = _edit_method(method, editor, case_list, seed=seed, options=options, batch_size=batch_size, bar=bar,
-                                 baseline_steps=baseline_steps, notes=notes)
+                                 baseline_steps=baseline_steps, notes=notes, flow_editor=flow_editor)
     rows = []
     for i, (case, (edited, mask)) in enumerate(zip(case_list, edits)):
         row = score_edit(edited, case, mask)
@@ -137,6 +140,7 @@ def run_quality(
     panel_path: str | Path | None = None,
     compare_panel_path: str | Path | None = None,
     progress: bool = True,
+    flow_model: str | Path | None = None,
 ) -> dict:
     """Run the ShapeEdit benchmark; returns {"methods": {name: {"summary", "seconds_per_edit", "rows"}}, ...}.
 
@@ -146,7 +150,8 @@ def run_quality(
     and SDEdit decode with BASELINE_STEPS from BASELINE_STRENGTH (their defaults); they take guidance and mask noises
     from the options. Ours, its ablations, gt_mask and SDEdit run `batch_size` cases per call. panel_path: a PNG of
     the first method's 8 cases with the most ghost pixels (input | truth | edit | ghosts in magenta); compare_panel_path:
-    a PNG of the first two methods on the same cases (typical ones, then the first method's worst).
+    a PNG of the first two methods on the same cases (typical ones, then the first method's worst). flow_model: the
+    flow rows' model (default: the embedded ShapeWorld flow model).
     """
     # 1. Check inputs, load the model and the cases
     methods_given = methods is not None
@@ -173,6 +178,11 @@ def run_quality(
             raise ValueError(f"{', '.join(needs_inpainter)} need an inpainting model, and {editor.name} has none loaded")
         methods = [m for m in methods if m not in INPAINT_METHODS]
     case_list = edit_cases(cases, seed)
+    if not methods_given and model is not None and flow_model is None:  # 'all' on another model: no ShapeWorld flow rows
+        methods = [m for m in methods if m not in FLOW_METHODS]
+    flow_editor = None
+    if any(m in FLOW_METHODS for m in methods):
+        flow_editor = load_flow_bench_editor(None if flow_model is None else str(flow_model), device=device, dtype=dtype)
 
     # 2. Edit and score, method by method
     report: dict = {
@@ -184,7 +194,8 @@ def run_quality(
     compared: list = []  # (edits, rows) of the first two methods, for compare_panel_path
     for method in methods:
         edits, rows, seconds, notes = _run_method(method, editor, case_list, seed=seed, options=options,
-                                                  batch_size=batch_size, baseline_steps=baseline_steps, progress=progress)
+                                                  batch_size=batch_size, baseline_steps=baseline_steps, progress=progress,
+                                                  flow_editor=flow_editor)
         report["methods"][method] = {"summary": summarize(rows), "seconds_per_edit": seconds / cases, "rows": rows,
                                      **({"prompts": notes} if notes else {})}
         if panel_path is not None and method == methods[0]:

@@ -104,6 +104,9 @@ def quality(
     ),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars and no table (use --json)."),
+    flow_model: Optional[str] = typer.Option(
+        None, "--flow-model", help="Flow model folder of the flow rows (default: the embedded ShapeWorld flow model).",
+    ),
 ) -> None:
     """ShapeEdit quality of ours, its ablations and the baselines on the same cases and weights."""
     _check_run(cases, seed, steps, batch, {"--json": json_path, "--plot": plot, "--markdown": markdown, "--panel": panel,
@@ -118,7 +121,8 @@ def quality(
     try:
         quality_lib.run_quality(model, cases=cases, seed=seed, methods=names, batch_size=batch, steps=steps, device=device,
                                 dtype=dtype, options=options, json_path=json_path, plot_path=plot, markdown_path=markdown,
-                                panel_path=panel, compare_panel_path=compare_panel, progress=not quiet)
+                                panel_path=panel, compare_panel_path=compare_panel, progress=not quiet,
+                                flow_model=flow_model)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     if not quiet:

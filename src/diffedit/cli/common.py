@@ -164,11 +164,27 @@ def edit_options(flags: dict[str, Any], settings: list[str] | None, preset: str 
         fail(str(e))
 
 
+EMBEDDED_NAMES = ("shapeworld", "shapeworld-flow")  # --model names of the embedded noise and flow models
+
+
+def embedded_model(model: str | None) -> str | None:
+    """--model with the embedded models' names resolved: 'shapeworld' -> None (the default), 'shapeworld-flow' -> its
+    folder; anything else as given."""
+    if model == "shapeworld":
+        return None
+    if model == "shapeworld-flow":
+        from diffedit.loading import embedded_flow_path
+
+        return str(embedded_flow_path())
+    return model
+
+
 def load_editor(model: str | None, device: str | None, dtype: str, config: str | None, quiet: bool,
                 inpaint_model: str | None = "auto"):
     from diffedit import DiffEditor
 
     quiet_libraries()
+    model = embedded_model(model)
 
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
@@ -203,7 +219,7 @@ def flow_decoder_option(editor, decoder: str | None) -> dict:
     if decoder is None:
         return {}
     if not hasattr(editor, "decoder"):
-        fail("--flow-decoder applies to SD3 and FLUX models only")
+        fail("--flow-decoder applies to flow models only (SD3, FLUX, shapeworld-flow)")
     from diffedit.flow.editor import DECODERS
 
     if decoder not in DECODERS:

@@ -32,7 +32,8 @@ def mask_source_flag(value: str | None, mask: Path | None) -> tuple[str | None, 
 
 # options edit and mask share (typer reads an Option's settings, it does not change them)
 MODEL_OPTION = typer.Option(
-    None, "--model", "-m", help="Hub id, diffusers folder or .safetensors/.ckpt (default: embedded ShapeWorld model).",
+    None, "--model", "-m",
+    help="Hub id, diffusers folder, .safetensors/.ckpt, or an embedded model: shapeworld (default), shapeworld-flow.",
     rich_help_panel=MODEL,
 )
 CONFIG_OPTION = typer.Option(
@@ -144,7 +145,8 @@ def edit(
         rich_help_panel=EDIT,
     ),
     flow_decoder: Optional[str] = typer.Option(
-        None, "--flow-decoder", help="SD3/FLUX models: flowedit (default) | inverted (docs/flow.md).", rich_help_panel=EDIT,
+        None, "--flow-decoder", help="Flow models (SD3, FLUX, shapeworld-flow): flowedit (default) | inverted (docs/flow.md).",
+        rich_help_panel=EDIT,
     ),
     mask: Optional[Path] = typer.Option(
         None, "--mask", help="Use this mask (white = edit) instead of computing one.", rich_help_panel=MASK,

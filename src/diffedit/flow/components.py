@@ -1,6 +1,7 @@
-"""The parts of a flow-matching model (SD3, FLUX) and the calls the flow stages make on them: VAE with scaling and
-shift, prompt encoding through the family's diffusers pipeline (three encoders for SD3, CLIP + T5 for FLUX), the
-velocity v(x, sigma, prompt) with classifier-free guidance, and the scheduler's sigmas.
+"""The parts of a flow-matching model (SD3, FLUX, or a flow UNet in SD's layout such as the embedded ShapeWorld flow
+model) and the calls the flow stages make on them: VAE with scaling and shift, prompt encoding through the family's
+diffusers pipeline (three encoders for SD3, CLIP + T5 for FLUX, one CLIP for the UNet), the velocity
+v(x, sigma, prompt) with classifier-free guidance, and the scheduler's sigmas.
 
 Latents are (B, C, h, w) everywhere in the flow stages; FLUX's 2x2 packing into tokens happens inside `velocity`.
 """
@@ -19,7 +20,8 @@ from ..timing import timed
 
 __all__ = ["FAMILIES", "Conditioning", "FlowComponents", "pack", "unpack"]
 
-FAMILIES = {"sd3": "StableDiffusion3Pipeline", "flux": "FluxPipeline"}  # family -> its diffusers pipeline class
+# family -> its diffusers pipeline class; "unet": SD's layout whose scheduler is FlowMatchEulerDiscreteScheduler
+FAMILIES = {"sd3": "StableDiffusion3Pipeline", "flux": "FluxPipeline", "unet": "StableDiffusionPipeline"}
 
 
 @dataclass
@@ -66,9 +68,9 @@ class FlowComponents:
     """A flow-matching model's parts. `encoders` holds the text encoders and tokenizers under the pipeline's names
     (text_encoder, tokenizer, text_encoder_2, ...)."""
 
-    family: str  # "sd3" or "flux"
+    family: str  # "sd3", "flux" or "unet"
     vae: Any
-    transformer: Any
+    transformer: Any  # the velocity model: SD3's or FLUX's transformer, or the flow UNet
     scheduler: Any  # a FlowMatchEulerDiscreteScheduler
     encoders: dict[str, Any]
     name: str = "custom"
@@ -81,8 +83,9 @@ class FlowComponents:
             raise ValueError(f"unknown flow family {self.family!r}; known: {', '.join(FAMILIES)}")
         import diffusers
 
-        cls = getattr(diffusers, FAMILIES[self.family])
-        self._pipe = cls(vae=self.vae, transformer=self.transformer, scheduler=self.scheduler, **self.encoders)
+        if self.family != "unet":  # the UNet's one CLIP encoder needs no pipeline
+            cls = getattr(diffusers, FAMILIES[self.family])
+            self._pipe = cls(vae=self.vae, transformer=self.transformer, scheduler=self.scheduler, **self.encoders)
 
     device = property(lambda self: device_of(self.transformer))
     dtype = property(lambda self: dtype_of(self.transformer))
@@ -118,6 +121,11 @@ class FlowComponents:
         t5 = self.encoders.get("tokenizer_3" if self.family == "sd3" else "tokenizer_2")
         length = min(self.max_sequence_length, getattr(t5, "model_max_length", self.max_sequence_length))
         prompts = list(prompts)
+        if self.family == "unet":
+            from ..prompts import encode_prompts
+
+            embeds = encode_prompts(self.encoders["tokenizer"], self.encoders["text_encoder"], prompts).to(self.dtype)
+            return Conditioning(embeds, embeds.new_zeros(len(prompts), 0))  # no pooled embedding
         if self.family == "sd3":
             embeds, _, pooled, _ = self._pipe.encode_prompt(
                 prompts, None, None, device=self.device, do_classifier_free_guidance=False, max_sequence_length=length
@@ -130,8 +138,10 @@ class FlowComponents:
         """One transformer call on (N, C, h, w) latents at noise level sigma (one prompt, or one per row)."""
         cond = cond.rows(x.shape[0])
         n = x.shape[0]
-        if self.family == "sd3":
+        if self.family in ("sd3", "unet"):
             t = torch.full((n,), sigma * self.scheduler.config.num_train_timesteps, device=x.device, dtype=x.dtype)
+            if self.family == "unet":
+                return self.transformer(x, t, encoder_hidden_states=cond.embeds, return_dict=False)[0]
             return self.transformer(hidden_states=x, timestep=t, encoder_hidden_states=cond.embeds,
                                     pooled_projections=cond.pooled, return_dict=False)[0]
         h, w = x.shape[-2:]

@@ -30,7 +30,8 @@ def generate(
     guidance_scale: float = 7.5,
     generator: torch.Generator | None = None,
 ) -> np.ndarray:
-    """Images for the captions (B, H, W, 3) uint8: DDIM (Song et al. 2021) with classifier-free guidance."""
+    """Images for the captions (B, H, W, 3) uint8: the model's scheduler (DDIM for the noise models, Euler for the
+    flow model) with classifier-free guidance."""
     if not captions:
         raise ValueError("captions is empty; pass at least one caption")
     vae, unet, scheduler = components["vae"], components["unet"], components["scheduler"]
@@ -46,13 +47,14 @@ def generate(
     # 2. Initial noise x_T, drawn on the CPU so a seed gives the same images on every device
     shape = (len(captions), unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
     latents = torch.randn(shape, generator=generator, dtype=torch.float32).to(device, dtype)
-    latents = latents * scheduler.init_noise_sigma
+    latents = latents * getattr(scheduler, "init_noise_sigma", 1.0)  # a flow scheduler starts at unit noise
 
     # 3. Denoising loop
     scheduler.set_timesteps(num_inference_steps, device=device)
     for t in scheduler.timesteps:
         model_input = torch.cat([latents] * 2) if do_cfg else latents
-        model_input = scheduler.scale_model_input(model_input, t)
+        if hasattr(scheduler, "scale_model_input"):
+            model_input = scheduler.scale_model_input(model_input, t)
         eps = unet(model_input, t, encoder_hidden_states=cond).sample
         if do_cfg:
             eps_uncond, eps_cond = eps.chunk(2)
