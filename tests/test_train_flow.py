@@ -49,3 +49,20 @@ def test_train_flow_resumes_and_saves_a_flow_unet_folder(tmp_path):
     base = UNet2DConditionModel.from_pretrained(embedded_model_path(), subfolder="unet").state_dict()
     assert trained.keys() == base.keys()  # the embedded UNet's architecture, started from its weights ...
     assert any(not torch.equal(trained[k], base[k]) for k in base)  # ... and moved by the flow objective
+
+
+def test_cli_train_flow_checks_then_trains(tmp_path):
+    from typer.testing import CliRunner
+
+    from diffedit.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["shapeworld", "train-flow", "-o", str(tmp_path / "run"), "--minutes", "1", "--steps", "1"])
+    assert res.exit_code == 2 and "exactly one of --minutes and --steps" in res.output
+    res = runner.invoke(app, ["shapeworld", "train-flow", "-o", str(tmp_path / "run"), "--steps", "1", "--init", "x"])
+    assert res.exit_code == 2 and "init must be 'embedded' or 'scratch'" in res.output
+    res = runner.invoke(app, ["shapeworld", "train-flow", "-o", str(tmp_path / "run"), "--steps", "1", "--latents", "8",
+                              "--batch-size", "2", "--threads", "1", "-q", "--no-evaluate"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output[res.output.index("{"):])["total_steps"] == 1
+    assert flow_family(tmp_path / "run" / "model") == "unet"

@@ -1,4 +1,4 @@
-"""`diffedit shapeworld train` and `diffedit shapeworld evaluate`: the embedded model's training and figures."""
+"""`diffedit shapeworld train`, `evaluate`, `train-inpaint` and `train-flow`: the embedded models' training and figures."""
 
 from __future__ import annotations
 
@@ -147,6 +147,45 @@ def shapeworld_train_inpaint(
         figures = train_inpaint(output, base=base, init=init, minutes=minutes, steps=steps, examples=examples,
                                 batch_size=batch_size, lr=lr, anneal=anneal, pixel_holes=pixel_holes, seed=seed,
                                 threads=threads, quiet=quiet)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    typer.echo(json.dumps(figures, indent=2, default=str))
+
+
+@shapeworld_app.command("train-flow")
+def shapeworld_train_flow(
+    output: Path = typer.Option(..., "--output", "-o", help="Run folder; a call continues the state found there."),
+    minutes: Optional[float] = typer.Option(None, "--minutes", help="Wall-clock budget of this call."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Steps of this call (instead of --minutes)."),
+    base: Optional[Path] = typer.Option(None, "--base", help="ShapeWorld model whose VAE and text encoder it uses "
+                                        "(default: the embedded one)."),
+    init: str = typer.Option("embedded", "--init", help="First call: embedded (the base's UNet weights) | scratch."),
+    latents: int = typer.Option(8000, "--latents", help="Training scenes encoded once (first call only)."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    lr: float = typer.Option(3e-4, "--lr", help="AdamW learning rate."),
+    anneal: bool = typer.Option(False, "--anneal", help="Cosine-decay the learning rate to 10 % over this call (a last run)."),
+    evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Generation accuracy of the saved model."),
+    seed: int = typer.Option(0, "--seed"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Train the ShapeWorld rectified-flow model (issue 25, docs/flow.md); writes OUTPUT/model, resumable."""
+    from diffedit.shapeworld.train_flow import train_flow
+
+    check_seed(seed)
+    check_range(minutes, "--minutes", 0.01, 7 * 24 * 60)
+    for value, flag in ((steps, "--steps"), (latents, "--latents"), (batch_size, "--batch-size")):
+        check_range(value, flag, 1, 10**9)
+    check_range(lr, "--lr", 1e-8, 1.0)
+    if (minutes is None) == (steps is None):
+        fail("give exactly one of --minutes and --steps")
+    if output.exists() and not output.is_dir():
+        fail(f"--output {output} is a file, not a folder")
+    quiet_libraries()
+    try:
+        figures = train_flow(output, base=base, init=init, minutes=minutes, steps=steps, latents=latents,
+                             batch_size=batch_size, lr=lr, anneal=anneal, seed=seed, threads=threads, quiet=quiet,
+                             evaluate=evaluate)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     typer.echo(json.dumps(figures, indent=2, default=str))
