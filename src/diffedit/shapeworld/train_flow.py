@@ -28,7 +28,7 @@ from diffedit.shapeworld.train_unet import ema_update
 from diffedit.shapeworld.training_data import encode_dataset, tokenize
 from diffedit.shapeworld.training_log import Logger
 
-__all__ = ["flow_scheduler", "flow_loss", "train_flow"]
+__all__ = ["flow_scheduler", "flow_loss", "held_out_loss", "train_flow"]
 
 TWO_OBJECT_SHARE = 0.65  # two-object scenes among the training latents (the embedded model's last stage)
 
@@ -120,6 +120,8 @@ def train_flow(
     figures = {"steps": step, "total_steps": start_step + step, "seconds": seconds, "final_loss": ema_loss}
     final = dict(parts, unet=ema, scheduler=flow_scheduler())
     if evaluate:
+        figures["held_out_loss"] = held_out_loss(parts, ema)
+        log(f"held-out flow loss {figures['held_out_loss']:.4f}")
         from diffedit.shapeworld.evaluate import generation_accuracy
 
         figures["generation_accuracy"] = generation_accuracy(final, 64, 25, 5.0, seed=0)
@@ -128,6 +130,17 @@ def train_flow(
     log(f"flow done: {step} steps ({start_step + step} total) in {seconds / 60:.1f} min, loss {ema_loss}; "
         f"saved {figures['model']}")
     return figures
+
+
+@torch.no_grad()
+def held_out_loss(parts: dict, unet, n: int = 256, seed: int = 4321) -> float:
+    """The flow loss of `unet` on n held-out scenes (their captions, fixed levels and noises): comparable across calls,
+    and for the base's noise-prediction UNet read as a velocity (what training starts from)."""
+    z0, captions = encode_dataset(parts["vae"].eval(), n, seed, quiet=True, two_object_share=TWO_OBJECT_SHARE)
+    states = parts["text_encoder"].eval()(tokenize(parts["tokenizer"], captions))[0]
+    gen = torch.Generator().manual_seed(seed)
+    losses = [flow_loss(unet.eval(), states[i:i + 64], z0[i:i + 64].float(), gen) for i in range(0, n, 64)]
+    return float(torch.stack(losses).mean())
 
 
 def _unet_and_state(base_unet, init: str, lr: float, state_path: Path, log: Logger):
