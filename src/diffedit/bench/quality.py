@@ -123,6 +123,16 @@ def _finite(value):
     return value
 
 
+def _flow_rows(methods: list[str], methods_given: bool, model, flow_model, *, device: str, dtype: str):
+    """(methods, the flow rows' FlowEditor or None): 'all' on a model other than the embedded one drops the ShapeWorld
+    flow rows unless a flow model is named."""
+    if not methods_given and model is not None and flow_model is None:
+        methods = [m for m in methods if m not in FLOW_METHODS]
+    if not any(m in FLOW_METHODS for m in methods):
+        return methods, None
+    return methods, load_flow_bench_editor(None if flow_model is None else str(flow_model), device=device, dtype=dtype)
+
+
 def run_quality(
     model: str | Path | DiffEditor | None = None,
     *,
@@ -178,11 +188,7 @@ def run_quality(
             raise ValueError(f"{', '.join(needs_inpainter)} need an inpainting model, and {editor.name} has none loaded")
         methods = [m for m in methods if m not in INPAINT_METHODS]
     case_list = edit_cases(cases, seed)
-    if not methods_given and model is not None and flow_model is None:  # 'all' on another model: no ShapeWorld flow rows
-        methods = [m for m in methods if m not in FLOW_METHODS]
-    flow_editor = None
-    if any(m in FLOW_METHODS for m in methods):
-        flow_editor = load_flow_bench_editor(None if flow_model is None else str(flow_model), device=device, dtype=dtype)
+    methods, flow_editor = _flow_rows(methods, methods_given, model, flow_model, device=device, dtype=dtype)
 
     # 2. Edit and score, method by method
     report: dict = {
