@@ -50,6 +50,47 @@ def test_embedded_inpainter_is_shipped_within_budget_and_inpaints():
     assert sum(r["success"] for r in rows) >= 4, rows
 
 
+def test_embedded_flow_model_is_shipped_within_budget_and_edits():
+    from diffedit.flow.editor import FlowEditor
+    from diffedit.flow.loading import flow_family
+    from diffedit.loading import embedded_flow_path, embedded_inpaint_path
+    from diffedit.shapeworld.scoring import score_edit
+    from diffedit.shapeworld.world import edit_cases
+
+    path = embedded_flow_path()
+    assert flow_family(path) == "unet"
+    files = [p for root in (path, embedded_model_path(), embedded_inpaint_path()) for p in root.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 60 * 2**20  # the three models together: issue 25's budget
+    info = json.loads((path / "training.json").read_text())
+    assert [s["stage"] for s in info["stages"]][0] == "init" and info["figures"]["held_out_loss"] < 0.5 * 1.2258
+    editor = FlowEditor.from_pretrained(path, progress=False)
+    cases = edit_cases(6, 4242)  # FlowEdit inside the ground-truth masks of six edits (two of each kind)
+    result = editor.edit([c.source_image for c in cases], [c.source for c in cases], [c.target for c in cases],
+                         mask=[c.mask.astype(np.uint8) * 255 for c in cases], seed=0, strength=0.8, guidance_scale=5.0,
+                         num_inference_steps=25)
+    rows = [score_edit(np.asarray(im), c, None) for im, c in zip(result.images, cases)]
+    assert sum(r["success"] for r in rows) >= 4, rows
+
+
+def test_cli_names_the_embedded_models(tmp_path):
+    """`-m shapeworld` is the embedded DiffEdit model, `-m shapeworld-flow` the embedded flow model."""
+    from diffedit.loading import embedded_flow_path
+    from diffedit.shapeworld.world import edit_cases
+
+    case = edit_cases(1, 4242)[0]
+    Image.fromarray(case.source_image).save(tmp_path / "in.png")
+    runner = CliRunner()
+    res = runner.invoke(app, ["mask", str(tmp_path / "in.png"), "-s", case.source, "-t", case.target, "-m", "shapeworld",
+                              "-o", str(tmp_path / "m.png"), "--seed", "0", "-q"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["edit", str(tmp_path / "in.png"), "-s", case.source, "-t", case.target, "-m",
+                              "shapeworld-flow", "--flow-decoder", "inverted", "-r", "0.8", "-g", "10", "--steps", "5",
+                              "-o", str(tmp_path / "e.png"), "--seed", "0", "-q"])
+    assert res.exit_code == 0, res.output
+    record = json.loads((tmp_path / "e.json").read_text())
+    assert record["family"] == "unet" and record["decoder"] == "inverted" and record["model"] == str(embedded_flow_path())
+
+
 def test_readme_python_example_runs_as_written(tmp_path, monkeypatch):
     block = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[0]
     monkeypatch.chdir(tmp_path)
