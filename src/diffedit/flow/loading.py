@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -48,7 +49,9 @@ def load_flow_components(model: str | Path, family: str | None = None, torch_dty
         raise ModelError(f"{model} is not an SD3, FLUX or flow-UNet diffusers folder (model_index.json _class_name "
                          f"{' or '.join(FAMILIES.values())}, the last with the scheduler {FLOW_SCHEDULER})")
     try:
-        pipe = getattr(diffusers, FAMILIES[family]).from_pretrained(str(model), torch_dtype=torch_dtype)
+        with warnings.catch_warnings():  # diffusers >= 0.36 renames torch_dtype to dtype; older ones know only torch_dtype
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            pipe = getattr(diffusers, FAMILIES[family]).from_pretrained(str(model), torch_dtype=torch_dtype)
     except (OSError, ValueError, TypeError, KeyError) as e:
         raise ModelError(f"cannot load the {family} model {model}: {type(e).__name__}: {e}") from e
     encoders = {k: getattr(pipe, k) for k in _ENCODERS if getattr(pipe, k, None) is not None}
