@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from diffedit.shapeworld.lr_schedule import lr_factor
-from diffedit.shapeworld.train_unet import ema_update
+from diffedit.shapeworld.train_unet import optimizer_step
 from diffedit.shapeworld.training_data import encode_dataset, tokenize
 from diffedit.shapeworld.training_log import Logger
 
@@ -103,11 +103,7 @@ def train_flow(
         drop = torch.rand(batch_size, generator=gen) < caption_dropout
         states = torch.where(drop[:, None, None], empty.expand(batch_size, -1, -1), all_states[idx])
         loss = flow_loss(unet, states, data["z0"][idx].float(), gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        ema_update(ema, unet, min(ema_decay, (1 + start_step + step) / (10 + start_step + step)))
+        optimizer_step(opt, unet, ema, loss, ema_decay, start_step + step)
         step += 1
         ema_loss = loss.item() if ema_loss is None else 0.99 * ema_loss + 0.01 * loss.item()
         log(f"flow step {start_step + step} loss {ema_loss:.4f} {(time.time() - t_start) / step:.3f} s/step", force=False)

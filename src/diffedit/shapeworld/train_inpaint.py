@@ -31,7 +31,7 @@ from diffedit.masks import dilate, erode
 from diffedit.shapeworld import world
 from diffedit.shapeworld.evaluate import images_to_tensor
 from diffedit.shapeworld.lr_schedule import lr_factor
-from diffedit.shapeworld.train_unet import SNR_GAMMA, ema_update
+from diffedit.shapeworld.train_unet import SNR_GAMMA, optimizer_step
 from diffedit.shapeworld.training_data import tokenize
 from diffedit.shapeworld.training_log import Logger
 
@@ -209,11 +209,7 @@ def train_inpaint(
         loss = inpainting_loss(
             unet, cond, data["z0"][idx].float(), data["mask"][idx].float(), data["zm"][idx].float(), alphas, gen
         )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        ema_update(ema, unet, min(ema_decay, (1 + start_step + step) / (10 + start_step + step)))
+        optimizer_step(opt, unet, ema, loss, ema_decay, start_step + step)
         step += 1
         ema_loss = loss.item() if ema_loss is None else 0.99 * ema_loss + 0.01 * loss.item()
         log(f"inpaint step {start_step + step} loss {ema_loss:.4f} {(time.time() - t_start) / step:.3f} s/step", force=False)

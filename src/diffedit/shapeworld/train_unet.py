@@ -46,6 +46,17 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
     torch._foreach_lerp_(ema_params, params, 1.0 - decay)
 
 
+def optimizer_step(opt, model: torch.nn.Module, ema: torch.nn.Module, loss: torch.Tensor, ema_decay: float,
+                   global_step: int) -> None:
+    """Backward, clip the gradient norm to 1, step, then the EMA update with its warm-up (decay capped by
+    (1 + step) / (10 + step)): the step of the fine-tuning runs (train_inpaint, train_flow)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    ema_update(ema, model, min(ema_decay, (1 + global_step) / (10 + global_step)))
+
+
 class _UnetSteps:
     """The UNet + text encoder in training, their optimizer and EMA copies, the latents on the device,
     and one optimisation step on a batch drawn from them."""
