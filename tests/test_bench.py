@@ -87,7 +87,7 @@ def test_run_quality_all_methods(shapeworld_tiny_dir, tmp_path):
     for name, m in report["methods"].items():
         overall = m["summary"]["overall"]
         assert overall["n"] == 3 and len(m["rows"]) == 3
-        for key in ("background_psnr", "target_psnr", "success", "ghost_free", "clean", "ghost_pixels"):
+        for key in ("background_psnr", "target_psnr", "success", "ghost_free", "clean", "ghost_pixels", "drawn_size"):
             assert math.isfinite(overall[key]), (name, key)
         assert (overall["mask_iou"] is None) == (name == "sdedit")
         assert m["seconds_per_edit"] > 0
@@ -98,6 +98,7 @@ def test_run_quality_all_methods(shapeworld_tiny_dir, tmp_path):
     assert (tmp_path / "q.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert Image.open(tmp_path / "worst.png").size[1] > 3 * 128  # three cases, one row each
     assert "ghost_free % by kind" in format_quality(report) and "ghost-free" in format_quality_markdown(report)
+    assert "drawn_size by kind" in format_quality(report) and "drawn size" in format_quality_markdown(report)
 
 
 def test_run_quality_inpainting_rows_need_an_inpainter(shapeworld_tiny_dir):

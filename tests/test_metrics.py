@@ -237,3 +237,19 @@ def test_summaries_give_ghost_rates(cases):
 
 def erode_px(mask: np.ndarray, px: int) -> np.ndarray:
     return ~dilate(~mask, px)
+
+
+def test_drawn_size_is_one_for_the_truth_and_follows_a_grown_or_shrunk_object(cases):
+    for case in cases:
+        assert score_edit(case.target_image, case, None)["drawn_size"] == pytest.approx(1.0)
+    case = next(c for c in cases if c.kind == "shape")
+    for px, above in ((2, True), (-2, False)):
+        edited = case.target_image.copy()
+        footprint = case.footprint
+        changed = (dilate(footprint, px) & ~footprint) if above else (footprint & ~erode_px(footprint, -px))
+        edited[changed] = case.after.rgb if above else case.source_image[0, 0]  # grown over, or cut back to background
+        size = score_edit(edited, case, None)["drawn_size"]
+        expected = 1 + changed.sum() / footprint.sum() if above else 1 - changed.sum() / footprint.sum()
+        assert (size > 1.05 if above else size < 0.95) and size == pytest.approx(expected, abs=0.02)
+    rows = [score_edit(c.target_image, c, None) for c in cases]
+    assert summarize(rows)["overall"]["drawn_size"] == pytest.approx(1.0)

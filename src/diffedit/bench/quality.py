@@ -241,14 +241,15 @@ def format_quality(report: dict) -> str:
         f"(baselines {r.get('baseline_steps', r['steps'])}), "
         f"strength {r['options']['strength']}, guidance {r['options']['guidance_scale']}, PSNR capped at {r['psnr_cap_db']:g} dB",
         f"  {'method':<{width}}{'mask IoU':>9}{'bg PSNR':>9}{'tgt PSNR':>9}{'success':>9}{'no ghost':>9}{'clean':>9}"
-        f"{'ghost px':>9}{'s/edit':>9}",
+        f"{'ghost px':>9}{'size':>7}{'s/edit':>9}",
     ]
     for name, m in r["methods"].items():
         o = m["summary"]["overall"]
         lines.append(
             f"  {name:<{width}}{_fmt(o['mask_iou'], '9.3f')}{_fmt(o['background_psnr'], '9.2f')}"
             f"{_fmt(o['target_psnr'], '9.2f')}{_fmt(o['success'], '8.1f', 100)}%{_fmt(o.get('ghost_free'), '8.1f', 100)}%"
-            f"{_fmt(o.get('clean'), '8.1f', 100)}%{_fmt(o.get('ghost_pixels'), '9.1f')}{m['seconds_per_edit']:9.2f}"
+            f"{_fmt(o.get('clean'), '8.1f', 100)}%{_fmt(o.get('ghost_pixels'), '9.1f')}{_fmt(o.get('drawn_size'), '7.2f')}"
+            f"{m['seconds_per_edit']:9.2f}"
         )
     lines += [f"  {name}: source caption exact {m['prompts']['caption_exact']}/{r['cases']}, target exact "
               f"{m['prompts']['target_exact']}/{r['cases']}, no prompts {m['prompts']['not_derived']}/{r['cases']}"
@@ -256,11 +257,12 @@ def format_quality(report: dict) -> str:
     first = next(iter(r["methods"].values()))["summary"]
     groups = [(g, k) for g in ("by_kind", "by_background", "by_num_objects") for k in first[g]]
     head = "".join(f"{str(k) + (' obj' if g == 'by_num_objects' else ''):>10}" for g, k in groups)
-    for metric in ("success", "ghost_free", "clean"):
-        lines += [f"{metric} % by kind, background and number of objects", f"  {'method':<{width}}{head}"]
+    for metric, unit, spec, scale in (("success", " %", "10.1f", 100), ("ghost_free", " %", "10.1f", 100),
+                                      ("clean", " %", "10.1f", 100), ("drawn_size", "", "10.2f", 1)):
+        lines += [f"{metric}{unit} by kind, background and number of objects", f"  {'method':<{width}}{head}"]
         for name, m in r["methods"].items():
             s = m["summary"]
-            cells = "".join(f"{_fmt(s[g][k].get(metric) if k in s[g] else None, '10.1f', 100)}" for g, k in groups)
+            cells = "".join(f"{_fmt(s[g][k].get(metric) if k in s[g] else None, spec, scale)}" for g, k in groups)
             lines.append(f"  {name:<{width}}{cells}")
     return "\n".join(lines)
 
@@ -270,7 +272,7 @@ def format_quality_markdown(report: dict) -> str:
     first = next(iter(report["methods"].values()))["summary"]
     kinds = list(first["by_kind"])
     head = ["method", "mask IoU", "bg PSNR (dB)", "target PSNR (dB)", "success"] + [f"success: {k}" for k in kinds]
-    head += ["ghost-free"] + [f"ghost-free: {k}" for k in kinds] + ["clean", "s / edit"]
+    head += ["ghost-free"] + [f"ghost-free: {k}" for k in kinds] + ["clean", "drawn size", "s / edit"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in report["methods"].items():
         o, by_kind = m["summary"]["overall"], m["summary"]["by_kind"]
@@ -279,7 +281,7 @@ def format_quality_markdown(report: dict) -> str:
         cells += [_fmt(by_kind[k]["success"], ".1f", 100) + " %" if k in by_kind else "-" for k in kinds]
         cells.append(_fmt(o.get("ghost_free"), ".1f", 100) + " %")
         cells += [_fmt(by_kind[k].get("ghost_free"), ".1f", 100) + " %" if k in by_kind else "-" for k in kinds]
-        cells += [_fmt(o.get("clean"), ".1f", 100) + " %", f"{m['seconds_per_edit']:.2f}"]
+        cells += [_fmt(o.get("clean"), ".1f", 100) + " %", _fmt(o.get("drawn_size"), ".2f"), f"{m['seconds_per_edit']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

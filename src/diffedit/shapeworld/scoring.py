@@ -21,6 +21,7 @@ PSNR_CAP = 100.0  # summaries clip PSNR here so that exact copies (inf dB) do no
 GHOST_OLD_DISTANCE = 60.0  # ghosts are looked for where the ground truth is at least this far from the old colour
 GHOST_TRUTH_DISTANCE = 40.0  # ... and the edit is farther than this from the ground truth, and closer to the old colour
 MAX_GHOST_PIXELS = 24  # ghost-free: at most this many ghost pixels
+SIZE_REACH_PX = 8  # the drawn size counts target-coloured pixels within this distance of M
 METRICS = ("mask_iou", "background_psnr", "target_psnr", "success", "ghost_free", "clean")
 
 
@@ -39,6 +40,18 @@ def ghost_pixels(edited: np.ndarray, case: EditCase) -> np.ndarray:
     truth_from_old = np.sqrt(((g - old) ** 2).sum(-1))
     region = dilate(case.mask, 1) & (truth_from_old >= GHOST_OLD_DISTANCE)
     return region & (to_truth > GHOST_TRUTH_DISTANCE) & (to_old < to_truth)
+
+
+def drawn_size(edited: np.ndarray, case: EditCase) -> float:
+    """The new object's drawn size: the pixels of E within RGB distance 60 of the target colour, inside M grown by
+    SIZE_REACH_PX and outside the scene's other objects, over the footprint's pixels. 1 is the true size; above 1 the
+    new object spills past its footprint (a shape drawn too large, a blob), below 1 it falls short of it."""
+    near = np.sqrt(((np.asarray(edited, dtype=np.float64) - np.asarray(case.target_color, dtype=np.float64)) ** 2).sum(-1))
+    reach = dilate(case.mask, SIZE_REACH_PX)
+    for i, obj in enumerate(case.edited.objects):
+        if i != case.index:
+            reach &= ~obj.mask()
+    return float((reach & (near <= COLOR_DISTANCE)).sum() / case.footprint.sum())
 
 
 def score_edit(edited: np.ndarray, case: EditCase, predicted_mask: np.ndarray | None) -> dict:
@@ -70,6 +83,7 @@ def score_edit(edited: np.ndarray, case: EditCase, predicted_mask: np.ndarray | 
         "ghost_pixels": ghosts,
         "ghost_free": ghosts <= MAX_GHOST_PIXELS,
         "clean": success and ghosts <= MAX_GHOST_PIXELS,
+        "drawn_size": drawn_size(edited, case),
     }
 
 
@@ -81,7 +95,7 @@ def _mean(values: Iterable[float | None], cap: float | None = None) -> float | N
 
 def _group(rows: list[dict]) -> dict:
     """Mean metrics of a group of rows; success, ghost_free and clean are rates in [0, 1], PSNRs are clipped at PSNR_CAP,
-    ghost_pixels is the mean count (rows of older reports without ghosts give None)."""
+    ghost_pixels is the mean count, drawn_size the mean ratio (rows of older reports without them give None)."""
     return {
         "n": len(rows),
         "mask_iou": _mean(r["mask_iou"] for r in rows),
@@ -91,6 +105,7 @@ def _group(rows: list[dict]) -> dict:
         "ghost_pixels": _mean(r.get("ghost_pixels") for r in rows),
         "ghost_free": _mean(float(r["ghost_free"]) if "ghost_free" in r else None for r in rows),
         "clean": _mean(float(r["clean"]) if "clean" in r else None for r in rows),
+        "drawn_size": _mean(r.get("drawn_size") for r in rows),
     }
 
 
