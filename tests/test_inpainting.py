@@ -238,3 +238,56 @@ def test_inpaint_threshold_sets_the_hole_the_inpainter_paints_in(inpaint_editor,
     assert bool((tight <= loose).all()) and tight.sum() < loose.sum()
     user = type("M", (), {"soft": masks.soft, "latent": masks.mask, "computed": False})()
     assert torch.equal(inpaint_hole(user, EditOptions(inpaint_threshold=0.8)), masks.mask)  # a user's mask as given
+
+
+def test_source_visible_examples_show_the_whole_input_under_the_mask():
+    rng = np.random.default_rng(8)
+    examples = [draw_example(rng, 8, visible_share=1.0) for _ in range(30)]
+    edits = [e for e in examples if not np.array_equal(e[0], e[1])]  # an edit: target and input differ
+    assert edits and all(not hole.any() for _, _, _, hole, _ in edits)  # nothing holed: the old object stays visible
+    assert all(np.array_equal(masked_pixels(src, hole), src) for _, src, _, hole, _ in edits)
+    rects = [e for e in examples if np.array_equal(e[0], e[1])]  # rectangles and full masks still hole their cells
+    assert all(np.array_equal(h, np.kron(c, np.ones((8, 8), bool))) for _, _, c, h, _ in rects)
+
+
+def test_hole_weight_one_is_the_plain_loss_and_more_weighs_the_hole():
+    from diffedit.shapeworld.train_inpaint import inpainting_loss
+
+    torch.manual_seed(0)
+    unet = inpainter(seed=1)
+    z0, zm = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[:, :, 2:5, 2:5] = 1
+    states = torch.randn(2, 77, unet.config.cross_attention_dim)
+    alphas = torch.linspace(0.99, 0.01, 1000)
+
+    def loss(weight, m=mask):
+        return inpainting_loss(unet, states, z0, m, zm, alphas, torch.Generator().manual_seed(5), hole_weight=weight).item()
+
+    with torch.no_grad():
+        plain, weighted = loss(1.0), loss(4.0)
+        assert weighted != pytest.approx(plain)
+        assert loss(4.0, torch.ones_like(mask)) == pytest.approx(loss(1.0, torch.ones_like(mask)), rel=1e-5)  # all hole
+
+
+def test_an_inpainter_trained_on_unholed_inputs_is_shown_the_whole_input(tmp_path, image, monkeypatch):
+    import diffedit.stages.inpainting as inpainting
+
+    folder = tmp_path / "inp"
+    inpainter(seed=2).save_pretrained(folder / "unet")
+    assert not load_inpaint_unet(str(folder)).sees_source  # no training.json: the usual holed input
+    (folder / "training.json").write_text(json.dumps({"masked_image": "source"}))
+    unet = load_inpaint_unet(str(folder))
+    assert unet.sees_source and load_inpaint_unet(str(folder / "unet")).sees_source  # the UNet folder reads its parent's
+    editor = DiffEditor.from_components(tiny_components(), progress=False, inpaint_unet=unet)
+    shown = []
+    real = inpainting.masked_image_latents
+    monkeypatch.setattr(inpainting, "masked_image_latents",
+                        lambda parts, pixels, mask, hole=None: shown.append(hole) or real(parts, pixels, mask, hole))
+    args = ([image], ["a red square"], ["a blue square"])
+    default = editor.edit(*args, seed=0, **KW)
+    holed = editor.edit(*args, seed=0, inpaint_source=False, **KW)  # the option overrides the folder
+    assert not shown[0].any() and shown[1].any()  # nothing holed, then the pixel hole
+    same = editor.edit(*args, seed=0, inpaint_source=True, **KW)
+    assert np.array_equal(np.asarray(same.images[0]), np.asarray(default.images[0]))
+    assert holed.options.inpaint_source is False and default.options.inpaint_source is None

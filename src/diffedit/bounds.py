@@ -76,6 +76,7 @@ BOUNDS: dict[str, Bound] = {
     "caption_strength": Bound("float", **UNIT, low_open=True, optional=True, why="a fraction of the noise range"),
     "inpaint_candidate": Bound("bool"),
     "inpaint_pixel_hole": Bound("bool"),
+    "inpaint_source": Bound("bool", optional=True),
     "inpaint_threshold": Bound("float", 0.0, 1.0, optional=True, why="the map is rescaled to [0, 1]"),
     "rerank_noises": Bound("int", 1, 64, why="UNet rows of the scoring grow with it"),
     "rerank_levels": Bound("floats", **UNIT, high_open=True, min_items=1, max_items=16,

@@ -232,7 +232,7 @@ def load_inpaint_unet(model: str | os.PathLike | None = None, *, dtype: torch.dt
             unet = StableDiffusionInpaintPipeline.from_single_file(str(path), **kwargs, **extra).unet
         elif path.is_dir():
             sub = {} if (path / "config.json").is_file() else {"subfolder": "unet"}
-            if not sub and not (path / "unet").is_dir() and model is not None:
+            if sub and not (path / "unet").is_dir() and model is not None:
                 raise ValueError(f"{path} is not an inpainting model folder (no unet/ or config.json)")
             if model is None and not (path / "unet").is_dir():
                 raise FileNotFoundError(f"the embedded ShapeWorld inpainting model is missing from this install ({path})")
@@ -255,4 +255,20 @@ def load_inpaint_unet(model: str | os.PathLike | None = None, *, dtype: torch.dt
             f"{model} is not an inpainting model: its UNet takes {unet.config.in_channels} input channels, an inpainting "
             "UNet 9 (latent, mask, masked-image latent)"
         )
+    unet.sees_source = path.is_dir() and _trained_to_see_source(path)
     return unet
+
+
+SEES_SOURCE_KEY = ("masked_image", "source")  # training.json of an inpainter trained on unholed inputs (--source-visible)
+
+
+def _trained_to_see_source(folder: Path) -> bool:
+    """Whether the inpainting folder's training.json (its own, or its parent's for a UNet folder) says the inpainter
+    was trained to see the whole input under the mask."""
+    for info in (folder / "training.json", folder.parent / "training.json"):
+        if info.is_file():
+            try:
+                return json.loads(info.read_text()).get(SEES_SOURCE_KEY[0]) == SEES_SOURCE_KEY[1]
+            except (ValueError, AttributeError):
+                return False
+    return False

@@ -36,6 +36,8 @@ class EditOptions:
     caption_strength: float | None = 0.8  # encoding ratio of the caption candidate; None: strength
     inpaint_candidate: bool = True  # with an inpainting UNet loaded (--inpaint-model), it decodes the first candidate
     inpaint_pixel_hole: bool = True  # the inpainter's masked image holes the pixel mask (over the old object), not whole cells
+    inpaint_source: bool | None = None  # the inpainter's masked image is the whole input (an inpainter trained to redraw
+    #   what it sees under the mask: train-inpaint --source-visible); None: as the inpainter's folder says
     inpaint_threshold: float | None = None  # threshold of the latent mask the inpainting UNet paints in; None: decode's
     rerank_noises: int = 4  # noises per level when scoring candidates
     rerank_levels: tuple[float, ...] = (0.4, 0.6, 0.8)  # noise levels (fractions of training steps) of the score

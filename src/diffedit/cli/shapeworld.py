@@ -124,6 +124,8 @@ def shapeworld_train_inpaint(
     batch_size: int = typer.Option(32, "--batch-size"),
     lr: float = typer.Option(2e-4, "--lr", help="AdamW learning rate."),
     pixel_holes: float = typer.Option(0.0, "--pixel-holes", help="Share of edits holed at their pixels, not cells (first call)."),
+    source_visible: float = typer.Option(0.0, "--source-visible", help="Share of edits shown unholed (first call)."),
+    hole_weight: float = typer.Option(1.0, "--hole-weight", help="Loss weight of the mask's latent cells against the others."),
     anneal: bool = typer.Option(False, "--anneal", help="Cosine-decay the learning rate to 10 % over this call (a last run)."),
     seed: int = typer.Option(0, "--seed"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
@@ -138,6 +140,8 @@ def shapeworld_train_inpaint(
         check_range(value, flag, 1, 10**9)
     check_range(lr, "--lr", 1e-8, 1.0)
     check_range(pixel_holes, "--pixel-holes", 0.0, 1.0)
+    check_range(source_visible, "--source-visible", 0.0, 1.0)
+    check_range(hole_weight, "--hole-weight", 1.0, 100.0)
     if (minutes is None) == (steps is None):
         fail("give exactly one of --minutes and --steps")
     if output.exists() and not output.is_dir():
@@ -145,7 +149,8 @@ def shapeworld_train_inpaint(
     quiet_libraries()
     try:
         figures = train_inpaint(output, base=base, init=init, minutes=minutes, steps=steps, examples=examples,
-                                batch_size=batch_size, lr=lr, anneal=anneal, pixel_holes=pixel_holes, seed=seed,
+                                batch_size=batch_size, lr=lr, anneal=anneal, pixel_holes=pixel_holes,
+                                source_visible=source_visible, hole_weight=hole_weight, seed=seed,
                                 threads=threads, quiet=quiet)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))

@@ -76,13 +76,14 @@ def pixel_hole(rng: np.random.Generator, changed: np.ndarray, cells: np.ndarray)
 
 
 def draw_example(
-    rng: np.random.Generator, cell: int, pixel_share: float = 0.0
+    rng: np.random.Generator, cell: int, pixel_share: float = 0.0, visible_share: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
     """One example: (target image, image to mask, mask of cell x cell latent cells, pixels to hole, target caption).
 
-    An edit's hole is, in `pixel_share` of the examples, the changed pixels (pixel_hole: the inpainter learns the
-    object's exact extent from the hole's edge) and otherwise the whole cells; rectangles and full masks hole cells.
-    With `pixel_share` 0 (the shipped inpainter's recipe) it draws the same examples as before pixel holes existed."""
+    An edit's masked image holes, in `visible_share` of the examples, nothing: the old object stays visible under the
+    mask, so the inpainter learns to redraw it changed at its own place and size; else in `pixel_share` of them the
+    changed pixels (pixel_hole: the object's exact extent from the hole's edge), else the whole cells. Rectangles and
+    full masks hole cells. With both shares 0 it draws the same examples as before either existed."""
     kind = rng.random()
     if kind < EDIT_SHARE:
         case = world.sample_edit(rng)
@@ -90,6 +91,8 @@ def draw_example(
         if rng.random() < 0.3:
             cells = _grow(cells)
         whole = np.kron(cells, np.ones((cell, cell), bool))
+        if visible_share and rng.random() < visible_share:
+            return case.target_image, case.source_image, cells, np.zeros_like(whole), case.target
         hole = pixel_hole(rng, case.mask, cells) if pixel_share and rng.random() < pixel_share else whole
         return case.target_image, case.source_image, cells, hole, case.target
     scene = world.sample_scene(rng)
@@ -114,14 +117,15 @@ def masked_pixels(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def encode_examples(
-    vae, n: int, seed: int, *, batch_size: int = 64, log: Logger | None = None, pixel_share: float = 0.0
+    vae, n: int, seed: int, *, batch_size: int = 64, log: Logger | None = None, pixel_share: float = 0.0,
+    visible_share: float = 0.0,
 ) -> dict:
     """n examples encoded once: target latents, masked-image latents (n, 4, h, w) fp16, masks (n, 1, h, w), captions."""
     rng = np.random.default_rng(seed)
     scale, cell = vae.config.scaling_factor, 2 ** (len(vae.config.block_out_channels) - 1)
     z0, zm, masks, captions = [], [], [], []
     for i in range(0, n, batch_size):
-        batch = [draw_example(rng, cell, pixel_share) for _ in range(min(batch_size, n - i))]
+        batch = [draw_example(rng, cell, pixel_share, visible_share) for _ in range(min(batch_size, n - i))]
         target = images_to_tensor(np.stack([b[0] for b in batch])).to(vae.device, vae.dtype)
         holed = images_to_tensor(np.stack([masked_pixels(b[1], b[3]) for b in batch])).to(vae.device, vae.dtype)
         z0.append((vae.encode(target).latent_dist.mean.float() * scale).half().cpu())
@@ -135,17 +139,18 @@ def encode_examples(
 
 def inpainting_loss(
     unet, states: torch.Tensor, z0: torch.Tensor, mask: torch.Tensor, zm: torch.Tensor, alphas_cumprod: torch.Tensor,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, hole_weight: float = 1.0,
 ) -> torch.Tensor:
     """The epsilon loss of DDPM with the mask and the masked-image latent concatenated to the noisy latent
-    (Min-SNR-5 weighted, as the plain model's)."""
+    (Min-SNR-5 weighted, as the plain model's); the latent cells of the mask weigh `hole_weight` times the others."""
     b = z0.shape[0]
     t = torch.randint(0, alphas_cumprod.shape[0], (b,), generator=generator)
     noise = torch.randn(z0.shape, generator=generator)
     a = alphas_cumprod[t].view(b, 1, 1, 1)
     zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
     eps = unet(torch.cat([zt, mask, zm], dim=1), t, encoder_hidden_states=states).sample
-    per_sample = (eps.float() - noise).pow(2).mean(dim=(1, 2, 3))
+    weight = 1 + (hole_weight - 1) * mask
+    per_sample = ((eps.float() - noise).pow(2) * weight).mean(dim=(1, 2, 3)) / weight.mean(dim=(1, 2, 3))
     snr = a.view(b) / (1 - a.view(b))
     return (per_sample * torch.clamp(snr, max=SNR_GAMMA) / snr).mean()
 
@@ -164,6 +169,8 @@ def train_inpaint(
     caption_dropout: float = 0.1,
     anneal: bool = False,
     pixel_holes: float = 0.0,
+    source_visible: float = 0.0,
+    hole_weight: float = 1.0,
     seed: int = 0,
     threads: int | None = None,
     quiet: bool = False,
@@ -171,8 +178,9 @@ def train_inpaint(
     """Train (or continue, when output/ckpt holds a state) the inpainting UNet of the ShapeWorld model `base`
     (default: the embedded one) for `minutes` or `steps`; saves output/model and returns the figures. A first call
     starts from the inpainting UNet folder `init` when given (e.g. the embedded inpainter), else from the widened base.
-    `pixel_holes`: the share of edit examples whose masked image holes the changed pixels, not whole cells (first call:
-    the examples are encoded then)."""
+    `pixel_holes`: the share of edit examples whose masked image holes the changed pixels, not whole cells;
+    `source_visible`: the share whose masked image is the whole input (both on the first call: the examples are encoded
+    then); `hole_weight`: the loss's weight of the mask's cells against the rest."""
     from diffedit.loading import embedded_model_path
     from diffedit.shapeworld.model import load_model
 
@@ -187,7 +195,7 @@ def train_inpaint(
     base = Path(base) if base is not None else embedded_model_path()
     parts = load_model(base)
     # 1. The examples (encoded once, cached for the next call) and their frozen text states
-    data = _examples(parts, ckpt / "inpaint_data.pt", examples, seed, log, pixel_holes)
+    data = _examples(parts, ckpt / "inpaint_data.pt", examples, seed, log, pixel_holes, source_visible)
     with torch.no_grad():
         states = parts["text_encoder"](tokenize(parts["tokenizer"], data["captions"]))[0]  # (N, T, D)
         empty = parts["text_encoder"](tokenize(parts["tokenizer"], [""]))[0]  # (1, T, D)
@@ -207,7 +215,8 @@ def train_inpaint(
         drop = torch.rand(batch_size, generator=gen) < caption_dropout
         cond = torch.where(drop[:, None, None], empty.expand(batch_size, -1, -1), states[idx])
         loss = inpainting_loss(
-            unet, cond, data["z0"][idx].float(), data["mask"][idx].float(), data["zm"][idx].float(), alphas, gen
+            unet, cond, data["z0"][idx].float(), data["mask"][idx].float(), data["zm"][idx].float(), alphas, gen,
+            hole_weight=hole_weight,
         )
         optimizer_step(opt, unet, ema, loss, ema_decay, start_step + step)
         step += 1
@@ -217,7 +226,7 @@ def train_inpaint(
     seconds = round(time.time() - t_start, 1)
     history.append({"stage": "inpaint", "steps": step, "total_steps": start_step + step, "seconds": seconds,
                     "final_loss": ema_loss, "anneal": anneal, "lr": lr, "examples": len(data["captions"]),
-                    "pixel_holes": pixel_holes})
+                    "pixel_holes": pixel_holes, "source_visible": source_visible, "hole_weight": hole_weight})
     torch.save({"unet": unet.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
                 "step": start_step + step, "history": history}, state_path)
     model = _save_inpainter(parts, ema, output / "model", base, history)
@@ -248,12 +257,13 @@ def _unet_and_state(base_unet, lr: float, state_path: Path, log: Logger, init: s
     return unet, ema, opt, state["step"], state["history"]
 
 
-def _examples(parts: dict, path: Path, n: int, seed: int, log: Logger, pixel_share: float = 0.0) -> dict:
+def _examples(parts: dict, path: Path, n: int, seed: int, log: Logger, pixel_share: float = 0.0,
+              visible_share: float = 0.0) -> dict:
     """The cached examples at `path`, or n fresh ones encoded and cached there."""
     if path.exists():
         return torch.load(path)
     t0 = time.time()
-    data = encode_examples(parts["vae"].eval(), n, seed + 1, log=log, pixel_share=pixel_share)
+    data = encode_examples(parts["vae"].eval(), n, seed + 1, log=log, pixel_share=pixel_share, visible_share=visible_share)
     torch.save(data, path)
     log(f"encoded {n} examples in {time.time() - t0:.0f} s")
     return data
@@ -261,10 +271,13 @@ def _examples(parts: dict, path: Path, n: int, seed: int, log: Logger, pixel_sha
 
 def _save_inpainter(parts: dict, unet, path: Path, base: Path, history: list[dict]) -> Path:
     """The base model's components with the inpainting UNet, as a diffusers inpainting folder (fp16)."""
+    from diffedit.loading import SEES_SOURCE_KEY
     from diffedit.shapeworld.model import save_model
 
-    model = save_model(dict(parts, unet=unet), path,
-                       training_info={"base": str(base), "stages": history, "threads": torch.get_num_threads()})
+    info = {"base": str(base), "stages": history, "threads": torch.get_num_threads()}
+    if any(stage.get("source_visible") for stage in history):
+        info[SEES_SOURCE_KEY[0]] = SEES_SOURCE_KEY[1]  # the editor shows it the whole input (stages/inpainting.py)
+    model = save_model(dict(parts, unet=unet), path, training_info=info)
     index = json.loads((model / "model_index.json").read_text())
     index["_class_name"] = "StableDiffusionInpaintPipeline"
     (model / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")

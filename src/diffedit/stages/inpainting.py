@@ -21,7 +21,7 @@ from .decoding import MaskedDDIMDecoder
 
 __all__ = [
     "InpaintingUNet", "InpaintingDecoder", "check_inpainter", "inpaint_hole", "masked_image_latents", "pixel_hole",
-    "job_masked_latents",
+    "job_masked_latents", "sees_source",
     "INPAINT_CHANNELS",
 ]
 
@@ -85,11 +85,22 @@ def masked_image_latents(
 
 
 def job_masked_latents(parts: Components, batch, masks, hole: torch.Tensor, options) -> torch.Tensor:
-    """The masked-image latents (J, C, h, w) of a batch's jobs for the latent hole (J, h, w): holed at the pixel mask
-    (pixel_hole) with `inpaint_pixel_hole`, else at the hole's whole cells."""
+    """The masked-image latents (J, C, h, w) of a batch's jobs for the latent hole (J, h, w): the whole input for an
+    inpainter that sees the source (sees_source), else holed at the pixel mask (pixel_hole) with `inpaint_pixel_hole`,
+    else at the hole's whole cells."""
     pixels = batch.pixels[batch.job_image]
+    if sees_source(parts, options):
+        return masked_image_latents(parts, pixels, hole, torch.zeros(len(pixels), *pixels.shape[-2:], dtype=torch.bool))
     exact = pixel_hole(masks, hole, pixels, options.edit_cover) if options.inpaint_pixel_hole else None
     return masked_image_latents(parts, pixels, hole, exact)
+
+
+def sees_source(parts: Components, options) -> bool:
+    """Whether the inpainter's masked image is the whole input: `inpaint_source`, or when None the inpainter's own
+    flag (loading.load_inpaint_unet reads it from its folder: trained on unholed inputs, it redraws what it sees)."""
+    if options.inpaint_source is not None:
+        return options.inpaint_source
+    return bool(getattr(parts.inpaint_unet, "sees_source", False))
 
 
 class InpaintingUNet:
