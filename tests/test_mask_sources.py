@@ -83,3 +83,22 @@ def test_cli_mask_source_names_a_source_or_a_file(tmp_path, tiny_model_dir):
     assert np.array_equal(out[30:], original[30:])  # far outside the user's mask: exact
     res = runner.invoke(app, [*base, "--mask-source", str(mask), "--mask", str(mask), "-o", str(tmp_path / "x.png")])
     assert res.exit_code == 2 and "give one" in res.output
+
+
+def test_cli_mask_command_takes_a_mask_source(tmp_path, tiny_model_dir):
+    import json
+
+    runner = CliRunner()
+    src, _ = _write(tmp_path)
+    base = ["mask", str(src), "-s", "a red square", "-t", "a blue circle", "-m", str(tiny_model_dir), "--seed", "3",
+            "--mask-noises", "2", "-q"]
+    soft = {}
+    for source in ("noise", "attention"):
+        res = runner.invoke(app, [*base, "--mask-source", source, "-o", str(tmp_path / f"{source}.png"),
+                                  "--soft-output", str(tmp_path / f"{source}_soft.png")])
+        assert res.exit_code in (0, 3), res.output
+        assert json.loads((tmp_path / f"{source}.json").read_text())["options"]["mask_source"] == source
+        soft[source] = np.asarray(Image.open(tmp_path / f"{source}_soft.png"))
+    assert not np.array_equal(soft["noise"], soft["attention"])  # the flag reached the mask stage
+    res = runner.invoke(app, [*base, "--mask-source", "edges", "-o", str(tmp_path / "x.png")])
+    assert res.exit_code == 2 and "mask_source" in res.output and not (tmp_path / "x.png").exists()

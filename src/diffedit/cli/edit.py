@@ -256,6 +256,12 @@ def mask_command(
     threshold: float = typer.Option(
         DEFAULTS.mask_threshold, "--threshold", help="Mask threshold in [0, 1].", rich_help_panel=MASK,
     ),
+    mask_source: Optional[str] = typer.Option(
+        None, "--mask-source", metavar="noise|attention|both",
+        help="The noise difference, the changed words' cross-attention (one pass), or both combined (default: the "
+        "method's; docs/engine.md).",
+        rich_help_panel=MASK,
+    ),
     mask_noises: int = MASK_NOISES_OPTION,
     smooth: float = SMOOTH_OPTION,
     dilate: int = DILATE_OPTION,
@@ -272,7 +278,7 @@ def mask_command(
     from diffedit.files import OutputFile
 
     flags = dict(mask_threshold=threshold, mask_noises=mask_noises, mask_smooth=smooth, mask_dilate=dilate,
-                 max_pixels=max_pixels)
+                 max_pixels=max_pixels, mask_source=mask_source)
     options = edit_options(flags, settings, preset)
     input_image, _, device, dtype = _prepare(image, source, [target], seed, options, None, device, dtype, threads)
     output = output or default_output(image, "mask")
