@@ -475,3 +475,49 @@ def test_grow_into_object_takes_the_old_objects_whole_footprint():
     old[6:14, 6:14] = True
     assert torch.equal(grown, old)  # all of the old object, no background, not the unconnected object
     assert torch.equal(grow_into_object(mask, image, region, ring, 0.0), mask)  # 0: off
+
+
+def test_trim_spill_keeps_the_input_in_a_rim_past_the_old_edge_and_keeps_real_growth():
+    from diffedit.masks import trim_spill
+
+    image = torch.full((3, 40, 40), 0.5)
+    image[:, 10:20, 10:20] = torch.tensor([0.9, 0.1, 0.1])[:, None, None]  # the old object on gray
+    region = torch.zeros(40, 40, dtype=torch.bool)
+    region[2:38, 2:38] = True
+    ring = ~region
+    old = torch.zeros_like(region)
+    old[10:20, 10:20] = True
+    rim = torch.zeros_like(region)
+    rim[9:21, 9:21] = True  # the recoloured object drawn one pixel larger all round
+    assert torch.equal(trim_spill(rim, image, region, ring, 0.12, 1), old)
+    wide = rim.clone()
+    wide[12:18, 20:28] = True  # a new part 6 px thick, 8 px past the old edge: a shape change
+    assert torch.equal(trim_spill(wide, image, region, ring, 0.12, 1), wide)  # the part and the outline it leads from
+    apart = old.clone()
+    apart[12:18, 21:29] = True  # the same part, not touching the old edge
+    apart[9, 9:21] = True  # and a separate rim along the top
+    trimmed = trim_spill(apart, image, region, ring, 0.12, 1)
+    assert bool(trimmed[12:18, 21:29].all()) and not bool(trimmed[9].any())  # the growth stays, the rim goes
+    far = old.clone()
+    far[30, 5:35] = True  # a thin new feature far from the old object
+    assert torch.equal(trim_spill(far, image, region, ring, 0.12, 1), far)
+    assert not bool(trim_spill(torch.zeros_like(rim) | old | rim, image, region, ring, 0.12, 2)[9].any())
+    for off in ((rim, 0, 0.12), (rim, 1, 0.0)):  # width 0 or no colour distance: off
+        assert torch.equal(trim_spill(off[0], image, region, ring, off[2], off[1]), rim)
+
+
+def test_the_composite_keeps_the_background_next_to_a_recoloured_object_drawn_a_pixel_larger():
+    from diffedit.stages.finishing import snap_to_edit
+
+    original = torch.zeros(1, 3, 64, 64)  # mid-grey
+    original[0, :, 24:40, 24:40] = torch.tensor([0.8, -0.8, -0.8])[:, None, None]  # a red square
+    edited = original.clone()
+    edited[0, :, 23:41, 23:41] = torch.tensor([-0.8, -0.6, 0.8])[:, None, None]  # redrawn blue, one pixel larger
+    latent = torch.zeros(1, 8, 8, dtype=torch.bool)
+    latent[0, 2:6, 2:6] = True
+    old = torch.zeros(64, 64, dtype=torch.bool)
+    old[24:40, 24:40] = True
+    masks = {s: snap_to_edit(latent.float(), latent, original, edited, 0.5, 0.12, 8, torch.device("cpu"), cover=0.12,
+                             spill=s)[0] for s in (0, EditOptions().edit_spill)}
+    assert bool((masks[0] & ~old).any())  # without the trim the blue rim is pasted over the grey
+    assert torch.equal(masks[EditOptions().edit_spill], old)  # by default the new object ends at the old edge

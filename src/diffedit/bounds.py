@@ -97,6 +97,7 @@ BOUNDS: dict[str, Bound] = {
     "edit_snap": Bound("bool"),
     "edit_trim": Bound("float", 0.0, 2.5, why="colour distances over 6 channels in [0, 1] end at 2.45: above, all is trimmed"),
     "edit_cover": Bound("float", 0.0, 1.8, why="colour distances over 3 channels in [0, 1] end at 1.73: above, nothing grows"),
+    "edit_spill": Bound("int", 0, 16, why="a sliver past 32 px is no longer a pixel-off edge"),
     "feather": Bound("int", 0, 16, why="the ramp's cost grows with the cube of its width (16 px: ~1 s at 512 x 512)"),
     "max_pixels": Bound("int", 1, 2**26, optional=True,
                         why="8192 x 8192: an edit's memory grows with the pixels (null: PIL's 179-megapixel bomb check only)"),

@@ -119,7 +119,8 @@ def _prompt_mask(editor: "DiffEditor", image: Image.Image, edited: torch.Tensor,
         original = from_uint8(torch.from_numpy(np.array(image, dtype=np.uint8))).permute(2, 0, 1)[None]  # (1, 3, H, W) in [-1, 1]
         guide_edit = from_uint8(edited).unsqueeze(0)
         pixel = snap_to_edit(result.soft, result.mask, original, guide_edit, options.mask_threshold, options.edit_trim,
-                             editor.vae_scale_factor, editor.device, cover=options.edit_cover)[0]
+                             editor.vae_scale_factor, editor.device, cover=options.edit_cover,
+                             spill=options.edit_spill)[0]
     return pixel, result
 
 

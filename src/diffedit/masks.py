@@ -281,6 +281,40 @@ def trim_to_background(
     return out
 
 
+def reconstruct(seed: torch.Tensor, within: torch.Tensor) -> torch.Tensor:
+    """The pixels of `within` (H, W) connected (8-neighbourhood) to `seed`: a geodesic reconstruction."""
+    grown = seed & within
+    for _ in range(within.shape[-2] * within.shape[-1]):  # one pixel further each pass; stops when nothing grows
+        step = dilate(grown[None], 1)[0] & within
+        if torch.equal(step, grown):
+            break
+        grown = step
+    return grown
+
+
+def trim_spill(
+    mask: torch.Tensor, image: torch.Tensor, region: torch.Tensor, ring: torch.Tensor, tau: float, width: int, *,
+    max_samples: int = 1024, chunk: int = 8192,
+) -> torch.Tensor:
+    """Drop from a (H, W) mask the slivers, at most 2 * `width` pixels thick, that lie outside the old object and
+    within `width` pixels of it; image (C, H, W, in [0, 1]) is the input, the old object its pixels inside `region`
+    farther than `tau` from every colour of the ring (as grow_into_object).
+
+    A decoder redraws a kept outline a pixel or two off: a recoloured object comes out a pixel larger, and the
+    composite pastes that rim of new colour over the background next to the old edge. The input keeps those pixels,
+    so the new object ends at the old one's edge. A sliver connected to a thicker new part stays with it (a square
+    drawn over a circle keeps its whole sides, not only its corners), and so does everything farther from the old
+    object (a thin new feature away from it is never trimmed)."""
+    if width <= 0 or tau <= 0 or not bool(mask.any()) or not bool(ring.any()):
+        return mask
+    old = torch.zeros_like(mask)
+    old[region] = _far_from(image[:, region].T.float(), _ring_colors(image, ring, max_samples), tau, chunk)
+    outside = mask & ~old
+    thick = dilate(erode(outside[None], width), width)[0] & outside  # the opening keeps what is thicker than a sliver
+    shape_change = reconstruct(thick, outside)  # a new part together with the thin ends that lead up to it
+    return mask & ~(outside & ~shape_change & dilate(old[None], width)[0])
+
+
 def grow_into_object(
     mask: torch.Tensor, image: torch.Tensor, region: torch.Tensor, ring: torch.Tensor, tau: float, *,
     max_samples: int = 1024, chunk: int = 8192,
@@ -296,11 +330,4 @@ def grow_into_object(
         return mask
     allowed = torch.zeros_like(mask)
     allowed[region] = _far_from(image[:, region].T.float(), _ring_colors(image, ring, max_samples), tau, chunk)
-    allowed |= mask
-    grown = mask
-    for _ in range(mask.shape[-2] + mask.shape[-1]):  # geodesic reconstruction: one pixel further each pass
-        step = dilate(grown[None], 1)[0] & allowed
-        if torch.equal(step, grown):
-            break
-        grown = step
-    return grown
+    return reconstruct(mask, allowed | mask)

@@ -58,6 +58,8 @@ class EditOptions:
     edit_trim: float = 0.12  # drop mask pixels within this RGB distance of the background around it; 0 = off
     edit_cover: float = 0.12  # grow the mask over input pixels farther than this from that background (the old
     #   object's whole footprint, so none of it survives as a ghost); 0 = off
+    edit_spill: int = 2  # keep the input in slivers up to 2x this many pixels thick just outside the old object
+    #   (found as edit_cover finds it): the new object's edge drawn a pixel or two past the old one's; 0 = off
     feather: int = 0  # width in pixels of an opacity ramp outside the composite's mask; 0 = a hard edge
     max_pixels: int | None = DEFAULT_MAX_PIXELS  # refuse larger inputs with a clear error
     # attention control, Prompt-to-Prompt (methods p2p and diffedit_p2p; docs/attention.md)

@@ -47,6 +47,7 @@ OURS_VARIANTS: dict[str, dict] = {
     "ours_one_threshold": {"decode_threshold": None},  # decoding paints in the latent mask at mask_threshold (paper)
     "ours_no_trim": {"edit_trim": 0.0},  # the edit snap keeps the guided filter's halo of background
     "ours_no_cover": {"edit_cover": 0.0},  # the composite's mask stops where the edit's edges do, short of the old object
+    "ours_no_spill": {"edit_spill": 0},  # the composite pastes the new object's rim drawn a pixel or two past the old edge
     "ours_feather2": {"feather": 2},  # a 2 px opacity ramp around the composite's mask
     "ours_whole_prompt_mask": {"mask_per_change": False},  # a several-word change mapped as one (the paper's map)
     "ours_noise_candidate": {"noise_candidates": (0.5,), "rerank_levels": (0.6, 0.7, 0.8, 0.9), "rerank_unconditional": 2.0},

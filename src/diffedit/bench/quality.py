@@ -37,8 +37,8 @@ __all__ = ["METHODS", "run_quality", "format_quality", "format_quality_markdown"
 METHODS = (
     "ours", "diffusers", "sdedit", "gt_mask", "ours_no_smooth", "ours_no_composite", "ours_batch_norm", "ours_no_edit_snap",
     "ours_no_refine", "ours_snap_input", "ours_one_threshold", "ours_no_trim", "ours_whole_prompt_mask", "ours_one_candidate",
-    "ours_noise_candidate", "ours_no_cover", "ours_feather2", "ours_attention_mask", "ours_both_mask", "ours_no_inpaint",
-    "ours_inpaint", "gt_mask_inpaint", "ours_negative_prompt", "ours_null_text", "ours_direct", "ours_ddpm",
+    "ours_noise_candidate", "ours_no_cover", "ours_no_spill", "ours_feather2", "ours_attention_mask", "ours_both_mask",
+    "ours_no_inpaint", "ours_inpaint", "gt_mask_inpaint", "ours_negative_prompt", "ours_null_text", "ours_direct", "ours_ddpm",
     "p2p", "diffedit_p2p", "diffedit_p2p_no_inpaint",
     *PROMPTED, *FLOW_METHODS,
 )

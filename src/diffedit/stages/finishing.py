@@ -13,7 +13,7 @@ from PIL import Image
 
 from ..components import Components
 from ..images import to_uint8
-from ..masks import dilate, grow_into_object, guided_filter, trim_to_background, upsample_mask
+from ..masks import dilate, grow_into_object, guided_filter, trim_spill, trim_to_background, upsample_mask
 from ..sampling import composite, feathered_alpha
 from .batch import Batch
 from .masking import JobMasks
@@ -24,7 +24,7 @@ __all__ = ["CompositeFinisher", "snap_to_edit", "mask_images"]
 
 def snap_to_edit(
     soft: torch.Tensor, latent: torch.Tensor, original: torch.Tensor, edited: torch.Tensor, threshold: float,
-    trim: float, factor: int, device: torch.device, cover: float = 0.0,
+    trim: float, factor: int, device: torch.device, cover: float = 0.0, spill: int = 0,
 ) -> torch.Tensor:
     """The composite's pixel mask (J, H, W) from the soft map snapped to the edges of input and edit.
 
@@ -56,6 +56,7 @@ def snap_to_edit(
         out[j] = trim_to_background(out[j], guide[j], ring[j], trim)
         box = (slice(y0, y1), slice(x0, x1))  # the region and its ring lie inside: growing stays there
         out[j][box] = grow_into_object(out[j][box], guide[j, :3][(slice(None), *box)], region[j][box], ring[j][box], cover)
+        out[j][box] = trim_spill(out[j][box], guide[j, :3][(slice(None), *box)], region[j][box], ring[j][box], cover, spill)
     return out.cpu()
 
 
@@ -75,7 +76,7 @@ class CompositeFinisher:
             inputs = batch.pixels[batch.job_image][:, :, :h, :w]
             pixel = snap_to_edit(
                 masks.soft, masks.latent, inputs, decoded.clamp(-1, 1), options.mask_threshold, options.edit_trim,
-                parts.vae_scale_factor, parts.device, cover=options.edit_cover,
+                parts.vae_scale_factor, parts.device, cover=options.edit_cover, spill=options.edit_spill,
             )
         original = to_uint8(batch.pixels[:, :, :h, :w])[batch.job_image]
         alpha = feathered_alpha(pixel, options.feather)
