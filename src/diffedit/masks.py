@@ -281,6 +281,16 @@ def trim_to_background(
     return out
 
 
+def object_pixels(
+    image: torch.Tensor, region: torch.Tensor, ring: torch.Tensor, tau: float, max_samples: int = 1024, chunk: int = 8192
+) -> torch.Tensor:
+    """(H, W) bool: the pixels of `region` whose colour in image (C, H, W, in [0, 1]) lies farther than `tau` from every
+    colour of the ring (the background around the region): the input's object there."""
+    out = torch.zeros_like(region)
+    out[region] = _far_from(image[:, region].T.float(), _ring_colors(image, ring, max_samples), tau, chunk)
+    return out
+
+
 def reconstruct(seed: torch.Tensor, within: torch.Tensor) -> torch.Tensor:
     """The pixels of `within` (H, W) connected (8-neighbourhood) to `seed`: a geodesic reconstruction."""
     grown = seed & within
@@ -307,8 +317,7 @@ def trim_spill(
     object (a thin new feature away from it is never trimmed)."""
     if width <= 0 or tau <= 0 or not bool(mask.any()) or not bool(ring.any()):
         return mask
-    old = torch.zeros_like(mask)
-    old[region] = _far_from(image[:, region].T.float(), _ring_colors(image, ring, max_samples), tau, chunk)
+    old = object_pixels(image, region, ring, tau, max_samples, chunk)
     outside = mask & ~old
     thick = dilate(erode(outside[None], width), width)[0] & outside  # the opening keeps what is thicker than a sliver
     shape_change = reconstruct(thick, outside)  # a new part together with the thin ends that lead up to it
@@ -328,6 +337,4 @@ def grow_into_object(
     """
     if tau <= 0 or not bool(mask.any()) or not bool(ring.any()):
         return mask
-    allowed = torch.zeros_like(mask)
-    allowed[region] = _far_from(image[:, region].T.float(), _ring_colors(image, ring, max_samples), tau, chunk)
-    return reconstruct(mask, allowed | mask)
+    return reconstruct(mask, object_pixels(image, region, ring, tau, max_samples, chunk) | mask)
