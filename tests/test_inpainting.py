@@ -250,6 +250,16 @@ def test_source_visible_examples_show_the_whole_input_under_the_mask():
     assert all(np.array_equal(h, np.kron(c, np.ones((8, 8), bool))) for _, _, c, h, _ in rects)
 
 
+def test_edit_share_sets_how_many_examples_are_edits():
+    def edits(share):
+        rng = np.random.default_rng(9)
+        examples = [draw_example(rng, 8, edit_share=share) for _ in range(60)]
+        return sum(not np.array_equal(target, source) for target, source, *_ in examples)  # an edit changes the input
+
+    assert edits(0.0) == 0 and edits(1.0) >= 57  # (an edit may redraw a hidden object the same: rare)
+    assert edits(0.3) < edits(0.7) < edits(1.0)
+
+
 def test_hole_weight_one_is_the_plain_loss_and_more_weighs_the_hole():
     from diffedit.shapeworld.train_inpaint import inpainting_loss
 

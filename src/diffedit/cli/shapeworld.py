@@ -126,6 +126,7 @@ def shapeworld_train_inpaint(
     pixel_holes: float = typer.Option(0.0, "--pixel-holes", help="Share of edits holed at their pixels, not cells (first call)."),
     source_visible: float = typer.Option(0.0, "--source-visible", help="Share of edits shown unholed (first call)."),
     hole_weight: float = typer.Option(1.0, "--hole-weight", help="Loss weight of the mask's latent cells against the others."),
+    edit_share: float = typer.Option(0.7, "--edit-share", help="Share of examples that are edits (first call)."),
     anneal: bool = typer.Option(False, "--anneal", help="Cosine-decay the learning rate to 10 % over this call (a last run)."),
     seed: int = typer.Option(0, "--seed"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch."),
@@ -142,6 +143,7 @@ def shapeworld_train_inpaint(
     check_range(pixel_holes, "--pixel-holes", 0.0, 1.0)
     check_range(source_visible, "--source-visible", 0.0, 1.0)
     check_range(hole_weight, "--hole-weight", 1.0, 100.0)
+    check_range(edit_share, "--edit-share", 0.0, 1.0)
     if (minutes is None) == (steps is None):
         fail("give exactly one of --minutes and --steps")
     if output.exists() and not output.is_dir():
@@ -150,7 +152,8 @@ def shapeworld_train_inpaint(
     try:
         figures = train_inpaint(output, base=base, init=init, minutes=minutes, steps=steps, examples=examples,
                                 batch_size=batch_size, lr=lr, anneal=anneal, pixel_holes=pixel_holes,
-                                source_visible=source_visible, hole_weight=hole_weight, seed=seed,
+                                source_visible=source_visible, hole_weight=hole_weight, edit_share=edit_share,
+                                seed=seed,
                                 threads=threads, quiet=quiet)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))

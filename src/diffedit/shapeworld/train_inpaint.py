@@ -76,16 +76,18 @@ def pixel_hole(rng: np.random.Generator, changed: np.ndarray, cells: np.ndarray)
 
 
 def draw_example(
-    rng: np.random.Generator, cell: int, pixel_share: float = 0.0, visible_share: float = 0.0
+    rng: np.random.Generator, cell: int, pixel_share: float = 0.0, visible_share: float = 0.0,
+    edit_share: float = EDIT_SHARE,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
     """One example: (target image, image to mask, mask of cell x cell latent cells, pixels to hole, target caption).
 
     An edit's masked image holes, in `visible_share` of the examples, nothing: the old object stays visible under the
     mask, so the inpainter learns to redraw it changed at its own place and size; else in `pixel_share` of them the
     changed pixels (pixel_hole: the object's exact extent from the hole's edge), else the whole cells. Rectangles and
-    full masks hole cells. With both shares 0 it draws the same examples as before either existed."""
+    full masks hole cells. With both shares 0 it draws the same examples as before either existed. `edit_share`: the
+    share of edits among the examples (the rest: 2/3 rectangles, 1/3 full masks)."""
     kind = rng.random()
-    if kind < EDIT_SHARE:
+    if kind < edit_share:
         case = world.sample_edit(rng)
         cells = cell_mask(case.mask, float(rng.choice([0.0, 0.2, 0.4])), cell)
         if rng.random() < 0.3:
@@ -99,7 +101,7 @@ def draw_example(
     image = scene.render()
     n = image.shape[0] // cell
     cells = np.zeros((n, n), bool)
-    if kind < EDIT_SHARE + (1 - EDIT_SHARE) * 2 / 3:
+    if kind < edit_share + (1 - edit_share) * 2 / 3:
         h, w = rng.integers(2, n // 2 + 3, size=2)
         y, x = rng.integers(0, n - h + 1), rng.integers(0, n - w + 1)
         cells[y : y + h, x : x + w] = True
@@ -118,14 +120,14 @@ def masked_pixels(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def encode_examples(
     vae, n: int, seed: int, *, batch_size: int = 64, log: Logger | None = None, pixel_share: float = 0.0,
-    visible_share: float = 0.0,
+    visible_share: float = 0.0, edit_share: float = EDIT_SHARE,
 ) -> dict:
     """n examples encoded once: target latents, masked-image latents (n, 4, h, w) fp16, masks (n, 1, h, w), captions."""
     rng = np.random.default_rng(seed)
     scale, cell = vae.config.scaling_factor, 2 ** (len(vae.config.block_out_channels) - 1)
     z0, zm, masks, captions = [], [], [], []
     for i in range(0, n, batch_size):
-        batch = [draw_example(rng, cell, pixel_share, visible_share) for _ in range(min(batch_size, n - i))]
+        batch = [draw_example(rng, cell, pixel_share, visible_share, edit_share) for _ in range(min(batch_size, n - i))]
         target = images_to_tensor(np.stack([b[0] for b in batch])).to(vae.device, vae.dtype)
         holed = images_to_tensor(np.stack([masked_pixels(b[1], b[3]) for b in batch])).to(vae.device, vae.dtype)
         z0.append((vae.encode(target).latent_dist.mean.float() * scale).half().cpu())
@@ -171,6 +173,7 @@ def train_inpaint(
     pixel_holes: float = 0.0,
     source_visible: float = 0.0,
     hole_weight: float = 1.0,
+    edit_share: float = EDIT_SHARE,
     seed: int = 0,
     threads: int | None = None,
     quiet: bool = False,
@@ -180,7 +183,8 @@ def train_inpaint(
     starts from the inpainting UNet folder `init` when given (e.g. the embedded inpainter), else from the widened base.
     `pixel_holes`: the share of edit examples whose masked image holes the changed pixels, not whole cells;
     `source_visible`: the share whose masked image is the whole input (both on the first call: the examples are encoded
-    then); `hole_weight`: the loss's weight of the mask's cells against the rest."""
+    then); `hole_weight`: the loss's weight of the mask's cells against the rest; `edit_share`: the share of examples
+    that are edits (first call)."""
     from diffedit.loading import embedded_model_path
     from diffedit.shapeworld.model import load_model
 
@@ -195,7 +199,7 @@ def train_inpaint(
     base = Path(base) if base is not None else embedded_model_path()
     parts = load_model(base)
     # 1. The examples (encoded once, cached for the next call) and their frozen text states
-    data = _examples(parts, ckpt / "inpaint_data.pt", examples, seed, log, pixel_holes, source_visible)
+    data = _examples(parts, ckpt / "inpaint_data.pt", examples, seed, log, pixel_holes, source_visible, edit_share)
     with torch.no_grad():
         states = parts["text_encoder"](tokenize(parts["tokenizer"], data["captions"]))[0]  # (N, T, D)
         empty = parts["text_encoder"](tokenize(parts["tokenizer"], [""]))[0]  # (1, T, D)
@@ -226,7 +230,8 @@ def train_inpaint(
     seconds = round(time.time() - t_start, 1)
     history.append({"stage": "inpaint", "steps": step, "total_steps": start_step + step, "seconds": seconds,
                     "final_loss": ema_loss, "anneal": anneal, "lr": lr, "examples": len(data["captions"]),
-                    "pixel_holes": pixel_holes, "source_visible": source_visible, "hole_weight": hole_weight})
+                    "pixel_holes": pixel_holes, "source_visible": source_visible, "hole_weight": hole_weight,
+                    "edit_share": edit_share})
     torch.save({"unet": unet.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
                 "step": start_step + step, "history": history}, state_path)
     model = _save_inpainter(parts, ema, output / "model", base, history)
@@ -258,12 +263,13 @@ def _unet_and_state(base_unet, lr: float, state_path: Path, log: Logger, init: s
 
 
 def _examples(parts: dict, path: Path, n: int, seed: int, log: Logger, pixel_share: float = 0.0,
-              visible_share: float = 0.0) -> dict:
+              visible_share: float = 0.0, edit_share: float = EDIT_SHARE) -> dict:
     """The cached examples at `path`, or n fresh ones encoded and cached there."""
     if path.exists():
         return torch.load(path)
     t0 = time.time()
-    data = encode_examples(parts["vae"].eval(), n, seed + 1, log=log, pixel_share=pixel_share, visible_share=visible_share)
+    data = encode_examples(parts["vae"].eval(), n, seed + 1, log=log, pixel_share=pixel_share, visible_share=visible_share,
+                           edit_share=edit_share)
     torch.save(data, path)
     log(f"encoded {n} examples in {time.time() - t0:.0f} s")
     return data
