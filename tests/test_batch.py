@@ -188,6 +188,27 @@ def test_cli_batch_reports_bad_rows_and_exit_codes(tmp_path):
     assert option.exit_code == 2 and "strength" in option.output
 
 
+def test_cli_batch_chooses_the_inpainter_and_its_sidecars_name_it(tmp_path):
+    manifest = write_shapeworld_manifest(tmp_path / "inputs", 1, seed=3)
+    fast = ["--steps", "4", "--set", "mask_noises=2", "--quiet"]  # the default candidates: the inpainter's first
+
+    def run(folder: str, *args: str) -> dict:
+        done = _cli("batch", str(manifest), "--output-dir", str(tmp_path / folder), *fast, *args)
+        assert done.exit_code == 0, done.output
+        return json.loads(next((tmp_path / folder).glob("case*.json")).read_text())
+
+    auto, none, same = run("auto"), run("none", "--inpaint-model", "none"), run("same", "--inpaint-model", "same")
+    assert auto["inpainter"] == "embedded" and auto["candidates"][0] == "r=1 inpaint"
+    assert none["inpainter"] is None and not any("inpaint" in c for c in none["candidates"])
+    assert same["inpainter"] is None and "r=1 noise 1" in same["candidates"]  # the model itself from fresh noise
+    # a job done with another inpainter is not done: its id holds another edit, so the row is refused, not skipped
+    again = _cli("batch", str(manifest), "--output-dir", str(tmp_path / "auto"), *fast, "--inpaint-model", "none")
+    assert again.exit_code == 5 and "holds another edit" in _results(tmp_path / "auto")[-1]["reason"]
+    missing = _cli("batch", str(manifest), "--output-dir", str(tmp_path / "gone"), *fast,
+                   "--inpaint-model", str(tmp_path / "nowhere"))
+    assert missing.exit_code == 2 and "not found" in missing.output
+
+
 # ---------------------------------------------------------------- crashes and the Ray engine
 @pytest.mark.slow
 def test_killed_batch_resumes_with_every_job_once_and_no_partial_file(tmp_path):

@@ -59,6 +59,7 @@ class Components:
     denoiser: Any = None  # what every UNet call goes through: the UNet, or an accelerated wrapper (accel.py)
     inpaint_unet: Any = None  # a 9-channel inpainting UNet of the same family, for the inpainting candidate
     inpaint_denoiser: Any = None  # what the inpainting UNet's calls go through (as `denoiser`)
+    inpaint_name: str | None = None  # where the inpainting UNet came from ("embedded", a folder, a hub id), for sidecars
     progress: dict = field(default_factory=dict)  # tqdm keyword arguments; {"disable": True} silences the bars
 
     def __post_init__(self) -> None:

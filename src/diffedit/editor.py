@@ -74,7 +74,10 @@ class DiffEditor:
         c = components
         kwargs.setdefault("inpaint_unet", c.inpaint_unet)
         kind = {} if type(c) is Components else {"components": c}  # a subclass (components_sdxl) is kept whole
-        return cls(c.vae, c.unet, c.text_encoder, c.tokenizer, c.scheduler, name=c.name, **kind, **kwargs)
+        editor = cls(c.vae, c.unet, c.text_encoder, c.tokenizer, c.scheduler, name=c.name, **kind, **kwargs)
+        if editor.components.inpaint_unet is c.inpaint_unet is not None and c.inpaint_name:
+            editor.components.inpaint_name = c.inpaint_name  # where it came from, not only its config's path
+        return editor
 
     @classmethod
     def from_pretrained(
@@ -107,12 +110,14 @@ class DiffEditor:
         if inpaint_model is not None:
             unet = load_inpaint_unet(None if inpaint_model == EMBEDDED_INPAINTER else inpaint_model, dtype=torch_dtype,
                                      config=config if model is not None and Path(str(inpaint_model)).is_file() else None)
-            editor.set_inpainter(unet)
+            editor.set_inpainter(unet, name=str(inpaint_model))
         return editor.to(device, torch_dtype)
 
-    def set_inpainter(self, unet) -> "DiffEditor":
+    def set_inpainter(self, unet, name: str | None = None) -> "DiffEditor":
         """Decode one more candidate with this 9-channel inpainting UNet (`EditOptions.inpaint_candidate`), or none
-        with None. It must fit the model: the latent channels of its VAE and the width of its text embeddings."""
+        with None. It must fit the model: the latent channels of its VAE and the width of its text embeddings. `name`
+        (sidecars' "inpainter"): where it came from; default the UNet's own name_or_path."""
+        self.components.inpaint_name = None if unet is None else name or unet.config.get("_name_or_path") or "custom"
         if unet is not None:
             check_inpainter(unet, self.components.unet)
             unet.eval().requires_grad_(False).to(self.components.device, self.components.dtype)
@@ -293,6 +298,7 @@ class DiffEditor:
             job_image=batch.job_image, seed=base, seeds=list(seeds), options=options, model=self.name,
             timings=timings, candidates=[c.label for c in candidates], chosen=chosen, candidate_scores=scores,
             mask_changes=masks.changes, output_type=output_type, edited=edited, warnings=warnings,
+            inpainter=self.components.inpaint_name if any(c.inpaint for c in candidates) else None,
         )
 
     __call__ = edit

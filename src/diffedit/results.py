@@ -254,6 +254,7 @@ class EditResult:
     output_type: str = "pil"  # "pil", "np" (J, H, W, 3) floats in [0, 1], "pt" (J, 3, H, W), or "latent"
     edited: list[bool] = field(default_factory=list)  # per job: False when the edit changed nothing (see warnings)
     warnings: list[str] = field(default_factory=list)  # what went unedited and why, one line each
+    inpainter: str | None = None  # the inpainting UNet that decoded a candidate ("embedded", a folder, a hub id)
 
     @property
     def image(self) -> Image.Image:
@@ -267,6 +268,7 @@ class EditResult:
         """Everything needed to reproduce the edit, as JSON-ready values."""
         return {
             "model": self.model,
+            "inpainter": self.inpainter,
             "seed": self.seed,
             "seeds": list(self.seeds),
             "jobs": [

@@ -48,7 +48,8 @@ def job_sidecar(result: EditResult, k: int, entry: dict, job: dict, image_path: 
     full = result.to_dict()
     prefix = f"edit {k + 1} ("
     return {
-        "input": entry["image"], "outputs": [str(image_path)], "model": full["model"], "seed": entry["seed"],
+        "input": entry["image"], "outputs": [str(image_path)], "model": full["model"], "inpainter": full["inpainter"],
+        "seed": entry["seed"],
         "seeds": [entry["seed"]], "jobs": [{**full["jobs"][k], "image": 0}], "options": full["options"],
         "mask_fraction": [full["mask_fraction"][k]], "candidates": full["candidates"],
         "chosen": full["chosen"][k:k + 1], "candidate_scores": full["candidate_scores"][k:k + 1],
@@ -72,12 +73,13 @@ class BatchEditor:
         dtype: str = "auto",
         config: str | None = None,
         threads: int | None = None,
+        inpaint_model: str | None = "auto",
         crash_after: int | None = None,
         crash_marker: str | None = None,
     ):
-        """output_dir: where outputs go. model/config/device/dtype as `diffedit edit` takes them; threads: torch's
-        CPU threads. crash_after / crash_marker (tests): SIGKILL this process once it has written that many jobs,
-        the first time in a run (the marker file records it)."""
+        """output_dir: where outputs go. model/config/device/dtype/inpaint_model as `diffedit edit` takes them ("same"
+        and "none": no inpainting UNet); threads: torch's CPU threads. crash_after / crash_marker (tests): SIGKILL this
+        process once it has written that many jobs, the first time in a run (the marker file records it)."""
         import torch
 
         from .. import devices
@@ -88,7 +90,9 @@ class BatchEditor:
             torch.set_num_threads(threads)
         device = devices.resolve_device(device)
         dtype = devices.auto_dtype(device) if dtype in (None, "auto") else dtype
-        self.editor = DiffEditor.from_pretrained(model, device=device, torch_dtype=dtype, config=config, progress=False)
+        inpaint = None if inpaint_model in ("none", "same") else inpaint_model
+        self.editor = DiffEditor.from_pretrained(model, device=device, torch_dtype=dtype, config=config, progress=False,
+                                                 inpaint_model=inpaint)
         self.output_dir = Path(output_dir)
         self.crash_after, self.crash_marker, self.written = crash_after, crash_marker, 0
 

@@ -8,7 +8,9 @@ from typing import Optional
 import typer
 
 from diffedit.cli.common import SET_HELP, check_range, check_seed, edit_options, fail, require, resolve_device, resolve_dtype
-from diffedit.cli.edit import CONFIG_OPTION, DEFAULTS, DEVICE_OPTION, DTYPE_OPTION, MODEL_OPTION, QUIET_OPTION, THREADS_OPTION
+from diffedit.cli.edit import (
+    CONFIG_OPTION, DEFAULTS, DEVICE_OPTION, DTYPE_OPTION, INPAINT_OPTION, MODEL_OPTION, QUIET_OPTION, THREADS_OPTION,
+)
 
 EXIT_SOME_FAILED = 5  # the run finished, but some jobs failed (results.jsonl says why)
 CLUSTER = "Ray engine"
@@ -30,6 +32,7 @@ def batch(
     settings: Optional[list[str]] = typer.Option(None, "--set", metavar="NAME=VALUE", help=SET_HELP),
     model: Optional[str] = MODEL_OPTION,
     config: Optional[str] = CONFIG_OPTION,
+    inpaint_model: str = INPAINT_OPTION,
     device: Optional[str] = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
     threads: Optional[int] = THREADS_OPTION,
@@ -54,6 +57,8 @@ def batch(
     flags = dict(num_inference_steps=steps)
     if one_candidate:
         flags.update(extra_strengths=(), noise_candidates=(), caption_candidate=False, inpaint_candidate=False)
+    elif inpaint_model == "same":  # the plain model as an inpainter: decoded from fresh noise inside the mask
+        flags.update(noise_candidates=(1.0,))
     options = edit_options(flags, settings)
     check_seed(seed)
     check_range(batch_size, "--batch-size", 1, 4096)
@@ -73,7 +78,8 @@ def batch(
     cluster = {"address": address, "workers": workers, "gpus_per_worker": gpus_per_worker}
     try:
         summary = run_batch(manifest, output_dir, source=source, targets=target, options=options, seed=seed,
-                            batch_size=batch_size, engine=engine, model=model, editor_kwargs=editor_kwargs,
+                            batch_size=batch_size, engine=engine, model=model, inpaint_model=inpaint_model,
+                            editor_kwargs=editor_kwargs,
                             cluster=cluster, progress=not quiet)
     except KeyboardInterrupt:
         fail("interrupted: finished jobs are kept; run the same command again to resume", 130)
