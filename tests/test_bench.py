@@ -115,6 +115,24 @@ def test_run_quality_inpainting_rows_need_an_inpainter(shapeworld_tiny_dir):
     assert report["methods"]["gt_mask_inpaint"]["summary"]["overall"]["mask_iou"] == 1.0
 
 
+def test_cli_quality_takes_an_inpainting_model_and_names_it(shapeworld_tiny_dir, tmp_path):
+    from diffedit import DiffEditor
+    from diffedit.shapeworld.train_inpaint import widen_unet
+
+    widen_unet(DiffEditor.from_pretrained(str(shapeworld_tiny_dir), progress=False).unet).save_pretrained(tmp_path / "inp")
+    common = ["quality", "--model", str(shapeworld_tiny_dir), "--cases", "2", "--steps", "2", "--quiet",
+              "--set", "mask_noises=2", "--set", "rerank_noises=1", "--set", "rerank_levels=[0.5]"]
+    res = CliRunner().invoke(bench_app, [*common, "--methods", "ours,ours_inpaint", "--inpaint-model", str(tmp_path / "inp"),
+                                         "--json", str(tmp_path / "a.json")])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "a.json").read_text())
+    assert report["inpainter"] == str(tmp_path / "inp") and set(report["methods"]) == {"ours", "ours_inpaint"}
+    res = CliRunner().invoke(bench_app, [*common, "--methods", "ours_inpaint"])  # this model ships no inpainter
+    assert res.exit_code == 2 and "need an inpainting model" in res.output
+    res = CliRunner().invoke(bench_app, [*common, "--methods", "ours", "--inpaint-model", str(tmp_path / "nowhere")])
+    assert res.exit_code == 2 and "not found" in res.output
+
+
 def test_compare_panel_shows_two_methods_on_typical_and_worst_cases(shapeworld_tiny_dir, tmp_path):
     cheap = EditOptions(mask_noises=2, rerank_noises=1, rerank_levels=(0.5,))
     with pytest.raises(ValueError, match="two methods"):

@@ -14,7 +14,7 @@ import torch
 
 from diffedit.devices import parse_dtype
 from diffedit.editor import DiffEditor
-from diffedit.loading import Components
+from diffedit.loading import Components, load_inpaint_unet
 from diffedit.schedule import sd_scheduler
 
 if TYPE_CHECKING:  # the model classes are imported where a model is built: `diffedit --help` stays fast
@@ -113,15 +113,21 @@ def sd15_random_components(seed: int = 0) -> Components:
 
 
 def load_bench_editor(
-    model: str | None, *, device: str | torch.device = "cpu", dtype: str | torch.dtype = "fp32", progress: bool = False
+    model: str | None, *, device: str | torch.device = "cpu", dtype: str | torch.dtype = "fp32", progress: bool = False,
+    inpaint_model: str | None = "auto",
 ) -> DiffEditor:
-    """An editor for a benchmark: "tiny", "sd15-random", "shapeworld" / None (the embedded model), or a path/hub id."""
-    if model == "tiny":
-        editor = DiffEditor.from_components(tiny_components(), progress=progress)
-    elif model == "sd15-random":
-        editor = DiffEditor.from_components(sd15_random_components(), progress=progress)
+    """An editor for a benchmark: "tiny", "sd15-random", "shapeworld" / None (the embedded model), or a path/hub id;
+    inpaint_model as `diffedit edit --inpaint-model` takes it ("auto": the embedded inpainter with the embedded model;
+    "none" and "same": none)."""
+    inpaint = None if inpaint_model in ("none", "same") else inpaint_model
+    if model in ("tiny", "sd15-random"):
+        editor = DiffEditor.from_components(tiny_components() if model == "tiny" else sd15_random_components(),
+                                            progress=progress)
+        if inpaint not in (None, "auto"):
+            editor.set_inpainter(load_inpaint_unet(None if inpaint == "embedded" else inpaint), name=inpaint)
     else:
-        editor = DiffEditor.from_pretrained(None if model in (None, "shapeworld") else model, progress=progress)
+        editor = DiffEditor.from_pretrained(None if model in (None, "shapeworld") else model, progress=progress,
+                                            inpaint_model=inpaint)
     if editor.device != torch.device(device):
         editor.to(device)
     dtype = parse_dtype(dtype)

@@ -151,6 +151,7 @@ def run_quality(
     compare_panel_path: str | Path | None = None,
     progress: bool = True,
     flow_model: str | Path | None = None,
+    inpaint_model: str | None = "auto",
 ) -> dict:
     """Run the ShapeEdit benchmark; returns {"methods": {name: {"summary", "seconds_per_edit", "rows"}}, ...}.
 
@@ -179,7 +180,7 @@ def run_quality(
     options = options if steps is None else options.replace(num_inference_steps=steps)
     baseline_steps = BASELINE_STEPS if steps is None else steps
     editor = model if isinstance(model, DiffEditor) else load_bench_editor(
-        None if model is None else str(model), device=device, dtype=dtype
+        None if model is None else str(model), device=device, dtype=dtype, inpaint_model=inpaint_model
     )
     editor.set_progress_bar_config(disable=True)
     needs_inpainter = [m for m in methods if m in INPAINT_METHODS]
@@ -192,7 +193,8 @@ def run_quality(
 
     # 2. Edit and score, method by method
     report: dict = {
-        "model": editor.name, "cases": cases, "seed": seed, "steps": options.num_inference_steps,
+        "model": editor.name, "inpainter": editor.components.inpaint_name, "cases": cases, "seed": seed,
+        "steps": options.num_inference_steps,
         "baseline_steps": baseline_steps, "batch_size": batch_size,
         "options": options.to_dict(), "device": str(editor.device), "threads": torch.get_num_threads(),
         "psnr_cap_db": PSNR_CAP, "methods": {},
@@ -237,7 +239,8 @@ def format_quality(report: dict) -> str:
     r = report
     width = max(19, *(len(name) + 1 for name in r["methods"]))  # the method column fits the longest name
     lines = [
-        f"ShapeEdit: model {r['model']}, {r['cases']} cases (seed {r['seed']}), {r['steps']} steps "
+        f"ShapeEdit: model {r['model']}" + (f" (inpainter {r['inpainter']})" if r.get("inpainter") else "")
+        + f", {r['cases']} cases (seed {r['seed']}), {r['steps']} steps "
         f"(baselines {r.get('baseline_steps', r['steps'])}), "
         f"strength {r['options']['strength']}, guidance {r['options']['guidance_scale']}, PSNR capped at {r['psnr_cap_db']:g} dB",
         f"  {'method':<{width}}{'mask IoU':>9}{'bg PSNR':>9}{'tgt PSNR':>9}{'success':>9}{'no ghost':>9}{'clean':>9}"

@@ -107,6 +107,9 @@ def quality(
     flow_model: Optional[str] = typer.Option(
         None, "--flow-model", help="Flow model folder of the flow rows (default: the embedded ShapeWorld flow model).",
     ),
+    inpaint_model: str = typer.Option(
+        "auto", "--inpaint-model", help="Inpainting model of ours' first candidate, as `diffedit edit` takes it.",
+    ),
 ) -> None:
     """ShapeEdit quality of ours, its ablations and the baselines on the same cases and weights."""
     _check_run(cases, seed, steps, batch, {"--json": json_path, "--plot": plot, "--markdown": markdown, "--panel": panel,
@@ -117,12 +120,12 @@ def quality(
     if plot is not None:
         require("matplotlib", "bench", "--plot")
     names = None if methods.strip() == "all" else [m.strip() for m in methods.split(",") if m.strip()]
-    options = edit_options({}, settings, preset)
+    options = edit_options({"noise_candidates": (1.0,)} if inpaint_model == "same" else {}, settings, preset)
     try:
         quality_lib.run_quality(model, cases=cases, seed=seed, methods=names, batch_size=batch, steps=steps, device=device,
                                 dtype=dtype, options=options, json_path=json_path, plot_path=plot, markdown_path=markdown,
                                 panel_path=panel, compare_panel_path=compare_panel, progress=not quiet,
-                                flow_model=flow_model)
+                                flow_model=flow_model, inpaint_model=inpaint_model)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     if not quiet:
