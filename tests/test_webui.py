@@ -128,3 +128,7 @@ def test_serve_command_is_registered():
 
     result = CliRunner().invoke(app, ["serve", "--help"])
     assert result.exit_code == 0 and "--port" in result.output and "--max-upload-mb" in result.output
+    assert "--inpaint-model" in result.output
+    for choice, says in (("same", "for diffedit edit and batch"), ("/nowhere/inpainter", "not found")):
+        result = CliRunner().invoke(app, ["serve", "--inpaint-model", choice])  # refused before any server starts
+        assert result.exit_code == 2 and says in result.output, result.output

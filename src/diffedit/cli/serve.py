@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from diffedit.cli.common import check_range, load_editor, require, resolve_device, set_threads
+from diffedit.cli.common import check_range, fail, load_editor, require, resolve_device, set_threads
+from diffedit.cli.edit import CONFIG_OPTION
 from diffedit.images import DEFAULT_MAX_PIXELS
 
 MAX_QUEUE = 16  # requests waiting beyond this are refused with a message
@@ -33,6 +34,11 @@ def serve(
     model: Optional[str] = typer.Option(
         None, "--model", "-m", help="Hub id, diffusers folder or .safetensors/.ckpt (default: embedded ShapeWorld model).",
     ),
+    config: Optional[str] = CONFIG_OPTION,
+    inpaint_model: str = typer.Option(
+        "auto", "--inpaint-model", help="Inpainting model (folder, .safetensors, hub id) of the first candidate; 'none'; "
+        "'auto': the embedded inpainter with the embedded model.",
+    ),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     dtype: str = typer.Option("auto", "--dtype", help="fp32 | fp16 | bf16 (default: fp16 on cuda, fp32 on cpu)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's)."),
@@ -44,7 +50,9 @@ def serve(
     check_range(port, "--port", 1, 65535)
     check_range(max_upload_mb, "--max-upload-mb", 0.001, 10_000)
     check_range(max_pixels, "--max-pixels", 256)
+    if inpaint_model == "same":
+        fail("--inpaint-model same is for diffedit edit and batch; the web page takes a model, 'auto' or 'none'")
     set_threads(threads)
-    editor = load_editor(model, resolve_device(device), dtype, None, quiet=False)
+    editor = load_editor(model, resolve_device(device), dtype, config, quiet=False, inpaint_model=inpaint_model)
     typer.echo(f"diffedit serve: {editor.name} on {editor.device}; open http://{host}:{port}")
     launch(editor, host=host, port=port, max_upload_mb=max_upload_mb, max_pixels=max_pixels)
