@@ -96,7 +96,7 @@ class DiffEditor:
         torch_dtype is applied while loading (fp16 weights are never built in fp32 first); None means fp32 for
         every component. `dtype` is the old name of `torch_dtype`. inpaint_model: an inpainting model of the same
         family (folder, single file, hub id) whose UNet decodes one more candidate; "auto" (default): the embedded
-        inpainter with the embedded model, none otherwise; None: none.
+        inpainter with the embedded model, none otherwise; None or "none": none.
         """
         if dtype is not None:
             if torch_dtype is not None:
@@ -105,6 +105,8 @@ class DiffEditor:
             torch_dtype = dtype
         torch_dtype = parse_dtype(torch_dtype) or torch.float32
         editor = cls.from_components(load_components(model, dtype=torch_dtype, config=config), progress=progress)
+        if inpaint_model in ("none", "same"):  # "same" (the CLIs'): the model itself decodes a noise candidate
+            inpaint_model = None
         if inpaint_model == "auto":
             inpaint_model = EMBEDDED_INPAINTER if model is None and embedded_inpaint_path().is_dir() else None
         if inpaint_model is not None:

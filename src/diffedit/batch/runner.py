@@ -77,9 +77,9 @@ class BatchEditor:
         crash_after: int | None = None,
         crash_marker: str | None = None,
     ):
-        """output_dir: where outputs go. model/config/device/dtype/inpaint_model as `diffedit edit` takes them ("same"
-        and "none": no inpainting UNet); threads: torch's CPU threads. crash_after / crash_marker (tests): SIGKILL this
-        process once it has written that many jobs, the first time in a run (the marker file records it)."""
+        """output_dir: where outputs go. model/config/device/dtype/inpaint_model as `diffedit edit` takes them; threads:
+        torch's CPU threads. crash_after / crash_marker (tests): SIGKILL this process once it has written that many
+        jobs, the first time in a run (the marker file records it)."""
         import torch
 
         from .. import devices
@@ -90,9 +90,8 @@ class BatchEditor:
             torch.set_num_threads(threads)
         device = devices.resolve_device(device)
         dtype = devices.auto_dtype(device) if dtype in (None, "auto") else dtype
-        inpaint = None if inpaint_model in ("none", "same") else inpaint_model
         self.editor = DiffEditor.from_pretrained(model, device=device, torch_dtype=dtype, config=config, progress=False,
-                                                 inpaint_model=inpaint)
+                                                 inpaint_model=inpaint_model)
         self.output_dir = Path(output_dir)
         self.crash_after, self.crash_marker, self.written = crash_after, crash_marker, 0
 

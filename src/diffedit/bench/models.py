@@ -119,15 +119,14 @@ def load_bench_editor(
     """An editor for a benchmark: "tiny", "sd15-random", "shapeworld" / None (the embedded model), or a path/hub id;
     inpaint_model as `diffedit edit --inpaint-model` takes it ("auto": the embedded inpainter with the embedded model;
     "none" and "same": none)."""
-    inpaint = None if inpaint_model in ("none", "same") else inpaint_model
     if model in ("tiny", "sd15-random"):
         editor = DiffEditor.from_components(tiny_components() if model == "tiny" else sd15_random_components(),
                                             progress=progress)
-        if inpaint not in (None, "auto"):
-            editor.set_inpainter(load_inpaint_unet(None if inpaint == "embedded" else inpaint), name=inpaint)
+        if inpaint_model not in (None, "auto", "none", "same"):
+            editor.set_inpainter(load_inpaint_unet(None if inpaint_model == "embedded" else inpaint_model), name=inpaint_model)
     else:
         editor = DiffEditor.from_pretrained(None if model in (None, "shapeworld") else model, progress=progress,
-                                            inpaint_model=inpaint)
+                                            inpaint_model=inpaint_model)
     if editor.device != torch.device(device):
         editor.to(device)
     dtype = parse_dtype(dtype)

@@ -192,9 +192,8 @@ def load_editor(model: str | None, device: str | None, dtype: str, config: str |
         flow = _flow_editor(model, device, dtype, quiet)  # an SD3 or FLUX folder: the flow editor (docs/flow.md)
         if flow is not None:
             return flow
-        inpaint = None if inpaint_model in ("none", "same") else inpaint_model
         return DiffEditor.from_pretrained(model, device=device, torch_dtype=dtype, config=config, progress=not quiet,
-                                          inpaint_model=inpaint)
+                                          inpaint_model=inpaint_model)
     except (FileNotFoundError, ValueError, OSError) as e:
         from diffedit.errors import is_out_of_memory
 
