@@ -295,8 +295,7 @@ class DiffEditor:
         return EditResult(
             images=as_output(images_u8, torch.stack(finals)[pick, jobs], output_type),
             mask_images=binary, soft_images=soft, mask=masks.latent.cpu(), soft=masks.soft.float().cpu(),
-            sources=[describe_prompt(p) for p in batch.job_sources],
-            targets=[describe_prompt(p) for p in batch.job_target],
+            sources=[describe_prompt(p) for p in batch.job_sources], targets=[describe_prompt(p) for p in batch.job_target],
             job_image=batch.job_image, seed=base, seeds=list(seeds), options=options, model=self.name,
             timings=timings, candidates=[c.label for c in candidates], chosen=chosen, candidate_scores=scores,
             mask_changes=masks.changes, output_type=output_type, edited=edited, warnings=warnings,
