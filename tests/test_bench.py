@@ -131,6 +131,8 @@ def test_cli_quality_takes_an_inpainting_model_and_names_it(shapeworld_tiny_dir,
     assert res.exit_code == 2 and "need an inpainting model" in res.output
     res = CliRunner().invoke(bench_app, [*common, "--methods", "ours", "--inpaint-model", str(tmp_path / "nowhere")])
     assert res.exit_code == 2 and "not found" in res.output
+    with pytest.raises(ValueError, match="no inpainting model fits"):
+        run_quality("tiny", cases=1, methods=["ours"], inpaint_model=str(tmp_path / "inp"), progress=False)
 
 
 def test_compare_panel_shows_two_methods_on_typical_and_worst_cases(shapeworld_tiny_dir, tmp_path):

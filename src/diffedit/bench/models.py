@@ -14,7 +14,7 @@ import torch
 
 from diffedit.devices import parse_dtype
 from diffedit.editor import DiffEditor
-from diffedit.loading import Components, load_inpaint_unet
+from diffedit.loading import Components
 from diffedit.schedule import sd_scheduler
 
 if TYPE_CHECKING:  # the model classes are imported where a model is built: `diffedit --help` stays fast
@@ -120,10 +120,10 @@ def load_bench_editor(
     inpaint_model as `diffedit edit --inpaint-model` takes it ("auto": the embedded inpainter with the embedded model;
     "none" and "same": none)."""
     if model in ("tiny", "sd15-random"):
+        if inpaint_model not in (None, "auto", "none", "same"):
+            raise ValueError(f"the {model} model is built at random: no inpainting model fits it")
         editor = DiffEditor.from_components(tiny_components() if model == "tiny" else sd15_random_components(),
                                             progress=progress)
-        if inpaint_model not in (None, "auto", "none", "same"):
-            editor.set_inpainter(load_inpaint_unet(None if inpaint_model == "embedded" else inpaint_model), name=inpaint_model)
     else:
         editor = DiffEditor.from_pretrained(None if model in (None, "shapeworld") else model, progress=progress,
                                             inpaint_model=inpaint_model)
