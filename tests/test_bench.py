@@ -284,10 +284,10 @@ def test_cli_defaults_are_the_library_functions():
 
     import typer.main
 
-    from diffedit.bench import masks, quality, speed
+    from diffedit.bench import masks, outline, quality, speed
 
     library = {"quality": quality.run_quality, "speed": speed.run_speed, "masks": masks.run_mask_sweep,
-               "composite": masks.run_composite_sweep}
+               "composite": masks.run_composite_sweep, "outline": outline.run_outline}
     renamed = {"batch": "batch_size"}
     group = typer.main.get_command(bench_app)
     for name, function in library.items():

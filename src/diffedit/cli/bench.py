@@ -1,6 +1,6 @@
 """`diffedit bench quality` (ShapeEdit), `pie` (PIE-Bench's real images and table), `speed` (ours against diffusers'
-pipeline), `caption` (the zero-shot captioner), `masks` and `composite` (sweeps), `batch` and `resume` (diffedit batch:
-throughput against one process per job; kill and resume).
+pipeline), `caption` and `outline` (the model itself: bench_model.py), `masks` and `composite` (sweeps), `batch` and
+`resume` (diffedit batch: throughput against one process per job; kill and resume).
 
 Every default is the library function's own (read from its signature), so the CLI and `run_quality(...)` & co.
 cannot drift apart. The benchmark modules import light (diffusers' pipelines, scipy and matplotlib only when used).
@@ -8,7 +8,6 @@ cannot drift apart. The benchmark modules import light (diffusers' pipelines, sc
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 from typing import Optional
@@ -19,7 +18,9 @@ from diffedit.bench import masks as masks_lib
 from diffedit.bench import pie as pie_lib
 from diffedit.bench import quality as quality_lib
 from diffedit.bench import speed as speed_lib
-from diffedit.cli.common import check_range, check_seed, edit_options, fail, quiet_libraries, require, resolve_device
+from diffedit.cli import bench_model
+from diffedit.cli.bench_common import SWEEP_JSON, SWEEP_MODEL, SWEEP_QUIET, SWEEP_THREADS, check_run, library_defaults
+from diffedit.cli.common import check_range, edit_options, fail, quiet_libraries, require, resolve_device
 from diffedit.cli.common import resolve_dtype, set_threads
 from diffedit.results import EditOptions
 
@@ -31,39 +32,21 @@ bench_app = typer.Typer(
 )
 
 
-def _defaults(function) -> dict:
-    """A library function's keyword defaults."""
-    return {name: p.default for name, p in inspect.signature(function).parameters.items() if p.default is not p.empty}
-
-
-QUALITY = _defaults(quality_lib.run_quality)
-SPEED = _defaults(speed_lib.run_speed)
-PIE = _defaults(pie_lib.run_pie)
-MASKS = _defaults(masks_lib.run_mask_sweep)
-COMPOSITE = _defaults(masks_lib.run_composite_sweep)
-
-
-MAX_CASES = 100_000
-
-
-def _check_run(cases: int | None, seed: int | None, steps: int, batch: int, outputs: dict) -> None:
-    """A benchmark's counts and output files, before any model loads (exit 2 with the reason)."""
-    from diffedit.cli.checks import check_files
-    from diffedit.files import OutputFile
-
-    check_range(cases, "--cases", 1, MAX_CASES)
-    check_seed(seed)
-    check_range(steps, "--steps", 1, 1000)
-    check_range(batch, "--batch", 1, 4096)
-    images = {"--plot", "--panel", "--compare-panel"}
-    files = [OutputFile(p, flag, "RGB" if flag in images else None) for flag, p in outputs.items() if p is not None]
-    check_files(files, [], overwrite=False)
+QUALITY = library_defaults(quality_lib.run_quality)
+SPEED = library_defaults(speed_lib.run_speed)
+PIE = library_defaults(pie_lib.run_pie)
+MASKS = library_defaults(masks_lib.run_mask_sweep)
+COMPOSITE = library_defaults(masks_lib.run_composite_sweep)
 
 
 @bench_app.callback()
 def _setup() -> None:
     """Benchmarks print figures: keep diffusers/transformers loading advice out of them."""
     quiet_libraries()
+
+
+bench_app.command("caption")(bench_model.caption)
+bench_app.command("outline")(bench_model.outline)
 
 
 @bench_app.command()
@@ -112,7 +95,7 @@ def quality(
     ),
 ) -> None:
     """ShapeEdit quality of ours, its ablations and the baselines on the same cases and weights."""
-    _check_run(cases, seed, steps, batch, {"--json": json_path, "--plot": plot, "--markdown": markdown, "--panel": panel,
+    check_run(cases, seed, steps, batch, {"--json": json_path, "--plot": plot, "--markdown": markdown, "--panel": panel,
                                            "--compare-panel": compare_panel})
     set_threads(threads)
     device = resolve_device(device)
@@ -171,7 +154,7 @@ def pie(
 ) -> None:
     """PIE-Bench: edit its real images and print its table (structure distance, PSNR / LPIPS / MSE / SSIM outside the
     mask, CLIP of the whole edit and of its edited part, NS-LPIPS, s / edit)."""
-    _check_run(None, seed, steps or 1, 1, {"--json": json_path})
+    check_run(None, seed, steps or 1, 1, {"--json": json_path})
     check_range(limit, "--limit", 1, None)
     check_range(baseline_steps, "--baseline-steps", 1, 1000)
     set_threads(threads)
@@ -217,7 +200,7 @@ def speed(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the figures as JSON."),
 ) -> None:
     """Time our presets and diffusers' DiffEdit pipeline on one model: phases, totals, ratios, memory."""
-    _check_run(None, None, steps, batch, {"--json": json_path})
+    check_run(None, None, steps, batch, {"--json": json_path})
     check_range(size, "--size", 16, 8192)
     check_range(strength, "--strength", 0.0, 1.0)
     check_range(mask_noises, "--mask-noises", 1, 64)
@@ -235,29 +218,6 @@ def speed(
         typer.echo(f"wrote {json_path}")
 
 
-@bench_app.command("caption")
-def caption(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Default: the embedded ShapeWorld model."),
-    scenes: int = typer.Option(200, "--scenes", "-n", help="ShapeWorld scenes to caption (scene i from seed, i)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the scenes; scene i is captioned with seed + i."),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report with every scene's caption."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-) -> None:
-    """Caption accuracy of the zero-shot ShapeWorld captioner (`--source auto`), exact and per part, and s / image."""
-    from diffedit.bench.captions import format_caption_bench, run_caption_bench
-
-    _check_run(scenes, seed, 1, 1, {"--json": json_path})
-    set_threads(threads)
-    report = run_caption_bench(model, scenes=scenes, seed=seed, json_path=json_path, progress=not quiet)
-    typer.echo(format_caption_bench(report))
-
-
-# options the two sweeps share (typer reads an Option's settings, it does not change them)
-SWEEP_MODEL = typer.Option(None, "--model", "-m", help="Default: the embedded model.")
-SWEEP_JSON = typer.Option(None, "--json", help="Write the full report as JSON.")
-SWEEP_THREADS = typer.Option(None, "--threads", help="torch CPU threads (default: torch's).")
-SWEEP_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 
 
 @bench_app.command("masks")
@@ -267,13 +227,13 @@ def masks(
     seed: int = typer.Option(MASKS["seed"], "--seed", help="Seed of the tuning cases (report on another)."),
     steps: int = typer.Option(MASKS["steps"], "--steps", help="DDIM steps over the full noise range."),
     batch: int = typer.Option(MASKS["batch_size"], "--batch", help="Cases per call."),
-    top: int = typer.Option(_defaults(masks_lib.format_mask_sweep)["top"], "--top", help="Rows to print."),
+    top: int = typer.Option(library_defaults(masks_lib.format_mask_sweep)["top"], "--top", help="Rows to print."),
     json_path: Optional[Path] = SWEEP_JSON,
     threads: Optional[int] = SWEEP_THREADS,
     quiet: bool = SWEEP_QUIET,
 ) -> None:
     """Sweep the mask's post-processing (reference, clamp, smoothing, threshold, dilation) for mask IoU."""
-    _check_run(cases, seed, steps, batch, {"--json": json_path})
+    check_run(cases, seed, steps, batch, {"--json": json_path})
     check_range(top, "--top", 1, None)
     set_threads(threads)
     try:
@@ -296,7 +256,7 @@ def composite_sweep(
     quiet: bool = SWEEP_QUIET,
 ) -> None:
     """Sweep the pixel composite (mask dilation x feather width): background PSNR against edit success."""
-    _check_run(cases, seed, steps, batch, {"--json": json_path})
+    check_run(cases, seed, steps, batch, {"--json": json_path})
     set_threads(threads)
     try:
         report = masks_lib.run_composite_sweep(model, cases=cases, seed=seed, batch_size=batch, steps=steps,
@@ -344,7 +304,7 @@ def batch_throughput(
     """Edits per second of `diffedit batch` against one `diffedit edit` process per job, on the same jobs."""
     from diffedit.bench.batch import format_throughput, run_throughput
 
-    _check_run(jobs, seed, steps, batch_size, {"--json": json_path})
+    check_run(jobs, seed, steps, batch_size, {"--json": json_path})
     check_range(targets_per_image, "--targets-per-image", 1, 16)
     check_range(threads, "--threads", 1, 256)
     with _workdir(workdir) as folder:
@@ -372,7 +332,7 @@ def batch_resume(
     """Kill `diffedit batch` (SIGKILL) at a random moment, run it again: every job written once, no partial file."""
     from diffedit.bench.batch import format_resume, resume_ok, run_resume
 
-    _check_run(jobs, seed, steps, batch_size, {"--json": json_path})
+    check_run(jobs, seed, steps, batch_size, {"--json": json_path})
     check_range(jobs, "--jobs", 2, None)
     check_range(targets_per_image, "--targets-per-image", 1, 16)
     check_range(threads, "--threads", 1, 256)
