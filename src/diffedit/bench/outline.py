@@ -19,6 +19,7 @@ against the fitted object (every row) and against the truth (the rows that have 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ from diffedit.shapeworld.world import Scene, ShapeObject, render_background, sam
 
 __all__ = ["fit_object", "ring_pixels", "drawn_object", "run_outline", "format_outline"]
 
-FIT_SIZE, FIT_SHIFT = 3, 2  # the fit searches sizes within 3 and centres within 2 pixels of the drawn box's
+FIT_SIZE, FIT_SHIFT = 3, 2  # the fit searches sizes within 3 and centres within 2 pixels of its first guess
 REDRAW_MARGIN = 4  # pixels the redrawn row's hole reaches past the object
 
 
@@ -40,14 +41,8 @@ def _distance(image: np.ndarray, color) -> np.ndarray:
 
 
 def drawn_object(image: np.ndarray, color, background: np.ndarray) -> np.ndarray:
-    """Bool (H, W): the largest connected blob of pixels closer to the object's colour than to the background's."""
-    from scipy import ndimage  # the bench extra
-
-    near = _distance(image, color) < _distance(image, background)
-    labels, count = ndimage.label(near)
-    if count == 0:
-        return near
-    return labels == int(np.bincount(labels.ravel())[1:].argmax()) + 1
+    """Bool (H, W): the pixels closer to the object's colour than to the background's."""
+    return _distance(image, color) < _distance(image, background)
 
 
 def ring_pixels(image: np.ndarray, shape_mask: np.ndarray, color, background: np.ndarray) -> int:
@@ -60,14 +55,17 @@ def ring_pixels(image: np.ndarray, shape_mask: np.ndarray, color, background: np
 
 def fit_object(drawn: np.ndarray, color: str, shape: str) -> ShapeObject | None:
     """The ShapeWorld object (integer size and centre) whose mask differs from `drawn` in the fewest pixels, searched
-    around the drawn blob's bounding box; None when nothing was drawn."""
+    around the size its area gives and the centre its centroid gives (a stray speck moves neither much, and adds the
+    same error to every candidate); None when nothing was drawn."""
     ys, xs = np.nonzero(drawn)
     if len(ys) == 0:
         return None
-    size0 = int(max(ys.max() - ys.min(), xs.max() - xs.min()) + 1)
-    cx0, cy0 = int(round((xs.min() + xs.max() + 1) / 2)), int(round((ys.min() + ys.max() + 1) / 2))
+    area = len(ys)
+    size0 = {"circle": 2 * math.sqrt(area / math.pi), "square": math.sqrt(area), "triangle": math.sqrt(2 * area)}[shape]
+    below = size0 / 6 if shape == "triangle" else 0.0  # a triangle's centroid lies s/6 below its box's centre
+    cx0, cy0 = int(round(xs.mean() + 0.5)), int(round(ys.mean() + 0.5 - below))
     best, best_error = None, None
-    for size in range(max(4, size0 - FIT_SIZE), size0 + FIT_SIZE + 1):
+    for size in range(max(4, round(size0) - FIT_SIZE), round(size0) + FIT_SIZE + 1):
         for cx in range(cx0 - FIT_SHIFT, cx0 + FIT_SHIFT + 1):
             for cy in range(cy0 - FIT_SHIFT, cy0 + FIT_SHIFT + 1):
                 candidate = ShapeObject(color, shape, size, cx, cy)
