@@ -209,6 +209,25 @@ def test_cli_batch_chooses_the_inpainter_and_its_sidecars_name_it(tmp_path):
     assert missing.exit_code == 2 and "not found" in missing.output
 
 
+def test_cli_batch_edits_with_the_embedded_flow_model(tmp_path):
+    """--model shapeworld-flow (and any SD3 / FLUX folder): the jobs go through FlowEdit, as `diffedit edit` sends them,
+    and the sidecars say so; an inpainting model is refused before anything runs."""
+    manifest = write_shapeworld_manifest(tmp_path / "inputs", 2, seed=4)
+    done = _cli("batch", str(manifest), "--output-dir", str(tmp_path / "out"), *CLI_FAST, "--model", "shapeworld-flow")
+    assert done.exit_code == 0, done.output
+    assert "2 done, 0 skipped, 0 failed of 2 jobs" in done.output
+    sidecars = [json.loads(p.read_text()) for p in sorted((tmp_path / "out").glob("case*.json"))]
+    assert len(sidecars) == 2
+    assert all(s["decoder"] == "flowedit" and s["family"] == "unet" and s["candidates"] == ["flowedit"] for s in sidecars)
+    assert all(s["model"].endswith("flow_weights") and s["inpainter"] is None for s in sidecars)
+    for s in sidecars:  # edited inside the mask, the input outside it
+        edited, source = (np.asarray(Image.open(p)) for p in (s["outputs"][0], manifest.parent / s["input"]))
+        assert edited.shape == source.shape and (edited != source).any() and (edited == source).all(-1).mean() > 0.5
+    refused = _cli("batch", str(manifest), "--output-dir", str(tmp_path / "out2"), *CLI_FAST, "--model",
+                   "shapeworld-flow", "--inpaint-model", "same")
+    assert refused.exit_code == 2 and "takes no --inpaint-model" in refused.output and not (tmp_path / "out2").exists()
+
+
 # ---------------------------------------------------------------- crashes and the Ray engine
 @pytest.mark.slow
 def test_killed_batch_resumes_with_every_job_once_and_no_partial_file(tmp_path):

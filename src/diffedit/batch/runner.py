@@ -57,6 +57,7 @@ def job_sidecar(result: EditResult, k: int, entry: dict, job: dict, image_path: 
         "warnings": [w for w in full["warnings"] if w.startswith(prefix)],
         "batch": {"id": job["id"], "key": job["key"], "row": job["row"], "jobs_in_call": len(result.targets),
                   "images_in_call": len(result.seeds)},
+        **{key: full[key] for key in ("decoder", "family") if key in full},  # a flow model's (FlowEditResult)
     }
 
 
@@ -84,14 +85,21 @@ class BatchEditor:
 
         from .. import devices
         from ..editor import DiffEditor
+        from ..flow.editor import FlowEditor
+        from ..flow.loading import flow_family
 
         _quiet_libraries()
         if threads is not None:
             torch.set_num_threads(threads)
         device = devices.resolve_device(device)
         dtype = devices.auto_dtype(device) if dtype in (None, "auto") else dtype
-        self.editor = DiffEditor.from_pretrained(model, device=device, torch_dtype=dtype, config=config, progress=False,
-                                                 inpaint_model=inpaint_model)
+        if flow_family(model) is not None:  # an SD3, FLUX or shapeworld-flow folder: FlowEdit (docs/flow.md)
+            if inpaint_model not in (None, "auto", "none"):
+                raise ValueError("a flow model (SD3, FLUX, shapeworld-flow) takes no --inpaint-model")
+            self.editor = FlowEditor.from_pretrained(model, device=device, torch_dtype=dtype, progress=False)
+        else:
+            self.editor = DiffEditor.from_pretrained(model, device=device, torch_dtype=dtype, config=config,
+                                                     progress=False, inpaint_model=inpaint_model)
         self.output_dir = Path(output_dir)
         self.crash_after, self.crash_marker, self.written = crash_after, crash_marker, 0
 
