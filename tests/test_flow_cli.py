@@ -82,6 +82,15 @@ def test_cli_flow_decoder_needs_a_flow_model(image_path, tmp_path, folder):
     assert res.exit_code == 2 and "unknown --flow-decoder" in res.output
 
 
+def test_cli_flow_model_refuses_an_inpainting_model(image_path, tmp_path, folder):
+    """FlowEdit decodes without an inpainter: naming one is an error, not silently dropped ('none' and 'auto' pass)."""
+    _, model = folder
+    args = ["edit", str(image_path), "-s", "a red square", "-t", "a blue circle", "-m", str(model), *FAST]
+    refused = runner.invoke(app, [*args, "-o", str(tmp_path / "x.png"), "--inpaint-model", str(model)])
+    assert refused.exit_code == 2 and "takes no --inpaint-model" in refused.output and not (tmp_path / "x.png").exists()
+    assert runner.invoke(app, [*args, "-o", str(tmp_path / "y.png"), "--inpaint-model", "none"]).exit_code == 0
+
+
 def test_a_folder_of_another_pipeline_is_no_flow_model(tmp_path):
     from diffedit.errors import ModelError
 

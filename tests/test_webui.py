@@ -132,3 +132,26 @@ def test_serve_command_is_registered():
     for choice, says in (("same", "for diffedit edit and batch"), ("/nowhere/inpainter", "not found")):
         result = CliRunner().invoke(app, ["serve", "--inpaint-model", choice])  # refused before any server starts
         assert result.exit_code == 2 and says in result.output, result.output
+
+
+def test_session_edits_with_a_flow_model(tmp_path):
+    """`diffedit serve --model shapeworld-flow` (or an SD3 / FLUX folder): the page's mask and edit go through FlowEdit,
+    which needs no inversion; the download's sidecar names the decoder."""
+    from diffedit.flow.editor import FlowEditor
+    from diffedit.loading import embedded_flow_path
+    from diffedit.shapeworld.world import edit_cases
+
+    case = edit_cases(1, 4)[0]
+    session = Session(FlowEditor.from_pretrained(embedded_flow_path(), progress=False))
+    picture = Image.fromarray(case.source_image)
+    options = session.options(num_inference_steps=6, mask_noises=2)
+    preview = session.preview(picture, case.source, [case.target], 3, options)
+    assert preview.computed and preview.masks.pixel.any()
+    edits = session.edit(picture, case.source, [case.target], preview.seed, options)
+    assert session.counts == {"mask": 1, "invert": 0, "edit": 1}  # the stored map, and no inversion at all
+    assert any(n.startswith("inversion: none") for n in edits.notes)
+    edited = np.asarray(edits.results[0].images[0])
+    inside = np.asarray(edits.results[0].mask_images[0]) > 127
+    assert (edited[~inside] == case.source_image[~inside]).all() and (edited[inside] != case.source_image[inside]).any()
+    record = json.loads(open(save_download(tmp_path, "scene", edits, "scene.png")[1]).read())
+    assert record["decoder"] == "flowedit" and record["seed"] == 3

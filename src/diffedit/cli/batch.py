@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from diffedit.cli.common import SET_HELP, check_range, check_seed, edit_options, embedded_model, fail, require, resolve_device
-from diffedit.cli.common import resolve_dtype
+from diffedit.cli.common import refuse_flow_inpainter, resolve_dtype
 from diffedit.cli.edit import (
     CONFIG_OPTION, DEFAULTS, DEVICE_OPTION, DTYPE_OPTION, INPAINT_OPTION, MODEL_OPTION, QUIET_OPTION, THREADS_OPTION,
 )
@@ -76,8 +76,7 @@ def batch(
         device = resolve_device(device)
         resolve_dtype(dtype, device)
     model = embedded_model(model)  # shapeworld, shapeworld-flow: the embedded models
-    if inpaint_model not in ("auto", "none") and _is_flow(model):
-        fail("a flow model (SD3, FLUX, shapeworld-flow) decodes with FlowEdit: it takes no --inpaint-model")
+    refuse_flow_inpainter(model, inpaint_model)
     editor_kwargs = {"device": device, "dtype": dtype, "config": config, "threads": threads}
     cluster = {"address": address, "workers": workers, "gpus_per_worker": gpus_per_worker}
     try:
@@ -93,8 +92,3 @@ def batch(
     if summary["failed"]:
         raise typer.Exit(EXIT_SOME_FAILED)
 
-
-def _is_flow(model: str | None) -> bool:
-    from diffedit.flow.loading import flow_family
-
-    return flow_family(model) is not None

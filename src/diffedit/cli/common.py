@@ -188,6 +188,7 @@ def load_editor(model: str | None, device: str | None, dtype: str, config: str |
 
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
+    refuse_flow_inpainter(model, inpaint_model)
     try:
         flow = _flow_editor(model, device, dtype, quiet)  # an SD3 or FLUX folder: the flow editor (docs/flow.md)
         if flow is not None:
@@ -200,6 +201,14 @@ def load_editor(model: str | None, device: str | None, dtype: str, config: str |
         if is_out_of_memory(e):
             raise
         fail(str(e))
+
+
+def refuse_flow_inpainter(model: str | None, inpaint_model: str | None) -> None:
+    """Exit 2 when an inpainting model is named for a flow model (SD3, FLUX, shapeworld-flow): FlowEdit takes none."""
+    from diffedit.flow.loading import flow_family
+
+    if inpaint_model not in (None, "auto", "none") and flow_family(model) is not None:
+        fail("a flow model (SD3, FLUX, shapeworld-flow) decodes with FlowEdit: it takes no --inpaint-model")
 
 
 def _flow_editor(model: str | None, device, dtype, quiet: bool):

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from ..editor import DiffEditor
+from ..flow.editor import FlowEditor
 from ..images import DEFAULT_MAX_PIXELS, load_image
 from ..results import EditOptions, EditResult, InversionResult, MaskResult
 from ..stages import mask_images
@@ -130,7 +131,7 @@ class Edits:
 class Session:
     """One editor shared by the page's requests, with the stored mask maps and inversions (a few images' worth)."""
 
-    def __init__(self, editor: DiffEditor, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, keep: int = 4):
+    def __init__(self, editor: DiffEditor | FlowEditor, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, keep: int = 4):
         self.editor, self.max_pixels = editor, max_pixels
         self.maps, self.inversions = _Store(keep), _Store(keep)
         self.lock = threading.Lock()  # the stores are shared by the queue's workers
@@ -163,8 +164,11 @@ class Session:
         return Preview(remask(base, options, self.editor.vae_scale_factor), seed, computed, time.perf_counter() - start)
 
     def inversion(self, image: Image.Image, source: str, options: EditOptions, phase: Phase | None = None
-                  ) -> tuple[InversionResult, bool]:
-        """(The inversion of `image` for edits with these options, whether it was stored already)."""
+                  ) -> tuple[InversionResult | None, bool]:
+        """(The inversion of `image` for edits with these options, whether it was stored already); (None, False) for a
+        flow model's editor, whose FlowEdit decodes from the image itself."""
+        if not hasattr(self.editor, "invert"):
+            return None, False
         key = (image_key(image), source, _fields(options, INVERSION_FIELDS), tuple(guide_record(options).items()))
         with self.lock:
             stored = self.inversions.get(key)
@@ -186,8 +190,10 @@ class Session:
         inversion, reused = self.inversion(image, source, options, phase)
         notes = [f"mask: computed ({preview.seconds:.1f} s)" if preview.computed
                  else "mask: reused the stored map (no model run)",
-                 "inversion: reused the stored inversion of this image" if reused
+                 "inversion: none (a flow model's FlowEdit starts from the image)" if inversion is None
+                 else "inversion: reused the stored inversion of this image" if reused
                  else "inversion: computed, stored for the next edits of this image"]
+        reuse = {} if inversion is None else {"inversion": inversion}
         corrections = corrections or {}
         results = []
         for j, target in enumerate(targets):
@@ -195,8 +201,8 @@ class Session:
                 phase(f"editing target {j + 1} of {len(targets)}: {target}")
             mask = corrections.get(j)
             mask = Image.fromarray(mask.astype(np.uint8) * 255, "L") if mask is not None else select_job(preview.masks, j)
-            results.append(self.editor.edit(image, source, target, mask=mask, inversion=inversion,
-                                            seed=preview.seed, options=options))
+            results.append(self.editor.edit(image, source, target, mask=mask, seed=preview.seed, options=options,
+                                            **reuse))
             self.counts["edit"] += 1
         notes += [f"target {j + 1}: mask corrected with the brush" for j in sorted(corrections)]
         return Edits(results, preview.seed, [j in corrections for j in range(len(targets))], notes)
