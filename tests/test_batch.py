@@ -226,6 +226,18 @@ def test_cli_batch_edits_with_the_embedded_flow_model(tmp_path):
     refused = _cli("batch", str(manifest), "--output-dir", str(tmp_path / "out2"), *CLI_FAST, "--model",
                    "shapeworld-flow", "--inpaint-model", "same")
     assert refused.exit_code == 2 and "takes no --inpaint-model" in refused.output and not (tmp_path / "out2").exists()
+    # the other decoder is another edit: into the same folder, its jobs are refused (their ids hold FlowEdit's edits)
+    inverted = _cli("batch", str(manifest), "--output-dir", str(tmp_path / "out3"), *CLI_FAST, "--model",
+                    "shapeworld-flow", "--flow-decoder", "inverted")
+    assert inverted.exit_code == 0, inverted.output
+    assert json.loads(next((tmp_path / "out3").glob("case*.json")).read_text())["decoder"] == "inverted"
+    again = _cli("batch", str(manifest), "--output-dir", str(tmp_path / "out"), *CLI_FAST, "--model", "shapeworld-flow",
+                 "--flow-decoder", "inverted")
+    assert again.exit_code == 5 and "holds another edit" in _results(tmp_path / "out")[-1]["reason"]
+    for bad, says in (("ddim", "unknown --flow-decoder"), ("flowedit", "flow models only")):
+        model = ["--model", "shapeworld-flow"] if bad == "ddim" else []
+        res = _cli("batch", str(manifest), "--output-dir", str(tmp_path / "out4"), *CLI_FAST, *model, "--flow-decoder", bad)
+        assert res.exit_code == 2 and says in res.output and not (tmp_path / "out4").exists()
 
 
 # ---------------------------------------------------------------- crashes and the Ray engine

@@ -134,6 +134,7 @@ def run_batch(
     engine: str = "local",
     model: str | None = None,
     inpaint_model: str | None = "auto",
+    flow_decoder: str | None = None,
     editor_kwargs: dict[str, Any] | None = None,
     cluster: dict[str, Any] | None = None,
     progress: bool = True,
@@ -144,7 +145,8 @@ def run_batch(
     options: the run's EditOptions (rows may change them); seed: of rows without one; batch_size: jobs per model
     call. engine: "local" (this process) or "ray" (cluster: address, workers, gpus_per_worker). editor_kwargs:
     BatchEditor's (device, dtype, config, threads). inpaint_model: as `diffedit edit --inpaint-model` takes it (a job
-    done with another inpainter is not done). ValueError for a manifest that cannot be read at all."""
+    done with another inpainter is not done); flow_decoder: a flow model's decoder (None: FlowEditor's default; part of
+    the jobs' keys when given). ValueError for a manifest that cannot be read at all."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if batch_size < 1:
@@ -153,6 +155,7 @@ def run_batch(
     if manifest.is_dir() and output_dir.resolve() == manifest.resolve():
         raise ValueError(f"--output-dir {output_dir} is the folder of input images: its edits would be read as inputs next time")
     decides = model if inpaint_model == "auto" else f"{model or 'embedded'} | inpaint {inpaint_model}"  # jobs' keys
+    decides = decides if flow_decoder is None else f"{decides} | flow {flow_decoder}"
     jobs, bad = read_jobs(manifest, options=options, seed=seed, model=decides, source=source, targets=targets)
     if not jobs and not bad:
         raise ValueError(f"{manifest} holds no job")
@@ -167,7 +170,7 @@ def run_batch(
                 log.add(row)
             if plan.groups:
                 kwargs = {**(editor_kwargs or {}), "model": model, "inpaint_model": inpaint_model,
-                          "output_dir": str(output_dir)}
+                          "flow_decoder": flow_decoder, "output_dir": str(output_dir)}
                 for row in _engine_rows(engine, plan.groups, kwargs, cluster or {}):
                     log.add(row)
         finally:

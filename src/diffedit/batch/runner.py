@@ -75,10 +75,12 @@ class BatchEditor:
         config: str | None = None,
         threads: int | None = None,
         inpaint_model: str | None = "auto",
+        flow_decoder: str | None = None,
         crash_after: int | None = None,
         crash_marker: str | None = None,
     ):
-        """output_dir: where outputs go. model/config/device/dtype/inpaint_model as `diffedit edit` takes them; threads:
+        """output_dir: where outputs go. model/config/device/dtype/inpaint_model/flow_decoder as `diffedit edit` takes
+        them (flow_decoder: a flow model's only; None: FlowEditor's default); threads:
         torch's CPU threads. crash_after / crash_marker (tests): SIGKILL this process once it has written that many
         jobs, the first time in a run (the marker file records it)."""
         import torch
@@ -96,7 +98,10 @@ class BatchEditor:
         if flow_family(model) is not None:  # an SD3, FLUX or shapeworld-flow folder: FlowEdit (docs/flow.md)
             if inpaint_model not in (None, "auto", "none"):
                 raise ValueError("a flow model (SD3, FLUX, shapeworld-flow) takes no --inpaint-model")
-            self.editor = FlowEditor.from_pretrained(model, device=device, torch_dtype=dtype, progress=False)
+            decoder = {} if flow_decoder is None else {"decoder": flow_decoder}
+            self.editor = FlowEditor.from_pretrained(model, device=device, torch_dtype=dtype, progress=False, **decoder)
+        elif flow_decoder is not None:
+            raise ValueError("flow_decoder applies to flow models only (SD3, FLUX, shapeworld-flow)")
         else:
             self.editor = DiffEditor.from_pretrained(model, device=device, torch_dtype=dtype, config=config,
                                                      progress=False, inpaint_model=inpaint_model)

@@ -8,9 +8,10 @@ from typing import Optional
 import typer
 
 from diffedit.cli.common import SET_HELP, check_range, check_seed, edit_options, embedded_model, fail, require, resolve_device
-from diffedit.cli.common import refuse_flow_inpainter, resolve_dtype
+from diffedit.cli.common import check_flow_decoder, refuse_flow_inpainter, resolve_dtype
 from diffedit.cli.edit import (
-    CONFIG_OPTION, DEFAULTS, DEVICE_OPTION, DTYPE_OPTION, INPAINT_OPTION, MODEL_OPTION, QUIET_OPTION, THREADS_OPTION,
+    CONFIG_OPTION, DEFAULTS, DEVICE_OPTION, DTYPE_OPTION, FLOW_DECODER_OPTION, INPAINT_OPTION, MODEL_OPTION, QUIET_OPTION,
+    THREADS_OPTION,
 )
 
 EXIT_SOME_FAILED = 5  # the run finished, but some jobs failed (results.jsonl says why)
@@ -34,6 +35,7 @@ def batch(
     model: Optional[str] = MODEL_OPTION,
     config: Optional[str] = CONFIG_OPTION,
     inpaint_model: str = INPAINT_OPTION,
+    flow_decoder: Optional[str] = FLOW_DECODER_OPTION,
     device: Optional[str] = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
     threads: Optional[int] = THREADS_OPTION,
@@ -77,13 +79,13 @@ def batch(
         resolve_dtype(dtype, device)
     model = embedded_model(model)  # shapeworld, shapeworld-flow: the embedded models
     refuse_flow_inpainter(model, inpaint_model)
+    check_flow_decoder(model, flow_decoder)
     editor_kwargs = {"device": device, "dtype": dtype, "config": config, "threads": threads}
     cluster = {"address": address, "workers": workers, "gpus_per_worker": gpus_per_worker}
     try:
         summary = run_batch(manifest, output_dir, source=source, targets=target, options=options, seed=seed,
                             batch_size=batch_size, engine=engine, model=model, inpaint_model=inpaint_model,
-                            editor_kwargs=editor_kwargs,
-                            cluster=cluster, progress=not quiet)
+                            flow_decoder=flow_decoder, editor_kwargs=editor_kwargs, cluster=cluster, progress=not quiet)
     except KeyboardInterrupt:
         fail("interrupted: finished jobs are kept; run the same command again to resume", 130)
     typer.echo(f"{summary['done']} done, {summary['skipped']} skipped, {summary['failed']} failed of {summary['jobs']} "

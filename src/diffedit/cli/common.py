@@ -211,6 +211,20 @@ def refuse_flow_inpainter(model: str | None, inpaint_model: str | None) -> None:
         fail("a flow model (SD3, FLUX, shapeworld-flow) decodes with FlowEdit: it takes no --inpaint-model")
 
 
+def check_flow_decoder(model: str | None, decoder: str | None) -> None:
+    """Exit 2 for a --flow-decoder given with a model that is no flow model, or naming no decoder (before loading)."""
+    from diffedit.flow.loading import flow_family
+
+    if decoder is None:
+        return
+    if flow_family(model) is None:
+        fail("--flow-decoder applies to flow models only (SD3, FLUX, shapeworld-flow)")
+    from diffedit.flow.editor import DECODERS
+
+    if decoder not in DECODERS:
+        fail(f"unknown --flow-decoder {decoder!r}; available: {', '.join(DECODERS)}")
+
+
 def _flow_editor(model: str | None, device, dtype, quiet: bool):
     """A FlowEditor when `model` is a diffusers folder of an SD3 or FLUX pipeline (model_index.json), else None."""
     from diffedit.flow.loading import flow_family

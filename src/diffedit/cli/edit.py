@@ -31,6 +31,10 @@ def mask_source_flag(value: str | None, mask: Path | None) -> tuple[str | None, 
     return None, Path(value)
 
 # options edit and mask share (typer reads an Option's settings, it does not change them)
+FLOW_DECODER_OPTION = typer.Option(
+    None, "--flow-decoder", help="Flow models (SD3, FLUX, shapeworld-flow): flowedit (default) | inverted (docs/flow.md).",
+    rich_help_panel=EDIT,
+)
 MODEL_OPTION = typer.Option(
     None, "--model", "-m",
     help="Hub id, diffusers folder, .safetensors/.ckpt, or an embedded model: shapeworld (default), shapeworld-flow.",
@@ -144,10 +148,7 @@ def edit(
         help="The paper's single decoding at --strength: no extra candidates, no scoring.",
         rich_help_panel=EDIT,
     ),
-    flow_decoder: Optional[str] = typer.Option(
-        None, "--flow-decoder", help="Flow models (SD3, FLUX, shapeworld-flow): flowedit (default) | inverted (docs/flow.md).",
-        rich_help_panel=EDIT,
-    ),
+    flow_decoder: Optional[str] = FLOW_DECODER_OPTION,
     mask: Optional[Path] = typer.Option(
         None, "--mask", help="Use this mask (white = edit) instead of computing one.", rich_help_panel=MASK,
     ),
