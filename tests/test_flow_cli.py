@@ -80,6 +80,9 @@ def test_cli_flow_decoder_needs_a_flow_model(image_path, tmp_path, folder):
     res = runner.invoke(app, ["edit", str(image_path), "-s", "a red square", "-t", "a blue circle", "-m", str(model),
                               "-o", str(tmp_path / "x.png"), "--flow-decoder", "ddim", *FAST])
     assert res.exit_code == 2 and "unknown --flow-decoder" in res.output
+    other = runner.invoke(app, ["edit", str(image_path), "-s", "a red square", "-t", "a blue circle",
+                                "-o", str(tmp_path / "y.png"), "--flow-decoder", "flowedit", *FAST])
+    assert other.exit_code == 2 and "flow models only" in other.output and not (tmp_path / "y.png").exists()
 
 
 def test_cli_flow_model_refuses_an_inpainting_model(image_path, tmp_path, folder):

@@ -84,7 +84,7 @@ def _measure(image: np.ndarray, obj: ShapeObject, background: np.ndarray, truth:
         row.update(ring_fit=None, error_fit=None)
     else:
         row.update(ring_fit=ring_pixels(image, fitted.mask(), obj.rgb, background),
-                   error_fit=int((fitted.mask() ^ drawn).sum()), size_fit=fitted.size - obj.size if truth else None)
+                   error_fit=int((fitted.mask() ^ drawn).sum()))
     if truth:
         row.update(ring_truth=ring_pixels(image, obj.mask(), obj.rgb, background),
                    error_truth=int((obj.mask() ^ drawn).sum()))
@@ -136,11 +136,11 @@ def _summary(rows: list[dict]) -> dict:
     for key in ("fit", "truth"):
         if f"ring_{key}" not in rows[0]:
             continue
-        rings = [r[f"ring_{key}"] for r in rows]
-        errors = [r[f"error_{key}"] for r in rows if r[f"error_{key}"] is not None]
+        rings = [r[f"ring_{key}"] for r in rows]  # None: nothing drawn, never ring-free
+        known = [(ring, r[f"error_{key}"]) for ring, r in zip(rings, rows) if ring is not None]
         out[f"ring_free_{key}"] = float(np.mean([v is not None and v <= MAX_GHOST_PIXELS for v in rings]))
-        out[f"median_ring_{key}"] = float(np.median([v for v in rings if v is not None])) if errors else None
-        out[f"median_error_{key}"] = float(np.median(errors)) if errors else None
+        out[f"median_ring_{key}"] = float(np.median([ring for ring, _ in known])) if known else None
+        out[f"median_error_{key}"] = float(np.median([error for _, error in known])) if known else None
     return out
 
 

@@ -93,4 +93,3 @@ def batch(
                f"results in {output_dir / 'results.jsonl'}")
     if summary["failed"]:
         raise typer.Exit(EXIT_SOME_FAILED)
-

@@ -236,19 +236,6 @@ def _flow_editor(model: str | None, device, dtype, quiet: bool):
     return FlowEditor.from_pretrained(model, device=device, torch_dtype=dtype, progress=not quiet)
 
 
-def flow_decoder_option(editor, decoder: str | None) -> dict:
-    """edit()'s keyword for --flow-decoder: {} when not given; exit 2 when given for a model that is no flow model."""
-    if decoder is None:
-        return {}
-    if not hasattr(editor, "decoder"):
-        fail("--flow-decoder applies to flow models only (SD3, FLUX, shapeworld-flow)")
-    from diffedit.flow.editor import DECODERS
-
-    if decoder not in DECODERS:
-        fail(f"unknown --flow-decoder {decoder!r}; available: {', '.join(DECODERS)}")
-    return {"decoder": decoder}
-
-
 def default_output(image: Path, suffix: str) -> Path:
     """<stem>_<suffix>.png beside the input image."""
     return image.with_name(f"{image.stem}_{suffix}.png")

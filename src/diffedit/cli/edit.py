@@ -13,7 +13,7 @@ from diffedit.cli.auto_prompts import TARGET_SET_OPTION, PromptRequest
 from diffedit.cli.checks import check_files, check_prompts, nothing_to_edit, panel_size, read_image, read_user_mask
 from diffedit.cli.checks import unchanged, write_outputs
 from diffedit.cli.common import SET_HELP, check_seed, default_output, edit_options, indexed, load_editor, set_threads
-from diffedit.cli.common import fail, flow_decoder_option, resolve_device, resolve_dtype
+from diffedit.cli.common import check_flow_decoder, embedded_model, fail, resolve_device, resolve_dtype
 from diffedit.stages.registry import MASK_SOURCES, METHODS
 
 
@@ -218,10 +218,11 @@ def edit(
     outputs += [OutputFile(output.with_suffix(".json"), "sidecar")]
     existing = check_files(outputs, [image, mask, model], overwrite)
     nothing_to_edit(source, targets, mask, user_mask)
+    check_flow_decoder(embedded_model(model), flow_decoder)
     editor = load_editor(model, device, dtype, config, quiet, inpaint_model)
     source, targets, prompts = request.derive(editor, input_image, seed, quiet)
     result = editor.edit(input_image, source, targets, mask=mask, seed=seed, options=options,
-                         **flow_decoder_option(editor, flow_decoder))
+                         **({} if flow_decoder is None else {"decoder": flow_decoder}))
     contents = list(result.images) + (list(result.mask_images) if mask_output else [])
     if panel:
         contents.append(make_panel([[input_image, mask_overlay(input_image, m), im]
