@@ -52,6 +52,24 @@ def _new_sidecar(page, previous: list[str]) -> dict:
     return json.loads(_fetch(next(u for u in _links(page) if u.endswith(".json"))))
 
 
+def _set_slider(page, elem_id: str, value: str) -> None:
+    """Moves a slider as a drag does and waits for its number box to follow. Retried: a slider in an accordion just
+    opened mounts with its value a moment after it shows, and on a busy machine a first move can land before that
+    and be overwritten (CI saw the guidance box stay at 7.5)."""
+    from playwright.sync_api import expect
+
+    number = page.locator(f"#{elem_id} input[type=number]")
+    expect(number).to_be_visible()
+    for _ in range(10):
+        page.locator(f"#{elem_id} input[type=range]").fill(value)
+        try:
+            expect(number).to_have_value(value, timeout=5_000)
+            return
+        except AssertionError:
+            continue
+    expect(number).to_have_value(value, timeout=1_000)
+
+
 def _fetch(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=30) as response:
         return response.read()
@@ -110,7 +128,7 @@ def test_page_previews_the_mask_edits_and_reuses_the_inversion(page, tmp_path):
     page.screenshot(path=str(ARTIFACTS / "1_mask_preview.png"), full_page=True)
 
     # 2. A lower threshold: the stored map thresholded again, no model run; the mask grows
-    page.locator("#threshold input[type=range]").fill("0.25")
+    _set_slider(page, "threshold", "0.25")
     expect(status).to_contain_text("re-thresholded from the stored map")
     lower = _covered(status.inner_text())
     assert lower > before
@@ -144,8 +162,7 @@ def test_page_previews_the_mask_edits_and_reuses_the_inversion(page, tmp_path):
 
     # 4. Other guidance: the inversion and the mask are reused
     page.get_by_text("Edit options").click()
-    page.locator("#guidance input[type=range]").fill("5")
-    expect(page.locator("#guidance input[type=number]")).to_have_value("5")
+    _set_slider(page, "guidance", "5")
     page.click("#edit")
     expect(status).to_contain_text("inversion: reused the stored inversion")
     record = _new_sidecar(page, links)
