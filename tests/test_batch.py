@@ -253,7 +253,10 @@ def test_killed_batch_resumes_with_every_job_once_and_no_partial_file(tmp_path):
 @pytest.fixture
 def local_ray():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    from diffedit.batch.ray_engine import local_instance
+
+    ray.init(**local_instance(workers=2, cpus_per_worker=1), include_dashboard=False, logging_level="ERROR",
+             log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -262,6 +265,11 @@ def local_ray():
 def test_ray_engine_writes_the_local_engines_bytes_and_redoes_a_killed_workers_jobs(shapeworld, local_ray, tmp_path):
     manifest, folder, _ = shapeworld
     out = tmp_path / "ray"
+    def niceness() -> int:  # nested, so Ray ships it by value
+        return os.nice(0)
+
+    # workers at the command's priority, not Ray's nice 15 (which starved them on a busy machine)
+    assert local_ray.get(local_ray.remote(niceness).remote()) == niceness()
     summary = run_batch(manifest, out, options=FAST, batch_size=4, engine="ray", cluster={"workers": 2}, progress=False,
                         editor_kwargs={"crash_after": 1, "crash_marker": str(tmp_path / "crashed")})
     assert (tmp_path / "crashed").exists()  # a worker was SIGKILLed after writing its first job

@@ -18,7 +18,7 @@ from typing import Any
 
 from .runner import BatchEditor
 
-__all__ = ["run_ray"]
+__all__ = ["local_instance", "run_ray"]
 
 
 def run_ray(
@@ -36,9 +36,9 @@ def run_ray(
     except ImportError:
         raise ValueError("the Ray engine needs ray, which the core install leaves out: pip install 'diffedit[cluster]'") from None
     started = not ray.is_initialized()
-    if started:  # a local instance gets a CPU per worker even on a smaller machine (else the pool would wait)
-        cpus = None if address else max(os.cpu_count() or 1, math.ceil(workers * cpus_per_worker))
-        ray.init(address=address, num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                 **({} if address else local_instance(workers, cpus_per_worker)))
     try:
         import logging
 
@@ -66,6 +66,15 @@ def run_ray(
     finally:
         if started:
             ray.shutdown()
+
+
+def local_instance(workers: int, cpus_per_worker: float) -> dict[str, Any]:
+    """ray.init's arguments for the local instance a run without an address starts: a CPU per worker even on a
+    smaller machine (else the pool would wait), and workers at the command's own priority. Ray starts workers at
+    nice 15, so on a machine busy with other work they got almost no CPU and the batch seemed to hang (an edit
+    that takes a second took minutes); the local engine never had that."""
+    return {"num_cpus": max(os.cpu_count() or 1, math.ceil(workers * cpus_per_worker)),
+            "_system_config": {"worker_niceness": 0}}
 
 
 def _last_error(text: str) -> str:
