@@ -132,6 +132,10 @@ def test_serve_command_is_registered():
     for choice, says in (("same", "for diffedit edit and batch"), ("/nowhere/inpainter", "not found")):
         result = CliRunner().invoke(app, ["serve", "--inpaint-model", choice])  # refused before any server starts
         assert result.exit_code == 2 and says in result.output, result.output
+    for args, says in ((["--flow-decoder", "inverted"], "flow models only"),
+                       (["-m", "shapeworld-flow", "--flow-decoder", "ddim"], "unknown --flow-decoder")):
+        result = CliRunner().invoke(app, ["serve", *args])
+        assert result.exit_code == 2 and says in result.output, result.output
 
 
 def test_session_edits_with_a_flow_model(tmp_path):
@@ -155,3 +159,30 @@ def test_session_edits_with_a_flow_model(tmp_path):
     assert (edited[~inside] == case.source_image[~inside]).all() and (edited[inside] != case.source_image[inside]).any()
     record = json.loads(open(save_download(tmp_path, "scene", edits, "scene.png")[1]).read())
     assert record["decoder"] == "flowedit" and record["seed"] == 3
+    # the page's decoder choice: the other decoder is another edit of the same mask, and its sidecar says which
+    other = session.edit(picture, case.source, [case.target], preview.seed, options, decoder="inverted")
+    assert other.results[0].decoder == "inverted" and session.counts["mask"] == 1
+    assert not np.array_equal(np.asarray(other.results[0].images[0]), edited)
+    record = json.loads(open(save_download(tmp_path / "b", "scene", other, "scene.png")[1]).read())
+    assert record["decoder"] == "inverted"
+
+
+def test_the_page_offers_a_decoder_only_for_a_flow_model(editor, tmp_path):
+    """The decoder radio is on the page, visible, for a flow model, starting at the editor's own decoder (serve's
+    --flow-decoder); hidden for any other model, whose session refuses a decoder."""
+    pytest.importorskip("gradio")
+    from diffedit.flow.editor import FlowEditor
+    from diffedit.loading import embedded_flow_path
+    from diffedit.webui import build_app
+
+    def radio(session: Session) -> dict:
+        app = build_app(session, downloads=tmp_path, examples=False)
+        return next(c["props"] for c in app.config["components"] if c["props"].get("elem_id") == "flow-decoder")
+
+    flow = FlowEditor.from_pretrained(embedded_flow_path(), progress=False, decoder="inverted")
+    shown = radio(Session(flow))
+    assert shown["visible"] is True and shown["value"] == "inverted"
+    assert [c[0] for c in shown["choices"]] == ["flowedit", "inverted"]
+    assert radio(Session(editor))["visible"] is False
+    with pytest.raises(ValueError, match="flow models only"):
+        Session(editor).edit(Image.new("RGB", (32, 32)), SOURCE, TARGETS[:1], 0, Session(editor).options(), decoder="inverted")

@@ -7,8 +7,9 @@ from typing import Optional
 
 import typer
 
-from diffedit.cli.common import check_range, fail, load_editor, require, resolve_device, set_threads
-from diffedit.cli.edit import CONFIG_OPTION
+from diffedit.cli.common import check_flow_decoder, check_range, embedded_model, fail, load_editor, require, resolve_device
+from diffedit.cli.common import set_threads
+from diffedit.cli.edit import CONFIG_OPTION, FLOW_DECODER_OPTION
 from diffedit.images import DEFAULT_MAX_PIXELS
 
 MAX_QUEUE = 16  # requests waiting beyond this are refused with a message
@@ -39,6 +40,7 @@ def serve(
         "auto", "--inpaint-model", help="Inpainting model (folder, .safetensors, hub id) of the first candidate; 'none'; "
         "'auto': the embedded inpainter with the embedded model.",
     ),
+    flow_decoder: Optional[str] = FLOW_DECODER_OPTION,
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)."),
     dtype: str = typer.Option("auto", "--dtype", help="fp32 | fp16 | bf16 (default: fp16 on cuda, fp32 on cpu)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's)."),
@@ -52,7 +54,10 @@ def serve(
     check_range(max_pixels, "--max-pixels", 256)
     if inpaint_model == "same":
         fail("--inpaint-model same is for diffedit edit and batch; the web page takes a model, 'auto' or 'none'")
+    check_flow_decoder(embedded_model(model), flow_decoder)  # the page's first choice; it offers both
     set_threads(threads)
     editor = load_editor(model, resolve_device(device), dtype, config, quiet=False, inpaint_model=inpaint_model)
+    if flow_decoder is not None:
+        editor.decoder = flow_decoder
     typer.echo(f"diffedit serve: {editor.name} on {editor.device}; open http://{host}:{port}")
     launch(editor, host=host, port=port, max_upload_mb=max_upload_mb, max_pixels=max_pixels)

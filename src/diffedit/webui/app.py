@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from ..flow.editor import DECODERS, FlowEditor
 from ..results import EditOptions
 from .session import MAX_SEED, Session, read_upload
 from .views import ADD_COLOR, REMOVE_COLOR, candidate_rows, corrections, for_display, overlay, save_download
@@ -102,7 +103,7 @@ def _preview(session: Session, page, compute: bool):
 
 def _edit(session: Session, page, downloads: Path):
     def handler(path, source, targets_text, seed, threshold, smooth, dilate, steps, strength, guidance, one, shown,
-                editor_value, progress=gr.Progress(track_tqdm=True)):
+                editor_value, decoder, progress=gr.Progress(track_tqdm=True)):
         image, source, targets, seed, options = _request(session, path, source, targets_text, seed, threshold, smooth,
                                                          dilate, steps, strength, guidance, one)
         phase = lambda text: progress(0.0, desc=text)  # noqa: E731
@@ -110,7 +111,7 @@ def _edit(session: Session, page, downloads: Path):
         j = shown if shown is not None and 0 <= shown < len(targets) else 0
         painted = corrections((editor_value or {}).get("layers"), preview.masks.pixel[j].numpy())
         edits = session.edit(image, source, targets, preview.seed, options, {j: painted} if painted is not None else None,
-                             phase=phase)
+                             phase=phase, decoder=decoder if page.flow_decoder else None)
         folder = Path(tempfile.mkdtemp(prefix="edit-", dir=downloads))
         files = save_download(folder, Path(path).stem, edits, Path(path).name)
         after = edits.results[j].images[0]
@@ -154,6 +155,10 @@ def _inputs_column(page, examples: list[list[str]]) -> None:
         page.guidance = gr.Slider(1.0, 15.0, DEFAULTS.guidance_scale, step=0.5, label="Guidance", elem_id="guidance")
         page.one = gr.Checkbox(False, label="One candidate (the paper's single decoding, about 3x faster)",
                                elem_id="one-candidate")
+        flow = page.flow_decoder  # a flow model's decoders (docs/flow.md); hidden for other models
+        page.decoder = gr.Radio(list(DECODERS), value=flow or DECODERS[0], visible=flow is not None,
+                                label="Flow decoder (flowedit: no inversion; inverted: DiffEdit's on the flow)",
+                                elem_id="flow-decoder")
     page.seed = gr.Textbox("", label="Seed (empty: random; the one used is written back)", placeholder="random",
                            elem_id="seed")
     page.examples = gr.Examples(examples, [page.image, page.source, page.targets], cache_examples=False,
@@ -201,7 +206,7 @@ def _wire(session: Session, page, downloads: Path) -> None:
     page.shown.input(stored, request, mask_out, **quick)
     page.reset.click(stored, request, mask_out, **quick)
     outputs = [page.compare, page.gallery, page.candidates, page.download, page.seed, page.status, page.shown_results]
-    page.edit_button.click(_edit(session, page, downloads), request + [page.editor], outputs, **model)
+    page.edit_button.click(_edit(session, page, downloads), request + [page.editor, page.decoder], outputs, **model)
     page.gallery.select(_compare_selected, page.shown_results, page.compare, show_progress="hidden")
 
 
@@ -209,7 +214,7 @@ def build_app(session: Session, *, downloads: Path | None = None, examples: bool
     """The page on `session`: downloads are written under `downloads` (default: a new temporary folder), ShapeWorld
     examples offered unless `examples` is False."""
     downloads = Path(downloads or tempfile.mkdtemp(prefix="diffedit-webui-"))
-    page = SimpleNamespace()
+    page = SimpleNamespace(flow_decoder=session.editor.decoder if isinstance(session.editor, FlowEditor) else None)
     rows = shapeworld_examples(downloads / "examples") if examples else []
     with gr.Blocks(title="DiffEdit") as app:
         gr.Markdown(INTRO, elem_id="title")

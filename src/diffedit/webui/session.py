@@ -183,9 +183,13 @@ class Session:
         return inversion, False
 
     def edit(self, image: Image.Image, source: str, targets: Sequence[str], seed: int | None, options: EditOptions,
-             corrections: dict[int, np.ndarray] | None = None, phase: Phase | None = None) -> Edits:
+             corrections: dict[int, np.ndarray] | None = None, phase: Phase | None = None,
+             decoder: str | None = None) -> Edits:
         """Edit `image` into each target with the stored (or computed) mask and inversion; `corrections` maps a
-        target's index to its brushed mask (bool (H, W), True = edit), used instead of the computed one."""
+        target's index to its brushed mask (bool (H, W), True = edit), used instead of the computed one. decoder: a
+        flow model's ("flowedit" or "inverted"; None: the editor's own); refused for any other model."""
+        if decoder is not None and not isinstance(self.editor, FlowEditor):
+            raise ValueError("a decoder choice applies to flow models only (SD3, FLUX, shapeworld-flow)")
         preview = self.preview(image, source, targets, seed, options, phase=phase)
         inversion, reused = self.inversion(image, source, options, phase)
         notes = [f"mask: computed ({preview.seconds:.1f} s)" if preview.computed
@@ -194,6 +198,7 @@ class Session:
                  else "inversion: reused the stored inversion of this image" if reused
                  else "inversion: computed, stored for the next edits of this image"]
         reuse = {} if inversion is None else {"inversion": inversion}
+        reuse.update({} if decoder is None else {"decoder": decoder})
         corrections = corrections or {}
         results = []
         for j, target in enumerate(targets):
