@@ -138,6 +138,26 @@ def test_serve_command_is_registered():
         assert result.exit_code == 2 and says in result.output, result.output
 
 
+def test_serve_offers_shapeworld_examples_with_the_embedded_models_only(monkeypatch):
+    """The page's ShapeWorld examples are for the embedded models; a photo model's page has none."""
+    import importlib
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from diffedit.cli import app
+
+    serve = importlib.import_module("diffedit.cli.serve")  # the module (diffedit.cli exports the command by that name)
+
+    launched = []
+    monkeypatch.setattr(serve, "load_editor", lambda *a, **k: SimpleNamespace(name="m", device="cpu"))
+    monkeypatch.setattr(serve, "launch", lambda editor, **kwargs: launched.append(kwargs["examples"]))
+    for args in ([], ["-m", "shapeworld"], ["-m", "shapeworld-flow"], ["-m", "some/photo-model"]):
+        result = CliRunner().invoke(app, ["serve", *args])
+        assert result.exit_code == 0, result.output
+    assert launched == [True, True, True, False]
+
+
 def test_session_edits_with_a_flow_model(tmp_path):
     """`diffedit serve --model shapeworld-flow` (or an SD3 / FLUX folder): the page's mask and edit go through FlowEdit,
     which needs no inversion; the download's sidecar names the decoder."""

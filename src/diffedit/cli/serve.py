@@ -13,15 +13,18 @@ from diffedit.cli.edit import CONFIG_OPTION, FLOW_DECODER_OPTION
 from diffedit.images import DEFAULT_MAX_PIXELS
 
 MAX_QUEUE = 16  # requests waiting beyond this are refused with a message
+EMBEDDED = (None, "shapeworld", "shapeworld-flow")  # --model values whose page offers ShapeWorld examples
 
 
 def launch(editor, *, host: str = "127.0.0.1", port: int = 7860, max_upload_mb: float = 20.0,
-           max_pixels: int | None = DEFAULT_MAX_PIXELS, downloads: Path | None = None, block: bool = True):
-    """Build the page on `editor` and serve it; with block=False, return the running app (close it with .close())."""
+           max_pixels: int | None = DEFAULT_MAX_PIXELS, downloads: Path | None = None, block: bool = True,
+           examples: bool = True):
+    """Build the page on `editor` and serve it (with ShapeWorld examples unless `examples` is False); with
+    block=False, return the running app (close it with .close())."""
     from diffedit.webui import Session, build_app
     from diffedit.webui.app import CSS, THEME
 
-    app = build_app(Session(editor, max_pixels=max_pixels), downloads=downloads)
+    app = build_app(Session(editor, max_pixels=max_pixels), downloads=downloads, examples=examples)
     app.queue(max_size=MAX_QUEUE)
     app.launch(server_name=host, server_port=port, max_file_size=int(max_upload_mb * 1024 * 1024), theme=THEME, css=CSS,
                allowed_paths=[str(app.downloads)], prevent_thread_lock=not block, quiet=not block,
@@ -60,4 +63,5 @@ def serve(
     if flow_decoder is not None:
         editor.decoder = flow_decoder
     typer.echo(f"diffedit serve: {editor.name} on {editor.device}; open http://{host}:{port}")
-    launch(editor, host=host, port=port, max_upload_mb=max_upload_mb, max_pixels=max_pixels)
+    launch(editor, host=host, port=port, max_upload_mb=max_upload_mb, max_pixels=max_pixels,
+           examples=model in EMBEDDED)  # ShapeWorld scenes mean nothing to a photo model
