@@ -197,8 +197,7 @@ class Session:
                  "inversion: none (a flow model's FlowEdit starts from the image)" if inversion is None
                  else "inversion: reused the stored inversion of this image" if reused
                  else "inversion: computed, stored for the next edits of this image"]
-        reuse = {} if inversion is None else {"inversion": inversion}
-        reuse.update({} if decoder is None else {"decoder": decoder})
+        given = ({} if inversion is None else {"inversion": inversion}) | ({} if decoder is None else {"decoder": decoder})
         corrections = corrections or {}
         results = []
         for j, target in enumerate(targets):
@@ -207,7 +206,7 @@ class Session:
             mask = corrections.get(j)
             mask = Image.fromarray(mask.astype(np.uint8) * 255, "L") if mask is not None else select_job(preview.masks, j)
             results.append(self.editor.edit(image, source, target, mask=mask, seed=preview.seed, options=options,
-                                            **reuse))
+                                            **given))
             self.counts["edit"] += 1
         notes += [f"target {j + 1}: mask corrected with the brush" for j in sorted(corrections)]
         return Edits(results, preview.seed, [j in corrections for j in range(len(targets))], notes)
