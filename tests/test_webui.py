@@ -182,6 +182,7 @@ def test_session_edits_with_a_flow_model(tmp_path):
     # the page's decoder choice: the other decoder is another edit of the same mask, and its sidecar says which
     other = session.edit(picture, case.source, [case.target], preview.seed, options, decoder="inverted")
     assert other.results[0].decoder == "inverted" and session.counts["mask"] == 1
+    assert any(n.startswith("inversion: inside the inverted flow decoder") for n in other.notes)
     assert not np.array_equal(np.asarray(other.results[0].images[0]), edited)
     record = json.loads(open(save_download(tmp_path / "b", "scene", other, "scene.png")[1]).read())
     assert record["decoder"] == "inverted"

@@ -90,6 +90,13 @@ def select_job(result: MaskResult, j: int) -> MaskResult:
                    warnings=[w for w in result.warnings if w.startswith(f"target {j + 1}:")])
 
 
+def _flow_note(decoder: str) -> str:
+    """What a flow model's edit did instead of a stored inversion, for the page."""
+    if decoder == "flowedit":
+        return "inversion: none (a flow model's FlowEdit starts from the image)"
+    return f"inversion: inside the {decoder} flow decoder, for each edit (not stored)"
+
+
 class _Store:
     """A small least-recently-used store."""
 
@@ -194,7 +201,7 @@ class Session:
         inversion, reused = self.inversion(image, source, options, phase)
         notes = [f"mask: computed ({preview.seconds:.1f} s)" if preview.computed
                  else "mask: reused the stored map (no model run)",
-                 "inversion: none (a flow model's FlowEdit starts from the image)" if inversion is None
+                 _flow_note(decoder or self.editor.decoder) if inversion is None
                  else "inversion: reused the stored inversion of this image" if reused
                  else "inversion: computed, stored for the next edits of this image"]
         given = ({} if inversion is None else {"inversion": inversion}) | ({} if decoder is None else {"decoder": decoder})
