@@ -261,6 +261,25 @@ def local_ray():
     ray.shutdown()
 
 
+def test_no_room_says_when_no_node_can_hold_a_worker():
+    from diffedit.batch.ray_engine import no_room
+
+    cpu_node, gpu_node = {"Alive": True, "Resources": {"CPU": 8.0}}, {"Alive": True, "Resources": {"CPU": 4.0, "GPU": 2.0}}
+    assert no_room([cpu_node], 0.0, 1.0) is None and no_room([cpu_node, gpu_node], 2.0, 1.0) is None
+    assert no_room([cpu_node, {**gpu_node, "Alive": False}], 1.0, 1.0).endswith(
+        "the largest has 0 GPU and 8 CPU: lower --gpus-per-worker, or add a node that has them")
+    assert "2 CPU" in no_room([gpu_node], 3.0, 2.0) and no_room([gpu_node], 0.0, 16.0) is not None
+    assert no_room([], 0.0, 1.0) is not None
+
+
+@pytest.mark.slow
+def test_ray_engine_refuses_gpus_no_node_has_instead_of_waiting(shapeworld, local_ray, tmp_path):
+    manifest, _, _ = shapeworld
+    with pytest.raises(ValueError, match=r"no node of the Ray cluster can hold a worker \(1 GPU"):
+        run_batch(manifest, tmp_path / "out", options=FAST, engine="ray", cluster={"workers": 1, "gpus_per_worker": 1},
+                  progress=False)
+
+
 @pytest.mark.slow
 def test_ray_engine_writes_the_local_engines_bytes_and_redoes_a_killed_workers_jobs(shapeworld, local_ray, tmp_path):
     manifest, folder, _ = shapeworld

@@ -18,7 +18,7 @@ from typing import Any
 
 from .runner import BatchEditor
 
-__all__ = ["local_instance", "run_ray"]
+__all__ = ["local_instance", "no_room", "run_ray"]
 
 
 def run_ray(
@@ -40,6 +40,9 @@ def run_ray(
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
                  **({} if address else local_instance(workers, cpus_per_worker)))
     try:
+        refusal = no_room(ray.nodes(), gpus_per_worker, cpus_per_worker)
+        if refusal:  # Ray Data would wait forever for a node that fits, saying nothing
+            raise ValueError(refusal)
         import logging
 
         import ray.data
@@ -75,6 +78,17 @@ def local_instance(workers: int, cpus_per_worker: float) -> dict[str, Any]:
     that takes a second took minutes); the local engine never had that."""
     return {"num_cpus": max(os.cpu_count() or 1, math.ceil(workers * cpus_per_worker)),
             "_system_config": {"worker_niceness": 0}}
+
+
+def no_room(nodes: list[dict[str, Any]], gpus_per_worker: float, cpus_per_worker: float) -> str | None:
+    """Why no live node of the cluster (`ray.nodes()`) can hold one worker, or None when one can."""
+    need = {"GPU": gpus_per_worker, "CPU": cpus_per_worker}
+    alive = [n.get("Resources", {}) for n in nodes if n.get("Alive")]
+    if any(all(r.get(k, 0.0) >= v for k, v in need.items() if v) for r in alive):
+        return None
+    most = {k: max((r.get(k, 0.0) for r in alive), default=0.0) for k in need}
+    return (f"no node of the Ray cluster can hold a worker ({gpus_per_worker:g} GPU, {cpus_per_worker:g} CPU); the largest "
+            f"has {most['GPU']:g} GPU and {most['CPU']:g} CPU: lower --gpus-per-worker, or add a node that has them")
 
 
 def _last_error(text: str) -> str:
