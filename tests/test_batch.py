@@ -272,6 +272,34 @@ def test_no_room_says_when_no_node_can_hold_a_worker():
     assert no_room([], 0.0, 1.0) is not None
 
 
+def test_ray_engine_joins_a_cluster_running_on_this_machine_as_it_is():
+    """With no --address, Ray joins a cluster `ray start` left running (or RAY_ADDRESS), which refuses instance
+    settings; the run then joins it without them (it failed on Ray's message before). Ray's init is stood in for."""
+    from diffedit.batch.ray_engine import _init
+
+    class FakeRay:
+        def __init__(self, running: bool):
+            self.running, self.calls = running, []
+
+        def init(self, **kwargs):
+            self.calls.append(kwargs)
+            if self.running and ("num_cpus" in kwargs or "_system_config" in kwargs):
+                raise ValueError("When connecting to an existing cluster, num_cpus and num_gpus must not be provided.")
+
+    alone, running, given = FakeRay(False), FakeRay(True), FakeRay(True)
+    _init(alone, None, workers=2, cpus_per_worker=1)
+    _init(running, None, workers=2, cpus_per_worker=1)
+    _init(given, "ray://head:10001", workers=2, cpus_per_worker=1)
+    assert len(alone.calls) == 1 and alone.calls[0]["_system_config"] == {"worker_niceness": 0}
+    assert len(running.calls) == 2 and "num_cpus" not in running.calls[1] and "address" not in running.calls[1]
+    assert given.calls == [{"address": "ray://head:10001", "include_dashboard": False, "log_to_driver": False,
+                            "logging_level": "ERROR"}]
+    other = FakeRay(False)
+    other.init = lambda **kwargs: (_ for _ in ()).throw(ValueError("some other problem"))
+    with pytest.raises(ValueError, match="some other problem"):
+        _init(other, None, workers=1, cpus_per_worker=1)
+
+
 @pytest.mark.slow
 def test_ray_engine_refuses_gpus_no_node_has_instead_of_waiting(shapeworld, local_ray, tmp_path):
     manifest, _, _ = shapeworld

@@ -1,8 +1,9 @@
 """The Ray engine: the planned groups as a Ray Dataset, `map_batches` over an actor pool of BatchEditor (the
 class the local engine runs), so each worker loads the model once; the driver streams the result rows back.
 
-Ray is imported here only (`pip install 'diffedit[cluster]'`). With no address, a local Ray instance is started
-(and stopped after); with one ("auto", "ray://head:10001"), the run joins that cluster, whose workers must
+Ray is imported here only (`pip install 'diffedit[cluster]'`). With no address, the run joins the cluster Ray finds
+on this machine, or starts a local instance (and stops it after); with one ("auto", "ray://head:10001"), it joins
+that cluster, whose workers must
 import this package and read the inputs and write the output folder at the same paths (a shared file system).
 A worker that dies has its groups retried on another; a retried group writes only the jobs not yet written.
 """
@@ -37,8 +38,7 @@ def run_ray(
         raise ValueError("the Ray engine needs ray, which the core install leaves out: pip install 'diffedit[cluster]'") from None
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                 **({} if address else local_instance(workers, cpus_per_worker)))
+        _init(ray, address, workers, cpus_per_worker)
     try:
         refusal = no_room(ray.nodes(), gpus_per_worker, cpus_per_worker)
         if refusal:  # Ray Data would wait forever for a node that fits, saying nothing
@@ -48,6 +48,7 @@ def run_ray(
         import ray.data
 
         logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled": ours count
 
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the batch's own bar counts jobs
@@ -69,6 +70,21 @@ def run_ray(
     finally:
         if started:
             ray.shutdown()
+
+
+def _init(ray, address: str | None, workers: int, cpus_per_worker: float) -> None:
+    """Join the cluster at `address`; with none, the one Ray finds on this machine (RAY_ADDRESS, or one `ray start`
+    left running), else a new local instance (`local_instance`)."""
+    common = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    if address:
+        ray.init(address=address, **common)
+        return
+    try:
+        ray.init(**common, **local_instance(workers, cpus_per_worker))
+    except ValueError as e:  # Ray found a running cluster, which takes no instance settings: join it as it is
+        if "connecting to an existing cluster" not in str(e):
+            raise
+        ray.init(**common)
 
 
 def local_instance(workers: int, cpus_per_worker: float) -> dict[str, Any]:

@@ -42,7 +42,7 @@ def batch(
     quiet: bool = QUIET_OPTION,
     engine: str = typer.Option("local", "--engine", help="local (this process) or ray (Ray Data).", rich_help_panel=CLUSTER),
     address: Optional[str] = typer.Option(
-        None, "--address", help="Ray cluster to join (auto, ray://head:10001); default: start a local one.",
+        None, "--address", help="Ray cluster to join (auto, ray://head:10001); default: one running here, else a new local one.",
         rich_help_panel=CLUSTER,
     ),
     workers: int = typer.Option(1, "--workers", help="Ray workers, each with its own model.", rich_help_panel=CLUSTER),
