@@ -3,8 +3,8 @@ class the local engine runs), so each worker loads the model once; the driver st
 
 Ray is imported here only (`pip install 'diffedit[cluster]'`). With no address, the run joins the cluster Ray finds
 on this machine, or starts a local instance (and stops it after); with one ("auto", "ray://head:10001"), it joins
-that cluster, whose workers must
-import this package and read the inputs and write the output folder at the same paths (a shared file system).
+that cluster, whose workers must import this package and read the inputs and write the output folder at the same
+paths (a shared file system).
 A worker that dies has its groups retried on another; a retried group writes only the jobs not yet written.
 """
 
