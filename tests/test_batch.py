@@ -309,6 +309,17 @@ def test_ray_engine_refuses_gpus_no_node_has_instead_of_waiting(shapeworld, loca
 
 
 @pytest.mark.slow
+def test_ray_engine_stops_when_a_worker_keeps_dying(shapeworld, local_ray, tmp_path):
+    """A worker that dies on its jobs every time (killed for memory, say) is restarted a bounded number of times, then
+    the run stops with one line; Ray Data's default restarts it forever and the run never ends."""
+    manifest, _, _ = shapeworld
+    with pytest.raises(ValueError, match="a Ray worker died more than 1 times .* the same command resumes the rest"):
+        run_batch(manifest, tmp_path / "out", options=FAST, engine="ray", cluster={"workers": 1, "restarts": 1},
+                  editor_kwargs={"crash_after": 0}, progress=False)  # SIGKILLed as each group starts
+    assert not list((tmp_path / "out").glob("case*"))
+
+
+@pytest.mark.slow
 def test_ray_engine_writes_the_local_engines_bytes_and_redoes_a_killed_workers_jobs(shapeworld, local_ray, tmp_path):
     manifest, folder, _ = shapeworld
     out = tmp_path / "ray"

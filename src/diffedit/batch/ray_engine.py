@@ -19,7 +19,9 @@ from typing import Any
 
 from .runner import BatchEditor
 
-__all__ = ["local_instance", "no_room", "run_ray"]
+__all__ = ["local_instance", "no_room", "run_ray", "WORKER_RESTARTS"]
+
+WORKER_RESTARTS = 8  # a worker that dies more often (killed for memory, crashing on its jobs) ends the run: no endless loop
 
 
 def run_ray(
@@ -30,8 +32,10 @@ def run_ray(
     workers: int = 1,
     gpus_per_worker: float = 0.0,
     cpus_per_worker: float = 1.0,
+    restarts: int = WORKER_RESTARTS,
 ) -> Iterator[dict[str, Any]]:
-    """Result rows of every group, in the order they finish, from `workers` actors (one model each)."""
+    """Result rows of every group, in the order they finish, from `workers` actors (one model each), each restarted
+    at most `restarts` times after dying."""
     try:
         import ray
     except ImportError:
@@ -58,15 +62,20 @@ def run_ray(
         items = [{"group": json.dumps(g)} for g in groups]
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             BatchEditor, fn_constructor_kwargs=editor_kwargs, batch_size=1, compute=ray.data.ActorPoolStrategy(size=workers),
-            num_gpus=gpus_per_worker or None, num_cpus=cpus_per_worker,  # Ray Data restarts dead actors, retries their tasks
+            num_gpus=gpus_per_worker or None, num_cpus=cpus_per_worker,
+            max_restarts=restarts,  # a dead worker is restarted and its task retried; Ray Data's default has no bound
         )
         try:
             for row in dataset.iter_rows():
                 yield json.loads(row["result"])
         except Exception as e:  # noqa: BLE001 - Ray wraps a worker's error; say it in one line
-            if type(e).__name__ != "ActorDiedError" or "creation task" not in str(e):
+            if type(e).__name__ != "ActorDiedError":
                 raise
-            raise ValueError(f"a Ray worker could not start: {_last_error(str(e))}") from None
+            if "creation task" in str(e):
+                raise ValueError(f"a Ray worker could not start: {_last_error(str(e))}") from None
+            raise ValueError(f"a Ray worker died more than {restarts} times (killed for memory, or crashing on the same "
+                             "jobs) and the run stopped; the jobs written are kept and the same command resumes the "
+                             "rest") from None
     finally:
         if started:
             ray.shutdown()

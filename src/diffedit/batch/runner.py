@@ -82,7 +82,8 @@ class BatchEditor:
         """output_dir: where outputs go. model/config/device/dtype/inpaint_model/flow_decoder as `diffedit edit` takes
         them (flow_decoder: a flow model's only; None: FlowEditor's default); threads:
         torch's CPU threads. crash_after / crash_marker (tests): SIGKILL this process once it has written that many
-        jobs, the first time in a run (the marker file records it)."""
+        jobs (0: as a group starts): the first time in a run when crash_marker names a file (which records it), every
+        time without one."""
         import torch
 
         from .. import devices
@@ -117,6 +118,7 @@ class BatchEditor:
     def run_group(self, group: dict[str, Any]) -> list[dict[str, Any]]:
         """Edit a group (plan.py) and write the jobs not done yet; one result row for each of them."""
         options = EditOptions(**group["options"])
+        self._maybe_crash()
         rows, by_size = [], {}
         for entry in group["entries"]:
             todo = [j for j in entry["jobs"] if not j["done"]]
@@ -175,13 +177,14 @@ class BatchEditor:
                           source=entry["source"], target=job["target"], seed=entry["seed"], reason=reason)
 
     def _maybe_crash(self) -> None:
-        if self.crash_after is None or self.written < self.crash_after or self.crash_marker is None:
+        if self.crash_after is None or self.written < self.crash_after:
             return
-        try:
-            fd = os.open(self.crash_marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        os.close(fd)
+        if self.crash_marker is not None:  # once in a run
+            try:
+                fd = os.open(self.crash_marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return
+            os.close(fd)
         time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGKILL)
 
